@@ -1,0 +1,31 @@
+"""fastopt: fused, multithreaded, SIMD optimizer kernels with torch.optim's interface.
+
+>>> import numpy as np, fastopt
+>>> w = np.zeros(10, np.float32)
+>>> opt = fastopt.Adam([w], lr=1e-3)
+>>> opt.step([np.ones(10, np.float32)])
+"""
+from . import kernels, reference
+from ._config import _select_isa_from_env, config, set_isa, show_config
+from ._threading import get_num_threads, set_num_threads
+from ._version import __version__
+from .adam import Adam, AdamW
+from .optimizer import Optimizer
+from .sgd import SGD
+
+_select_isa_from_env()
+
+__all__ = [
+    "Adam",
+    "AdamW",
+    "Optimizer",
+    "SGD",
+    "__version__",
+    "config",
+    "get_num_threads",
+    "kernels",
+    "reference",
+    "set_isa",
+    "set_num_threads",
+    "show_config",
+]

@@ -1,0 +1,64 @@
+"""Build and run-time configuration: the instruction set in use and show_config()."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+from . import _kernels
+from ._threading import get_num_threads
+from ._version import __version__
+
+ENV_ISA = "FASTOPT_ISA"
+
+
+def _select_isa_from_env() -> None:
+    """Honour FASTOPT_ISA (baseline, avx2, avx512, auto) once, at import."""
+    wanted = os.environ.get(ENV_ISA, "auto").strip().lower() or "auto"
+    try:
+        _kernels.isa_select(wanted)
+    except ValueError as e:
+        raise ImportError(f"fastopt: {ENV_ISA}={wanted!r}: {e}") from None
+
+
+def set_isa(name: str) -> str:
+    """Switch the kernels to an instruction set ("baseline", "avx2", "avx512" or "auto").
+
+    Returns the previous one. Results are bitwise identical on every path; this exists for
+    tests and benchmarks. Raises ValueError if this build or CPU lacks it.
+    """
+    old = _kernels.isa_active()
+    _kernels.isa_select(name)
+    return old
+
+
+def config() -> dict:
+    """The configuration as a dict (what show_config prints)."""
+    compiled = _kernels.isa_compiled()
+    return {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "platform": f"{platform.system()} {platform.machine()}",
+        "openmp": _kernels.openmp_enabled(),
+        "openmp_version": _kernels.openmp_version(),
+        "isa_compiled": list(compiled),
+        "isa_supported": [n for n in compiled if _kernels.isa_supported(n)],
+        "isa_active": _kernels.isa_active(),
+        "num_threads": get_num_threads(),
+        "parallel_grain": _kernels.get_parallel_grain(),
+    }
+
+
+def show_config() -> None:
+    """Print the version, OpenMP, SIMD paths (compiled, supported, in use) and threads."""
+    import numpy as np
+    c = config()
+    omp = f"yes (_OPENMP {c['openmp_version']})" if c["openmp"] else "no (single-threaded build)"
+    print(f"fastopt {c['version']} on Python {c['python']}, NumPy {np.__version__}, "
+          f"{c['platform']}")
+    print(f"  OpenMP:           {omp}")
+    print(f"  SIMD compiled:    {', '.join(c['isa_compiled'])}")
+    print(f"  SIMD supported:   {', '.join(c['isa_supported'])}")
+    print(f"  SIMD in use:      {c['isa_active']}  (force with {ENV_ISA}=...)")
+    print(f"  threads:          {c['num_threads']}  (small steps stay on the calling thread "
+          f"below {c['parallel_grain']} elements per thread)")

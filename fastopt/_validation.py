@@ -1,0 +1,155 @@
+"""Every check of user input in one place: arrays (params, grads, state) and hyperparameters.
+
+Errors name the offending item (``params[3]``, ``grads[1]``, ``state[2]['exp_avg']``), what was
+expected, and what was given. Functions here only raise; they never modify their arguments.
+The per-step fast path (fastopt._kernels.Plan.step) repeats the gradient checks in C and, when
+one fails, calls ``check_grad`` here to produce the message.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _describe(x) -> str:
+    if isinstance(x, np.ndarray):
+        return f"array of dtype {x.dtype} and shape {x.shape}"
+    return f"object of type {type(x).__name__}"
+
+
+def check_param(name: str, p) -> None:
+    """A param (or an in-place state buffer): float32/float64 ndarray, C-contiguous, writeable."""
+    if not isinstance(p, np.ndarray):
+        raise TypeError(f"{name}: expected a NumPy array of float32 or float64, got {_describe(p)}")
+    if p.dtype not in FLOAT_DTYPES or not p.dtype.isnative:
+        raise TypeError(f"{name}: expected dtype float32 or float64 (native byte order), "
+                        f"got {p.dtype}")
+    if not p.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array (it is updated in place, so it "
+                         f"cannot be copied), got strides {p.strides} for shape {p.shape}; "
+                         "make the parameter itself contiguous, e.g. p = np.ascontiguousarray(p)")
+    if not p.flags.aligned:
+        raise ValueError(f"{name}: expected an aligned array, got one whose data is not aligned "
+                         f"to its {p.dtype.itemsize}-byte elements")
+    if not p.flags.writeable:
+        raise ValueError(f"{name}: expected a writeable array, got a read-only one")
+
+
+def check_like(name: str, a, like: np.ndarray, like_name: str, *, writeable: bool) -> None:
+    """An array that must match ``like`` exactly: same dtype and shape, C-contiguous, aligned."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a NumPy array of dtype {like.dtype} and shape "
+                        f"{like.shape} (like {like_name}), got {_describe(a)}")
+    if a.dtype != like.dtype or not a.dtype.isnative:
+        raise TypeError(f"{name}: expected dtype {like.dtype} (that of {like_name}), "
+                        f"got {a.dtype}")
+    if a.shape != like.shape:
+        raise ValueError(f"{name}: expected shape {like.shape} (that of {like_name}), "
+                         f"got {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array, got strides {a.strides}")
+    if not a.flags.aligned:
+        raise ValueError(f"{name}: expected an aligned array")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{name}: expected a writeable array, got a read-only one")
+
+
+def _span(a: np.ndarray) -> tuple[int, int]:
+    start = a.__array_interface__["data"][0]
+    return start, start + a.nbytes
+
+
+def check_disjoint(named_arrays: Sequence[tuple[str, np.ndarray]]) -> None:
+    """No two arrays may share memory (all are C-contiguous, so byte ranges decide)."""
+    spans = sorted(
+        (_span(a) + (name, a) for name, a in named_arrays if a.nbytes > 0),
+        key=lambda s: s[0],
+    )
+    for (lo0, hi0, n0, a0), (lo1, hi1, n1, a1) in zip(spans, spans[1:]):
+        if lo1 < hi0:
+            what = "are the same array" if a0 is a1 else "overlap in memory"
+            raise ValueError(f"{n0} and {n1} {what}; each parameter and state buffer must "
+                             "have memory of its own")
+
+
+def check_no_overlap(name: str, a: np.ndarray, named_arrays) -> None:
+    """``a`` (read only) must not share memory with any array that the step writes."""
+    if a.nbytes == 0:
+        return
+    lo, hi = _span(a)
+    for other_name, b in named_arrays:
+        if b.nbytes == 0:
+            continue
+        blo, bhi = _span(b)
+        if lo < bhi and blo < hi:
+            raise ValueError(f"{name} shares memory with {other_name}, which the step writes; "
+                             "pass a gradient array of its own")
+
+
+def check_grad(i: int, g, p: np.ndarray, written) -> None:
+    """grads[i] against params[i] (``written``: (name, array) pairs the step writes)."""
+    check_like(f"grads[{i}]", g, p, f"params[{i}]", writeable=False)
+    check_no_overlap(f"grads[{i}]", g, written)
+
+
+def check_grads_sequence(grads, n: int) -> list:
+    if isinstance(grads, np.ndarray) or not isinstance(grads, Sequence) or isinstance(grads, str):
+        raise TypeError(f"grads: expected a sequence (list or tuple) of {n} arrays or None, "
+                        f"one per param, got {_describe(grads)}")
+    if len(grads) != n:
+        raise ValueError(f"grads: expected {n} gradients, one per param in the order of the "
+                         f"params, got {len(grads)}")
+    return grads if isinstance(grads, list) else list(grads)
+
+
+# ---- hyperparameters -----------------------------------------------------------------------
+
+def real(name: str, value, *, low: float | None = 0.0, high: float | None = None,
+         high_open: bool = False, what: str | None = None) -> float:
+    """A finite real number in [low, high] (or [low, high)); returns it as a float."""
+    label = what or f"{name} value"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Invalid {label}: expected a real number, got {value!r}")
+    v = float(value)
+    bad = not math.isfinite(v) or (low is not None and v < low)
+    if high is not None:
+        bad = bad or (v >= high if high_open else v > high)
+    if bad:
+        raise ValueError(f"Invalid {label}: {value}")
+    return v
+
+
+def flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"Invalid {name} value: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def lr(value) -> float:
+    return real("lr", value, what="learning rate")
+
+
+def betas(value) -> tuple[float, float]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"Invalid betas: expected a pair (beta1, beta2), got {value!r}")
+    return tuple(
+        real("beta", b, high=1.0, high_open=True, what=f"beta parameter at index {i}")
+        for i, b in enumerate(value)
+    )
+
+
+def step_count(name: str, value) -> int:
+    """A step count: a non-negative integer (an integral float or 0-d array is accepted)."""
+    v = value
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a non-negative integer step count, got {value!r}")
+    if not math.isfinite(float(v)) or float(v) != int(v) or int(v) < 0:
+        raise ValueError(f"{name}: expected a non-negative integer step count, got {value!r}")
+    return int(v)

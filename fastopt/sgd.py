@@ -1,0 +1,81 @@
+"""Stochastic gradient descent with momentum, torch.optim.SGD's rule."""
+from __future__ import annotations
+
+from . import _kernels, _validation
+from .optimizer import Optimizer
+
+
+class SGD(Optimizer):
+    r"""Stochastic gradient descent, optionally with momentum (torch.optim.SGD's rule).
+
+    For each param :math:`p` with gradient :math:`g` at step :math:`t`:
+
+    .. math::
+
+        g &\leftarrow -g \quad \text{if maximize} \\
+        g &\leftarrow g + \lambda p \quad \text{if } \lambda \ne 0 \\
+        b_t &\leftarrow g \ \text{(first step)}, \quad
+            b_t \leftarrow \mu b_{t-1} + (1 - \tau) g \ \text{(later steps)}
+            \quad \text{if } \mu \ne 0 \\
+        g &\leftarrow g + \mu b_t \ \text{(nesterov)}, \quad g \leftarrow b_t \ \text{(otherwise)}
+            \quad \text{if } \mu \ne 0 \\
+        p &\leftarrow p - \gamma g
+
+    with learning rate :math:`\gamma` (``lr``), momentum :math:`\mu`, dampening :math:`\tau` and
+    weight decay :math:`\lambda` (L2, added to the gradient). Note that lr multiplies the whole
+    momentum buffer (torch's convention, unlike Sutskever et al. who put lr inside it), and that
+    the buffer starts as the first gradient, undamped.
+
+    Parameters
+    ----------
+    params : iterable of arrays, or of dicts (param groups)
+        float32/float64 C-contiguous writeable NumPy arrays, updated in place.
+    lr : float, default 1e-3
+    momentum : float, default 0
+    dampening : float, default 0
+    weight_decay : float, default 0
+    nesterov : bool, default False
+        Requires momentum > 0 and dampening == 0.
+    maximize : bool, default False
+        Maximize the objective instead of minimizing it.
+
+    State per param (torch's key): ``momentum_buffer``, created on the param's first step when
+    momentum != 0. All arithmetic is in the param's dtype, one fused pass per step.
+
+    Example
+    -------
+    >>> import numpy as np, fastopt
+    >>> w = np.zeros(3, np.float32)
+    >>> opt = fastopt.SGD([w], lr=0.1, momentum=0.9)
+    >>> opt.step([np.ones(3, np.float32)])
+    >>> w
+    array([-0.1, -0.1, -0.1], dtype=float32)
+    """
+
+    _rule = _kernels.RULE_SGD
+    _hyper_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+    _has_step_state = False
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, *, maximize=False):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
+                        weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
+        self._check_group(defaults)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group):
+        lr = _validation.lr(group["lr"])
+        momentum = _validation.real("momentum", group["momentum"])
+        dampening = _validation.real("dampening", group["dampening"], low=None)
+        weight_decay = _validation.real("weight_decay", group["weight_decay"])
+        nesterov = _validation.flag("nesterov", group["nesterov"])
+        maximize = _validation.flag("maximize", group["maximize"])
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        return [lr, momentum, dampening, weight_decay, float(nesterov), float(maximize)]
+
+    def _buffers(self, group):
+        return [(2, "momentum_buffer")] if group["momentum"] != 0 else []
+
+    def _on_new_buffer(self, i, key):
+        self._steps[i] = 0      # the next step is the buffer's first: it copies the gradient
