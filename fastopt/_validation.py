@@ -19,6 +19,8 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 def _describe(x) -> str:
     if isinstance(x, np.ndarray):
         return f"array of dtype {x.dtype} and shape {x.shape}"
+    if isinstance(x, np.generic):
+        return f"a NumPy scalar of type {type(x).__name__} (wrap it: np.asarray(x))"
     return f"object of type {type(x).__name__}"
 
 

@@ -1,0 +1,42 @@
+"""Shared fixtures. The tests run against the INSTALLED package (see README: pytest is run with
+--import-mode=importlib so the source folder fastopt/ does not shadow it)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import _kernels
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+if os.path.dirname(os.path.dirname(os.path.abspath(fastopt.__file__))) == os.path.dirname(HERE):
+    raise pytest.UsageError(
+        "fastopt was imported from the source tree, not the installed package: run the tests as "
+        "the README says (pip install '.[test]' then pytest), not with python -m pytest")
+
+# Every instruction set this build has and this CPU runs: each kernel test runs on all of them.
+ISAS = [name for name in _kernels.isa_compiled() if _kernels.isa_supported(name)]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    old = fastopt.set_isa(request.param)
+    yield request.param
+    fastopt.set_isa(old)
+
+
+@pytest.fixture
+def threads():
+    """Set the thread count and make even tiny steps use every thread; restores both."""
+    old_grain = _kernels.set_parallel_grain(1)
+
+    def use(n):
+        fastopt.set_num_threads(n)
+        return fastopt.get_num_threads()
+
+    yield use
+    fastopt.set_num_threads(None)
+    _kernels.set_parallel_grain(old_grain)
