@@ -187,7 +187,7 @@ void fo_adam_scalars(fo_adam_hp *hp, const double *a, int64_t step)
     hp->l2 = decoupled ? 0.0 : wd;
     hp->decay = decoupled ? 1.0 - lr * wd : 1.0;
     hp->neg_step_size = -(lr / bias_correction1);
-    hp->bc2_sqrt = pow(bias_correction2, 0.5); /* torch: bias_correction2 ** 0.5 */
+    hp->inv_bc2_sqrt = 1.0 / pow(bias_correction2, 0.5); /* torch: bias_correction2 ** 0.5 */
     hp->sign = a[FO_ADAM_MAXIMIZE] != 0.0 ? -1.0 : 1.0;
 }
 
@@ -230,11 +230,10 @@ void fo_scalars(int rule, void *hp, const double *args, int64_t step)
 
 #define FO_AT(T, k) (ptrs[k] ? (T *)ptrs[k] + off : (T *)0)
 
-void fo_run_segment(int rule, int is_f64, int64_t off, int64_t n, void *const *ptrs,
-                    const void *hp)
+static void fo_run_one(int rule, int is_f64, int64_t off, int64_t n, void *const *ptrs,
+                       const void *hp)
 {
     const fo_kernel_table *t = fo_active;
-    if (n <= 0) return;
     if (is_f64) {
         switch (rule) {
         case FO_RULE_ADAM:
@@ -268,4 +267,24 @@ void fo_run_segment(int rule, int is_f64, int64_t off, int64_t n, void *const *p
         }
         }
     }
+}
+
+/* NumPy's allocations are only 16-byte aligned, so a vector body over them splits a load or
+ * store across cache lines on most iterations (about 30% slower in cache). The first few
+ * elements are therefore run on their own (the kernels' scalar tail) so that the vector body
+ * starts on a 64-byte boundary of the param; other streams usually share its misalignment.
+ * Results do not change: the tail and the body perform the same operations. */
+void fo_run_segment(int rule, int is_f64, int64_t off, int64_t n, void *const *ptrs,
+                    const void *hp)
+{
+    const size_t esz = is_f64 ? sizeof(double) : sizeof(float);
+    const uintptr_t addr = (uintptr_t)ptrs[FO_P] + (uintptr_t)off * esz;
+    const int64_t head = (int64_t)(((64 - addr % 64) % 64) / esz);
+    if (n <= 0) return;
+    if (head > 0 && head < n && n >= 64) {
+        fo_run_one(rule, is_f64, off, head, ptrs, hp);
+        off += head;
+        n -= head;
+    }
+    fo_run_one(rule, is_f64, off, n, ptrs, hp);
 }

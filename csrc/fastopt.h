@@ -47,7 +47,7 @@ typedef struct fo_adam_hp {
     double l2;            /* coupled (Adam) weight decay: grad += l2 * param; 0 disables */
     double decay;         /* decoupled (AdamW): param *= decay = 1 - lr * weight_decay; 1 disables */
     double neg_step_size; /* -lr / (1 - beta1^step) */
-    double bc2_sqrt;      /* sqrt(1 - beta2^step) */
+    double inv_bc2_sqrt;  /* 1 / sqrt(1 - beta2^step): multiplied, see kernels_body.h */
     double sign;          /* -1 when maximizing, else 1 */
 } fo_adam_hp;
 

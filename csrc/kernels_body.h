@@ -10,7 +10,11 @@
  *
  * Per element, in torch.optim's order of operations (single-tensor implementation):
  *   Adam  g = sign*g; p = p*decay; [g = g + l2*p]; m = lerp(m, g, w); v = v*b2 + (1-b2)*g*g;
- *         [vmax = max(vmax, v)]; denom = sqrt(v or vmax)/bc2_sqrt + eps; p = p + (-ss*m)/denom
+ *         [vmax = max(vmax, v)]; denom = sqrt(v or vmax)*(1/bc2_sqrt) + eps; p = p + (-ss*m)/denom
+ *         The one deliberate departure from torch's order: torch divides sqrt(v) by bc2_sqrt;
+ *         fastopt multiplies by its reciprocal (computed once per step in double). The math is
+ *         the same and the result differs by at most an ulp or so in denom, but it saves one of
+ *         the two divisions per element, the bottleneck of an in-cache Adam step (~35% at 1e4).
  *   SGD   g = sign*g; [g = g + l2*p]; [b = first ? g : b*mu + (1-d)*g; g = nesterov ? g + mu*b : b];
  *         p = p + (-lr)*g
  * Optional terms are compile-time flags of an always-inline body, so each combination becomes
@@ -44,7 +48,7 @@ static FO_ALWAYS_INLINE void FO_FN(adam_body)(
     const FO_T omb2 = (FO_T)hp->one_minus_beta2;
     const FO_T eps = (FO_T)hp->eps;
     const FO_T nss = (FO_T)hp->neg_step_size;
-    const FO_T bc2s = (FO_T)hp->bc2_sqrt;
+    const FO_T inv_bc2s = (FO_T)hp->inv_bc2_sqrt;
     for (int64_t i = 0; i < n; i++) {
         FO_T gi = g[i] * sign;
         FO_T pi = p[i] * decay;
@@ -59,7 +63,7 @@ static FO_ALWAYS_INLINE void FO_FN(adam_body)(
             vi = FO_FN(fo_max_nan)(vmax[i], vi);
             vmax[i] = vi;
         }
-        const FO_T denom = FO_SQRT(vi) / bc2s + eps;
+        const FO_T denom = FO_SQRT(vi) * inv_bc2s + eps;
         p[i] = pi + (nss * mi) / denom;
     }
 }

@@ -288,7 +288,7 @@ cdef class Plan:
             return False
         return not self._overlaps_write(_start(ga), _end(ga))
 
-    def step(self, grads, const double[:, ::1] args not None, int64_t[::1] steps not None,
+    def step(self, grads, cnp.ndarray args not None, cnp.ndarray steps not None,
              bint increment, int nthreads):
         """Check, then run one step. Returns OK, NEEDS_STATE, or the index of a bad gradient.
 
@@ -298,17 +298,27 @@ cdef class Plan:
         optimizer's bookkeeping); without, they are this step's counts as given. Nothing is
         modified unless OK is returned.
         """
-        cdef Py_ssize_t T = self.ntensors, i
+        cdef Py_ssize_t T = self.ntensors, i, ngroups, nargs
         cdef int64_t total = 0
         cdef object g
         cdef object seq = grads if type(grads) is list or type(grads) is tuple else list(grads)
+        cdef const double *a
+        cdef int64_t *st
         if len(seq) != T:
             raise ValueError(f"expected {T} gradients, got {len(seq)}")
-        if steps.shape[0] != T:
-            raise ValueError(f"expected {T} step counts, got {steps.shape[0]}")
-        if args.shape[1] != NARGS[self.rule]:
-            raise ValueError(f"expected {NARGS[self.rule]} hyperparameters per group, "
-                             f"got {args.shape[1]}")
+        # raw arrays, checked here instead of through memoryviews (cheaper per call)
+        if (cnp.PyArray_TYPE(steps) != cnp.NPY_INT64 or cnp.PyArray_NDIM(steps) != 1
+                or cnp.PyArray_DIM(steps, 0) != T or not cnp.PyArray_IS_C_CONTIGUOUS(steps)
+                or not cnp.PyArray_ISWRITEABLE(steps)):
+            raise ValueError(f"steps: expected a writeable contiguous int64 array of {T}")
+        nargs = NARGS[self.rule]
+        if (cnp.PyArray_TYPE(args) != cnp.NPY_DOUBLE or cnp.PyArray_NDIM(args) != 2
+                or cnp.PyArray_DIM(args, 1) != nargs or not cnp.PyArray_IS_C_CONTIGUOUS(args)):
+            raise ValueError(f"args: expected a contiguous float64 array of shape (groups, "
+                             f"{nargs})")
+        ngroups = cnp.PyArray_DIM(args, 0)
+        a = <const double *>cnp.PyArray_DATA(args)
+        st = <int64_t *>cnp.PyArray_DATA(steps)
         # 1. check everything; nothing is written before this loop has passed
         for i in range(T):
             g = seq[i]
@@ -318,9 +328,9 @@ cdef class Plan:
                 return i
             if not self.ready[i]:
                 return NEEDS_STATE
-            if self.group[i] < 0 or self.group[i] >= args.shape[0]:
+            if self.group[i] < 0 or self.group[i] >= ngroups:
                 raise ValueError(f"tensor {i} refers to group {self.group[i]}, "
-                                 f"but only {args.shape[0]} rows of hyperparameters were given")
+                                 f"but only {ngroups} rows of hyperparameters were given")
         # 2. bookkeeping and per-step scalars
         self.prefix[0] = 0
         for i in range(T):
@@ -331,9 +341,9 @@ cdef class Plan:
                 self.active[i] = self.sizes[i]
                 self.ptrs[i * FO_MAX_STREAMS + FO_G] = cnp.PyArray_DATA(<cnp.ndarray>g)
                 if increment:
-                    steps[i] += 1
-                fo_scalars(self.rule, self.hps + i * self.hp_size, &args[self.group[i], 0],
-                           steps[i])
+                    st[i] += 1
+                fo_scalars(self.rule, self.hps + i * self.hp_size, a + self.group[i] * nargs,
+                           st[i])
             total += self.active[i]
             self.prefix[i + 1] = total
         # 3. the kernels, without the GIL

@@ -44,7 +44,9 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr
         second = max_exp_avg_sq
     else:
         second = exp_avg_sq
-    denom = np.sqrt(second) / t(bias_correction2_sqrt) + t(eps)
+    # torch divides by bias_correction2_sqrt; fastopt multiplies by its reciprocal (one
+    # division less per element; see fastopt.Adam's docstring)
+    denom = np.sqrt(second) * t(1 / bias_correction2_sqrt) + t(eps)
     param += (t(-step_size) * exp_avg) / denom
 
 

@@ -1,0 +1,796 @@
+"""fastopt's benchmark: one optimizer step, against the memory limit, NumPy and torch.optim.
+
+Run it as ``python -m fastopt.bench`` or ``fastopt-bench`` (``--help`` lists the options). The
+table goes to stdout, a progress line to stderr.
+
+What is measured
+----------------
+For every optimizer, dtype and *layout* (one tensor of 1e3 .. 1e7 elements, or many tensors:
+1000 x 1e3, 100 x 1e5, a transformer-like mix), and for every thread count, these *systems*
+run one step on their own copy of the same seeded data (the read-only gradients are shared):
+
+- ``probe``: the physical limit. A native kernel with exactly the rule's memory traffic and no
+  arithmetic (``RULE_PROBE``: it reads the param, the gradient and every state buffer and writes
+  all of them but the gradient), called through a prebuilt ``_kernels.Plan`` so that its Python
+  overhead is as small as possible.
+- ``fastopt``: the optimizer as users call it, ``opt.step(grads)`` on ``fastopt.Adam`` etc.
+- ``fastopt.kernels``: the functional interface (``fastopt.kernels.adam`` / ``sgd``), which
+  validates every array on every call.
+- ``numpy``: ``fastopt.reference`` (pure NumPy, one pass and usually one temporary per line).
+  NumPy's element-wise ufuncs never use threads, so it is measured once per case, at the first
+  thread count, and that figure is shown for every thread count.
+- ``torch``: ``torch.optim`` with ``foreach=False``, ``foreach=True`` and ``fused=True`` on CPU
+  tensors made with ``torch.from_numpy`` (``p.grad`` set once), ``torch.set_num_threads`` set to
+  the thread count. Skipped, with a line saying so, when torch is not importable.
+
+Method
+------
+- Every system is warmed up (the first steps create the optimizer state) before timing.
+- Small steps are timed in *batches*: as many back-to-back calls as take about ``--batch-ms``
+  milliseconds, timed with ``time.perf_counter_ns`` and divided by the count.
+- Systems are *interleaved*: one round times one batch of every system (A B C A B C ..., the
+  starting system rotating each round), so that a noisy moment of a shared machine hits all of
+  them alike. The number of rounds is chosen from a time budget per case (``--budget``), at least
+  ``--min-rounds``; the figure reported is the *median* over the rounds. Slow systems (NumPy at
+  1e7) therefore run only a few times. The garbage collector is off while timing.
+- Small layouts are cache resident across a batch: their figures measure per-call overhead and
+  in-cache speed, which is what a training loop of small tensors sees.
+
+What the columns mean
+---------------------
+- ``time/step``: median wall time of one step.
+- ``GB/s``: the rule's *minimum* memory traffic divided by the time: every stream read once,
+  every in-place target written once. Per element, in bytes of the dtype: Adam reads p, g, m, v
+  and writes p, m, v (7 x 4 = 28 bytes in float32), AMSGrad 9 x 4 = 36, SGD with momentum 5 x 4 =
+  20, plain SGD 3 x 4 = 12; float64 doubles these. The same byte count is used for every system,
+  so a system that makes extra passes (NumPy's temporaries) shows a lower "effective" GB/s.
+- ``% probe``: probe_time / system_time * 100, i.e. how close the system is to the physical
+  limit of its memory traffic (100 % = as fast as merely streaming the data).
+- ``fastopt speed-up``: this system's time / the fastopt optimizer's time ("x faster").
+- ``used``: the threads fastopt really uses: steps below the parallel grain (elements per
+  thread, see ``fastopt.show_config()``) stay on the calling thread whatever the setting.
+
+The header reports the configuration (version, SIMD path in use, OpenMP, threads), the CPU, the
+NumPy version and the allocator setting the NumPy figures used, and the measured streaming
+bandwidth of the probe at the largest layout, "memory bandwidth (probe, N threads)".
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import fastopt
+from fastopt import _kernels
+from fastopt import kernels as fkernels
+from fastopt import reference
+
+GB = 1e9
+DEFAULT_SIZES = (10**3, 10**4, 10**5, 10**6, 10**7)
+BIG_SIZE = 10**8
+DEFAULT_LAYOUTS = ("1000x1e3", "100x1e5", "transformer")
+QUICK_SIZES = (10**3, 10**5, 10**6)
+QUICK_LAYOUTS = ("1000x1e3",)
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX",
+              "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
+
+
+# ---- optimizers ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OptSpec:
+    """One optimizer setting, described once for every system."""
+    key: str             # command-line name
+    title: str           # for the table
+    family: str          # "adam" or "sgd"
+    nstate: int          # state buffers per param (probe streams = 2 + nstate)
+    fastopt_cls: str     # class in fastopt
+    torch_cls: str       # class in torch.optim
+    kwargs: dict         # constructor keywords, shared by fastopt and torch
+    functional: dict     # keywords of fastopt.kernels / fastopt.reference
+
+    @property
+    def nstreams(self) -> int:
+        return 2 + self.nstate
+
+    def bytes_per_element(self, itemsize: int) -> int:
+        """Minimum traffic: every stream read once, all but the gradient written once."""
+        return itemsize * (2 * self.nstreams - 1)
+
+
+OPTIMIZERS = {
+    "adam": OptSpec("adam", "Adam", "adam", 2, "Adam", "Adam", dict(lr=1e-3),
+                    dict(lr=1e-3)),
+    "adamw": OptSpec("adamw", "AdamW (weight_decay=1e-2)", "adam", 2, "AdamW", "AdamW",
+                     dict(lr=1e-3, weight_decay=1e-2),
+                     dict(lr=1e-3, weight_decay=1e-2, decoupled_weight_decay=True)),
+    "amsgrad": OptSpec("amsgrad", "Adam (amsgrad)", "adam", 3, "Adam", "Adam",
+                       dict(lr=1e-3, amsgrad=True), dict(lr=1e-3)),
+    "sgd": OptSpec("sgd", "SGD (momentum=0.9)", "sgd", 1, "SGD", "SGD",
+                   dict(lr=1e-3, momentum=0.9), dict(lr=1e-3, momentum=0.9)),
+    "sgd-plain": OptSpec("sgd-plain", "SGD (no momentum)", "sgd", 0, "SGD", "SGD",
+                         dict(lr=1e-3), dict(lr=1e-3)),
+}
+DEFAULT_OPTIMIZERS = ("adam", "sgd")
+
+
+# ---- layouts and data ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    shapes: tuple
+
+    @property
+    def elements(self) -> int:
+        return sum(math.prod(s) for s in self.shapes)
+
+    @property
+    def tensors(self) -> int:
+        return len(self.shapes)
+
+
+def fmt_count(n: int) -> str:
+    """1000 -> '1e3', 300000 -> '3e5', 1234 -> '1234'."""
+    if n >= 1000:
+        exp = int(math.floor(math.log10(n)))
+        mant = n / 10**exp
+        if mant == int(mant):
+            return f"{int(mant)}e{exp}" if mant != 1 else f"1e{exp}"
+    return str(n)
+
+
+def parse_count(text: str) -> int:
+    value = float(text)
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"not a positive element count: {text!r}")
+    return int(value)
+
+
+def transformer_layout(d: int = 256, layers: int = 6, vocab: int = 8192, ctx: int = 1024):
+    """A GPT-like model: embeddings, per layer 4 d x d attention and d x 4d / 4d x d MLP
+    matrices with their biases and two LayerNorms, a final LayerNorm (~7e6 elements)."""
+    shapes = [(vocab, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,)]                                   # LayerNorm 1
+        shapes += [(d, d), (d,)] * 4                             # q, k, v, out projections
+        shapes += [(d,), (d,)]                                   # LayerNorm 2
+        shapes += [(d, 4 * d), (4 * d,), (4 * d, d), (d,)]       # MLP
+    shapes += [(d,), (d,)]                                       # final LayerNorm
+    return Layout(f"transformer", tuple(shapes))
+
+
+def parse_layout(text: str) -> Layout:
+    """'1e6' (one tensor), 'COUNTxSIZE' (e.g. 1000x1e3) or 'transformer'."""
+    text = text.strip().lower()
+    if text == "transformer":
+        return transformer_layout()
+    if "x" in text:
+        count, size = (parse_count(t) for t in text.split("x", 1))
+        return Layout(f"{count}x{fmt_count(size)}", ((size,),) * count)
+    size = parse_count(text)
+    return Layout(fmt_count(size), ((size,),))
+
+
+def make_data(layout: Layout, dtype, seed: int):
+    """Seeded params and gradients: one list of arrays each."""
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s, dtype=dtype) for s in layout.shapes]
+    grads = [rng.standard_normal(s, dtype=dtype) * dtype(1e-2) for s in layout.shapes]
+    return params, grads
+
+
+def copies(arrays):
+    return [a.copy() for a in arrays]
+
+
+def zeros(arrays):
+    """Zeroed arrays like ``arrays``, with their pages touched (not lazily mapped)."""
+    return [np.full_like(a, 0) for a in arrays]
+
+
+# ---- systems ------------------------------------------------------------------------------
+
+@dataclass
+class System:
+    """One contender: ``make(nthreads)`` returns the zero-argument step to time."""
+    key: str
+    label: str
+    make: Callable[[int], Callable[[], object]]
+    threaded: bool = True          # False: independent of the thread count (measured once)
+    samples: dict = field(default_factory=dict)   # threads -> [seconds per call, per round]
+    batch: dict = field(default_factory=dict)     # threads -> calls per batch
+
+
+def probe_system(spec, params, grads):
+    """The rule's memory traffic with no arithmetic, through a prebuilt plan."""
+    p = zeros(params)
+    state = [zeros(params) for _ in range(spec.nstate)]
+    streams = []
+    for i, a in enumerate(p):
+        row = [a, None] + [s[i] for s in state]
+        streams.append(row + [None] * (_kernels.MAX_STREAMS - len(row)))
+    plan = _kernels.Plan(_kernels.RULE_PROBE, streams, [0] * len(p))
+    args = np.array([[float(spec.nstreams)]], dtype=np.float64)
+    steps = np.ones(len(p), dtype=np.int64)
+    g = list(grads)
+
+    def make(nthreads):
+        def step():
+            return plan.step(g, args, steps, False, nthreads)
+        return step
+    return System("probe", "probe (limit)", make)
+
+
+def fastopt_system(spec, params, grads):
+    opt = getattr(fastopt, spec.fastopt_cls)(copies(params), **spec.kwargs)
+    g = list(grads)
+    return System("fastopt", f"fastopt {spec.fastopt_cls}.step",
+                  lambda n: (lambda: opt.step(g)))
+
+
+def _functional_state(spec, params):
+    p = copies(params)
+    state = [zeros(params) for _ in range(spec.nstate)]
+    return p, state
+
+
+def kernels_system(spec, params, grads):
+    p, state = _functional_state(spec, params)
+    g = list(grads)
+    kw = spec.functional
+    if spec.family == "adam":
+        vmax = state[2] if spec.nstate == 3 else None
+        steps = [1] * len(p)
+
+        def step():
+            fkernels.adam(p, g, state[0], state[1], vmax, steps, **kw)
+        return System("fastopt.kernels", "fastopt.kernels.adam", lambda n: step)
+    bufs = state[0] if spec.nstate else None
+
+    def step():
+        fkernels.sgd(p, g, bufs, **kw)
+    return System("fastopt.kernels", "fastopt.kernels.sgd", lambda n: step)
+
+
+def numpy_system(spec, params, grads):
+    p, state = _functional_state(spec, params)
+    g = list(grads)
+    kw = spec.functional
+    if spec.family == "adam":
+        vmax = state[2] if spec.nstate == 3 else None
+        steps = [1] * len(p)
+
+        def step():
+            reference.adam(p, g, state[0], state[1], vmax, steps, **kw)
+    else:
+        bufs = state[0] if spec.nstate else None
+
+        def step():
+            reference.sgd(p, g, bufs, **kw)
+    return System("numpy", "numpy reference (1 thread)", lambda n: step, threaded=False)
+
+
+TORCH_VARIANTS = (("torch", "foreach=False", dict(foreach=False)),
+                  ("torch foreach", "foreach=True", dict(foreach=True)),
+                  ("torch fused", "fused=True", dict(fused=True)))
+
+
+def torch_systems(torch, spec, params, grads, notes):
+    """torch.optim in its three implementations; one that cannot run is noted and left out."""
+    systems = []
+    for key, what, impl in TORCH_VARIANTS:
+        tensors = []
+        for a, g in zip(params, grads):
+            t = torch.from_numpy(a.copy()).requires_grad_(True)
+            t.grad = torch.from_numpy(g)
+            tensors.append(t)
+        try:
+            opt = getattr(torch.optim, spec.torch_cls)(tensors, **spec.kwargs, **impl)
+            opt.step()          # creates the state; raises if the variant is unsupported
+        except (RuntimeError, ValueError, TypeError) as e:
+            notes.add(f"torch {spec.torch_cls} {what}: not supported here ({e}); skipped")
+            continue
+        systems.append(System(key, f"torch {spec.torch_cls} {what}",
+                              lambda n, opt=opt: opt.step))
+    return systems
+
+
+def build_systems(spec, params, grads, torch, notes):
+    systems = [probe_system(spec, params, grads), fastopt_system(spec, params, grads),
+               kernels_system(spec, params, grads), numpy_system(spec, params, grads)]
+    if torch is not None:
+        systems += torch_systems(torch, spec, params, grads, notes)
+    return systems
+
+
+# ---- timing -------------------------------------------------------------------------------
+
+@dataclass
+class Settings:
+    budget: float = 0.5        # seconds of timed work per case and thread count
+    batch_s: float = 2e-3      # target duration of one timed batch
+    min_rounds: int = 3
+    max_rounds: int = 15
+    warmup: int = 2
+
+
+def time_batch(fn, batch: int) -> float:
+    """Seconds per call over ``batch`` back-to-back calls."""
+    t0 = time.perf_counter_ns()
+    for _ in range(batch):
+        fn()
+    return (time.perf_counter_ns() - t0) / batch / 1e9
+
+
+def calibrate(fn, settings: Settings) -> tuple[int, float]:
+    """Warm up, then pick the batch size: (calls per batch, estimated seconds per batch)."""
+    for _ in range(settings.warmup):
+        fn()
+    once = time_batch(fn, 1)
+    if once < settings.batch_s / 4:     # refine the estimate of a fast call
+        once = time_batch(fn, max(1, int(settings.batch_s / 4 / max(once, 1e-9))))
+    batch = max(1, min(1_000_000, math.ceil(settings.batch_s / max(once, 1e-9))))
+    return batch, batch * once
+
+
+def measure(systems, nthreads, settings: Settings, progress, what: str) -> None:
+    """Interleaved rounds over ``systems``; appends per-call times to each system's samples."""
+    fns, cost = {}, 0.0
+    for s in systems:
+        progress(f"{what}: warming up {s.label}")
+        fns[s.key] = s.make(nthreads)
+        s.batch[nthreads], seconds = calibrate(fns[s.key], settings)
+        cost += seconds
+    rounds = int(min(settings.max_rounds, max(settings.min_rounds, settings.budget // cost)))
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            progress(f"{what}: round {r + 1}/{rounds}")
+            k = r % len(systems)
+            for s in systems[k:] + systems[:k]:
+                s.samples.setdefault(nthreads, []).append(
+                    time_batch(fns[s.key], s.batch[nthreads]))
+    finally:
+        gc.enable()
+
+
+# ---- threads ------------------------------------------------------------------------------
+
+def parse_threads(text: str) -> list[int]:
+    limit = _kernels.omp_max_threads()
+    out = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        n = limit if item in ("all", "-1") else int(item)
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"thread count must be >= 1 or 'all', got {item}")
+        n = min(n, limit)
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def set_threads(n: int, torch) -> None:
+    fastopt.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+def threads_used(nthreads: int, elements: int) -> int:
+    """What fastopt's driver really uses (see _kernels.Plan._run)."""
+    return max(1, min(nthreads, elements // _kernels.get_parallel_grain()))
+
+
+# ---- one case -----------------------------------------------------------------------------
+
+def run_case(spec, dtype, layout, thread_counts, torch, settings, seed, progress, notes):
+    """All systems of one (optimizer, dtype, layout), for every thread count: result rows."""
+    params, grads = make_data(layout, dtype, seed)
+    systems = build_systems(spec, params, grads, torch, notes)
+    del params
+    rows = []
+    for i, n in enumerate(thread_counts):
+        set_threads(n, torch)
+        active = [s for s in systems if s.threaded or i == 0]
+        what = f"{spec.key} {np.dtype(dtype).name} {layout.name} x{n} thread{'s' * (n > 1)}"
+        measure(active, n, settings, progress, what)
+        rows.append(summarize(spec, dtype, layout, n, systems, thread_counts[0]))
+    return rows
+
+
+def summarize(spec, dtype, layout, nthreads, systems, first_threads) -> dict:
+    """The result row of one case and thread count (what the table and --json show)."""
+    nbytes = layout.elements * spec.bytes_per_element(np.dtype(dtype).itemsize)
+    out = {}
+    for s in systems:
+        n = nthreads if s.threaded else first_threads
+        samples = s.samples.get(n)
+        if not samples:
+            continue
+        t = statistics.median(samples)
+        out[s.key] = {"label": s.label, "time_s": t, "gb_per_s": nbytes / t / GB,
+                      "rounds": len(samples), "batch": s.batch[n],
+                      "measured_threads": n, "samples_s": samples}
+    probe = out["probe"]["time_s"]
+    fast = out["fastopt"]["time_s"]
+    for r in out.values():
+        r["pct_probe"] = probe / r["time_s"] * 100
+        r["fastopt_speedup"] = r["time_s"] / fast
+    torch_keys = [k for k in out if k.startswith("torch")]
+    best_torch = min(torch_keys, key=lambda k: out[k]["time_s"]) if torch_keys else None
+    return {
+        "optimizer": spec.key, "title": spec.title, "dtype": np.dtype(dtype).name,
+        "layout": layout.name, "elements": layout.elements, "tensors": layout.tensors,
+        "threads": nthreads, "threads_used": threads_used(nthreads, layout.elements),
+        "bytes_per_element": spec.bytes_per_element(np.dtype(dtype).itemsize),
+        "bytes_per_step": nbytes, "systems": out,
+        "speedup_vs_numpy": out["numpy"]["time_s"] / fast if "numpy" in out else None,
+        "best_torch": best_torch,
+        "speedup_vs_torch": out[best_torch]["time_s"] / fast if best_torch else None,
+    }
+
+
+# ---- environment --------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def allocator_setting() -> str:
+    """Which allocator setting the NumPy figures (whose temporaries are malloc'ed) ran with."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    if any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc")):
+        return f"LD_PRELOAD={preload} (not glibc malloc)"
+    libc, ver = platform.libc_ver()
+    name = f"glibc {ver} malloc" if libc == "glibc" else "the C library's malloc"
+    set_vars = [f"{k}={os.environ[k]}" for k in MALLOC_ENV if k in os.environ]
+    if set_vars:
+        return f"{name}, {' '.join(set_vars)}"
+    return (f"{name}, glibc defaults: large temporaries are mmap'ed and page-fault on every "
+            f"step")
+
+
+def openmp_runtimes() -> str | None:
+    """The OpenMP runtimes loaded (fastopt's and torch's may differ), via threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    libs = [f"{os.path.basename(i['filepath'])} ({i['num_threads']} threads)"
+            for i in threadpool_info() if i.get("user_api") == "openmp"]
+    return ", ".join(libs) or "none"
+
+
+def environment(torch, thread_counts) -> dict:
+    c = fastopt.config()
+    return {
+        "fastopt": c, "cpu": cpu_model(), "cpus": cpu_count(),
+        "python": platform.python_version(), "numpy": np.__version__,
+        "torch": torch.__version__ if torch is not None else None,
+        "allocator": allocator_setting(), "openmp_runtimes": openmp_runtimes(),
+        "threads": thread_counts,
+    }
+
+
+def import_torch(disabled: bool):
+    if disabled:
+        return None, "torch: disabled (--no-torch); torch columns skipped"
+    try:
+        import torch
+    except ImportError:
+        return None, "torch: not installed; torch columns skipped"
+    return torch, None
+
+
+def bandwidth(rows) -> dict | None:
+    """The probe's streaming rate at the largest layout and thread count."""
+    if not rows:
+        return None
+    r = max(rows, key=lambda r: (r["elements"], r["threads"], r["bytes_per_element"]))
+    return {"gb_per_s": r["systems"]["probe"]["gb_per_s"], "threads": r["threads"],
+            "threads_used": r["threads_used"], "elements": r["elements"],
+            "optimizer": r["optimizer"], "dtype": r["dtype"], "layout": r["layout"]}
+
+
+# ---- report -------------------------------------------------------------------------------
+
+def fmt_time(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:8.2f} us"
+    if s < 1:
+        return f"{s * 1e3:8.2f} ms"
+    return f"{s:8.3f} s "
+
+
+def plural(n, word):
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def header_lines(env, bw, notes, wall) -> list[str]:
+    c = env["fastopt"]
+    omp = f"yes (_OPENMP {c['openmp_version']})" if c["openmp"] else "no (single-threaded build)"
+    lines = [
+        "fastopt benchmark: one optimizer step vs the memory limit (probe), NumPy and torch.optim",
+        f"fastopt {c['version']}: SIMD in use {c['isa_active']} (compiled: "
+        f"{', '.join(c['isa_compiled'])}), OpenMP {omp}, threads {c['num_threads']}, "
+        f"parallel grain {c['parallel_grain']} elements/thread",
+        f"CPU: {env['cpu']}, {plural(env['cpus'], 'logical core')}; "
+        f"Python {env['python']}, NumPy {env['numpy']}",
+        f"NumPy allocator: {env['allocator']}",
+        "NumPy reference: single-threaded (element-wise ufuncs use no threads): measured at "
+        f"{plural(env['threads'][0], 'thread')}, shown for every thread count",
+    ]
+    if env["torch"]:
+        lines.append(f"torch {env['torch']}: torch.set_num_threads = the thread count; "
+                     "foreach=False, foreach=True, fused=True")
+    if env["openmp_runtimes"]:
+        lines.append(f"OpenMP runtimes loaded: {env['openmp_runtimes']}")
+    lines += sorted(notes)
+    if bw:
+        lines.append(f"memory bandwidth (probe, {plural(bw['threads_used'], 'thread')}): "
+                     f"{bw['gb_per_s']:.1f} GB/s ({bw['layout']} elements, {bw['optimizer']} "
+                     f"{bw['dtype']} traffic)")
+    lines.append(f"threads: {', '.join(map(str, env['threads']))}; wall time {wall:.1f} s")
+    return lines
+
+
+TABLE_HEAD = (f"{'layout':<12} {'elements':>10} {'tensors':>7} {'used':>4}  "
+              f"{'system':<30} {'time/step':>11} {'GB/s':>7} {'% probe':>7} "
+              f"{'fastopt speed-up':>16}")
+
+
+def section_lines(rows) -> list[str]:
+    r0 = rows[0]
+    thr = plural(r0["threads"], "thread")
+    lines = [f"== {r0['title']}, {r0['dtype']}, {thr} "
+             f"({r0['bytes_per_element']} bytes/element moved) ==", TABLE_HEAD]
+    for r in rows:
+        first = True
+        for key, s in r["systems"].items():
+            lead = (f"{r['layout']:<12} {r['elements']:>10,} {r['tensors']:>7} "
+                    f"{r['threads_used']:>4}" if first else " " * 36)
+            speed = "" if key in ("probe", "fastopt") else f"{s['fastopt_speedup']:.2f}x"
+            lines.append(f"{lead}  {s['label']:<30} {fmt_time(s['time_s'])} "
+                         f"{s['gb_per_s']:7.2f} {s['pct_probe']:7.1f} {speed:>16}")
+            first = False
+        lines.append("")
+    return lines
+
+
+def summary_lines(rows) -> list[str]:
+    lines = ["== Summary: the fastopt optimizer's step (x = times faster) ==",
+             f"{'optimizer':<10} {'dtype':<8} {'layout':<12} {'thr':>3} {'used':>4} "
+             f"{'time/step':>11} {'GB/s':>7} {'% probe':>7} {'vs numpy':>9} "
+             f"{'vs torch':>9}  best torch"]
+    for r in rows:
+        f = r["systems"]["fastopt"]
+        vs_np = f"{r['speedup_vs_numpy']:.2f}x" if r["speedup_vs_numpy"] else "-"
+        vs_t = f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-"
+        best = r["systems"][r["best_torch"]]["label"] if r["best_torch"] else "(no torch)"
+        lines.append(f"{r['optimizer']:<10} {r['dtype']:<8} {r['layout']:<12} "
+                     f"{r['threads']:>3} {r['threads_used']:>4} {fmt_time(f['time_s'])} "
+                     f"{f['gb_per_s']:7.2f} {f['pct_probe']:7.1f} {vs_np:>9} {vs_t:>9}  "
+                     f"{best}")
+    return lines
+
+
+def report(env, rows, bw, notes, wall) -> str:
+    lines = header_lines(env, bw, notes, wall) + [""]
+    sections = {}
+    for r in rows:
+        sections.setdefault((r["optimizer"], r["dtype"], r["threads"]), []).append(r)
+    for key in sections:
+        lines += section_lines(sections[key])
+    lines += summary_lines(rows)
+    lines += ["", "GB/s: the rule's minimum traffic / time.  % probe: probe time / system time "
+              "* 100.  fastopt speed-up: system time / fastopt time.",
+              "used: threads fastopt really uses (steps below the parallel grain run on the "
+              "calling thread)."]
+    return "\n".join(lines)
+
+
+# ---- plot ---------------------------------------------------------------------------------
+
+def require_matplotlib():
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("fastopt-bench: --plot needs matplotlib, which is not installed "
+                         "(pip install matplotlib, or pip install 'fastopt[bench]')") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot(rows, path: str, plt) -> None:
+    """GB/s against size per system, one panel per optimizer/dtype/threads; the probe dashed."""
+    single = [r for r in rows if r["tensors"] == 1]
+    if not single:
+        raise SystemExit("fastopt-bench: --plot needs at least one single-tensor size")
+    panels = {}
+    for r in single:
+        panels.setdefault((r["optimizer"], r["dtype"], r["threads"]), []).append(r)
+    ncols = len({k[2] for k in panels})
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 4.5 * nrows), squeeze=False)
+    for ax, ((opt, dtype, thr), prs) in zip(axes.flat, panels.items()):
+        prs = sorted(prs, key=lambda r: r["elements"])
+        keys = list(dict.fromkeys(k for r in prs for k in r["systems"]))
+        for key in keys:
+            pts = [(r["elements"], r["systems"][key]["gb_per_s"]) for r in prs
+                   if key in r["systems"]]
+            label = prs[0]["systems"].get(key, {}).get("label", key)
+            style = dict(color="black", linestyle="--", linewidth=2) if key == "probe" else \
+                dict(marker="o", markersize=4)
+            ax.plot(*zip(*pts), label=label, **style)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("elements")
+        ax.set_ylabel("GB/s (rule's minimum traffic / time)")
+        ax.set_title(f"{prs[0]['title']}, {dtype}, {plural(thr, 'thread')}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- command line -------------------------------------------------------------------------
+
+class Progress:
+    """One status line on stderr, overwritten with carriage returns."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.done, self.stream, self.width = total, 0, stream, 0
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{self.done + 1}/{self.total}] {msg}"
+        self.stream.write("\r" + line.ljust(self.width))
+        self.stream.flush()
+        self.width = len(line)
+
+    def close(self) -> None:
+        self.stream.write("\r" + " " * self.width + "\r")
+        self.stream.flush()
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="fastopt-bench",
+        description="Time one optimizer step of fastopt against the memory limit (probe), the "
+                    "NumPy reference and torch.optim. Table on stdout, progress on stderr.")
+    p.add_argument("--quick", action="store_true",
+                   help="a short run: sizes 1e3,1e5,1e6, layout 1000x1e3, small time budget")
+    p.add_argument("--sizes", help="comma-separated single-tensor sizes, e.g. 1e3,1e5 "
+                   f"(default {','.join(map(fmt_count, DEFAULT_SIZES))}); 'none' for none")
+    p.add_argument("--layouts", help="comma-separated many-tensor layouts COUNTxSIZE or "
+                   f"'transformer' (default {','.join(DEFAULT_LAYOUTS)}); 'none' for none")
+    p.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
+                   help=f"comma-separated, of {', '.join(OPTIMIZERS)} (default %(default)s)")
+    p.add_argument("--dtypes", default="float32", help="float32 and/or float64 (default "
+                   "%(default)s)")
+    p.add_argument("--threads", default="1,all",
+                   help="comma-separated thread counts, 'all' = OpenMP's limit (default "
+                   "%(default)s)")
+    p.add_argument("--big", action="store_true", help=f"also run {fmt_count(BIG_SIZE)} "
+                   "elements (about 1.2 GB per system for Adam float32)")
+    p.add_argument("--no-torch", action="store_true", help="leave torch out")
+    p.add_argument("--budget", type=float, help="seconds of timed work per case and thread "
+                   "count (default 0.5, --quick 0.15)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="write the results as JSON to FILE, or to stdout (instead of the "
+                   "table) when FILE is '-' or omitted")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="plot GB/s against size per system, the probe as the limit line "
+                   "(needs matplotlib)")
+    args = p.parse_args(argv)
+    try:
+        args.optimizers = [OPTIMIZERS[k.strip().lower()] for k in args.optimizers.split(",")]
+    except KeyError as e:
+        p.error(f"--optimizers: unknown optimizer {e}; choose from {', '.join(OPTIMIZERS)}")
+    try:
+        args.dtypes = [np.dtype(d.strip()).type for d in args.dtypes.split(",")]
+    except TypeError as e:
+        p.error(f"--dtypes: {e}")
+    if any(d not in (np.float32, np.float64) for d in args.dtypes):
+        p.error("--dtypes: only float32 and float64")
+    try:
+        args.threads = parse_threads(args.threads)
+        args.layouts = layouts_from(args)
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        p.error(str(e))
+    return args
+
+
+def layouts_from(args) -> list[Layout]:
+    def items(text, default):
+        if text is None:
+            return list(default)
+        return [] if text.strip().lower() == "none" else [t for t in text.split(",") if t]
+    sizes = items(args.sizes, QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    sizes = [parse_count(str(s)) for s in sizes]
+    if args.big and BIG_SIZE not in sizes:
+        sizes.append(BIG_SIZE)
+    layouts = [parse_layout(str(s)) for s in sorted(set(sizes))]
+    layouts += [parse_layout(t) for t in items(args.layouts,
+                                                QUICK_LAYOUTS if args.quick else DEFAULT_LAYOUTS)]
+    if not layouts:
+        raise ValueError("nothing to run: no sizes and no layouts")
+    return layouts
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    plt = require_matplotlib() if args.plot else None
+    torch, torch_note = import_torch(args.no_torch)
+    settings = Settings()
+    if args.quick:
+        settings = Settings(budget=0.15, batch_s=1e-3, max_rounds=7)
+    if args.budget is not None:
+        settings.budget = args.budget
+    notes = {torch_note} if torch_note else set()
+    old_torch_threads = torch.get_num_threads() if torch is not None else None
+    cases = [(s, d, lay) for s in args.optimizers for d in args.dtypes for lay in args.layouts]
+    progress = Progress(len(cases))
+    rows, start = [], time.perf_counter()
+    try:
+        for spec, dtype, layout in cases:
+            rows += run_case(spec, dtype, layout, args.threads, torch, settings, args.seed,
+                             progress, notes)
+            progress.done += 1
+    finally:
+        progress.close()
+        fastopt.set_num_threads(None)
+        if torch is not None:
+            torch.set_num_threads(old_torch_threads)
+    wall = time.perf_counter() - start
+    env = environment(torch, args.threads)
+    bw = bandwidth(rows)
+    if args.json:
+        doc = {"environment": env, "memory_bandwidth": bw, "notes": sorted(notes),
+               "settings": vars(settings), "wall_s": wall, "results": rows}
+        text = json.dumps(doc, indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+    if args.json != "-":
+        print(report(env, rows, bw, notes, wall))
+    if plt is not None:
+        plot(rows, args.plot, plt)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
