@@ -67,7 +67,7 @@ OK = -1
 NEEDS_STATE = -2
 
 # Elements per thread below which a step stays on the calling thread (see set_parallel_grain).
-cdef int64_t _grain = 1 << 16
+cdef int64_t _grain = 1 << 14
 # Chunk boundaries are multiples of this many elements (64 bytes of float32).
 DEF ALIGN_ELEMS = 16
 
@@ -182,6 +182,7 @@ cdef class Plan:
     cdef unsigned char *ready    # state exists
     cdef int *group
     cdef char *hps               # ntensors x hp_size
+    cdef char **hp_of            # the scalars each tensor uses (shared within a group and step)
     cdef Interval *writes        # sorted address ranges of every array a step writes
     cdef Py_ssize_t nwrites
     cdef list params
@@ -196,6 +197,7 @@ cdef class Plan:
         self.ready = NULL
         self.group = NULL
         self.hps = NULL
+        self.hp_of = NULL
         self.writes = NULL
 
     def __init__(self, int rule, list streams, groups):
@@ -216,10 +218,11 @@ cdef class Plan:
         self.ready = <unsigned char *>malloc(max(T, 1))
         self.group = <int *>malloc(max(T, 1) * sizeof(int))
         self.hps = <char *>malloc(max(T, 1) * self.hp_size)
+        self.hp_of = <char **>malloc(max(T, 1) * sizeof(char *))
         self.writes = <Interval *>malloc(max(T, 1) * FO_MAX_STREAMS * sizeof(Interval))
         if (not self.sizes or not self.active or not self.prefix or not self.ptrs
                 or not self.is_f64 or not self.ready or not self.group or not self.hps
-                or not self.writes):
+                or not self.writes or not self.hp_of):
             raise MemoryError()
         memset(self.ptrs, 0, max(T, 1) * FO_MAX_STREAMS * sizeof(void *))
         self.params = []
@@ -254,6 +257,7 @@ cdef class Plan:
         free(self.ready)
         free(self.group)
         free(self.hps)
+        free(self.hp_of)
         free(self.writes)
 
     cdef bint _overlaps_write(self, uintptr_t lo, uintptr_t hi) noexcept:
@@ -304,6 +308,7 @@ cdef class Plan:
         cdef object seq = grads if type(grads) is list or type(grads) is tuple else list(grads)
         cdef const double *a
         cdef int64_t *st
+        cdef Py_ssize_t last = -1
         if len(seq) != T:
             raise ValueError(f"expected {T} gradients, got {len(seq)}")
         # raw arrays, checked here instead of through memoryviews (cheaper per call)
@@ -342,8 +347,13 @@ cdef class Plan:
                 self.ptrs[i * FO_MAX_STREAMS + FO_G] = cnp.PyArray_DATA(<cnp.ndarray>g)
                 if increment:
                     st[i] += 1
-                fo_scalars(self.rule, self.hps + i * self.hp_size, a + self.group[i] * nargs,
-                           st[i])
+                # tensors of one group at one step share their scalars: derive them once
+                if last >= 0 and self.group[i] == self.group[last] and st[i] == st[last]:
+                    self.hp_of[i] = self.hp_of[last]
+                else:
+                    self.hp_of[i] = self.hps + i * self.hp_size
+                    fo_scalars(self.rule, self.hp_of[i], a + self.group[i] * nargs, st[i])
+                    last = i
             total += self.active[i]
             self.prefix[i + 1] = total
         # 3. the kernels, without the GIL
@@ -381,7 +391,7 @@ cdef class Plan:
             end = hi - self.prefix[i] if hi < self.prefix[i + 1] else self.active[i]
             if end > off:
                 fo_run_segment(self.rule, self.is_f64[i], off, end - off,
-                               &self.ptrs[i * FO_MAX_STREAMS], self.hps + i * self.hp_size)
+                               &self.ptrs[i * FO_MAX_STREAMS], self.hp_of[i])
             i += 1
 
 

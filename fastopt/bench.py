@@ -26,13 +26,15 @@ run one step on their own copy of the same seeded data (the read-only gradients 
 Method
 ------
 - Every system is warmed up (the first steps create the optimizer state) before timing.
-- Small steps are timed in *batches*: as many back-to-back calls as take about ``--batch-ms``
-  milliseconds, timed with ``time.perf_counter_ns`` and divided by the count.
+- Small steps are timed in *batches*: as many back-to-back calls as take about 2 ms (1 ms with
+  ``--quick``), timed with ``time.perf_counter_ns`` and divided by the count.
 - Systems are *interleaved*: one round times one batch of every system (A B C A B C ..., the
   starting system rotating each round), so that a noisy moment of a shared machine hits all of
-  them alike. The number of rounds is chosen from a time budget per case (``--budget``), at least
-  ``--min-rounds``; the figure reported is the *median* over the rounds. Slow systems (NumPy at
-  1e7) therefore run only a few times. The garbage collector is off while timing.
+  them alike. The number of rounds is chosen from a time budget per case and thread count
+  (``--budget``), at least ``--min-rounds`` and at most 15; the figure reported is the *median*
+  over the rounds. Big cases (NumPy at 1e7) therefore run only a few times. A system slower than
+  ``--max-call`` seconds per call (twice in a row) is timed once and said so in the header.
+  The garbage collector is off while timing.
 - Small layouts are cache resident across a batch: their figures measure per-call overhead and
   in-cache speed, which is what a training loop of small tensors sees.
 
@@ -208,6 +210,7 @@ class System:
     label: str
     make: Callable[[int], Callable[[], object]]
     threaded: bool = True          # False: independent of the thread count (measured once)
+    slow: bool = False             # over Settings.max_call per call: timed once only
     samples: dict = field(default_factory=dict)   # threads -> [seconds per call, per round]
     batch: dict = field(default_factory=dict)     # threads -> calls per batch
 
@@ -286,23 +289,29 @@ TORCH_VARIANTS = (("torch", "foreach=False", dict(foreach=False)),
                   ("torch fused", "fused=True", dict(fused=True)))
 
 
+def torch_system(torch, spec, params, grads, variant):
+    """torch.optim on tensors sharing a copy of the data; ``variant`` is a TORCH_VARIANTS entry.
+    Raises RuntimeError, ValueError or TypeError if torch cannot run that variant."""
+    key, what, impl = variant
+    tensors = []
+    for a, g in zip(params, grads):
+        t = torch.from_numpy(a.copy()).requires_grad_(True)
+        t.grad = torch.from_numpy(g)
+        tensors.append(t)
+    opt = getattr(torch.optim, spec.torch_cls)(tensors, **spec.kwargs, **impl)
+    opt.step()          # creates the state; raises if the variant is unsupported
+    return System(key, f"torch {spec.torch_cls} {what}", lambda n: opt.step)
+
+
 def torch_systems(torch, spec, params, grads, notes):
     """torch.optim in its three implementations; one that cannot run is noted and left out."""
     systems = []
-    for key, what, impl in TORCH_VARIANTS:
-        tensors = []
-        for a, g in zip(params, grads):
-            t = torch.from_numpy(a.copy()).requires_grad_(True)
-            t.grad = torch.from_numpy(g)
-            tensors.append(t)
+    for variant in TORCH_VARIANTS:
         try:
-            opt = getattr(torch.optim, spec.torch_cls)(tensors, **spec.kwargs, **impl)
-            opt.step()          # creates the state; raises if the variant is unsupported
+            systems.append(torch_system(torch, spec, params, grads, variant))
         except (RuntimeError, ValueError, TypeError) as e:
-            notes.add(f"torch {spec.torch_cls} {what}: not supported here ({e}); skipped")
-            continue
-        systems.append(System(key, f"torch {spec.torch_cls} {what}",
-                              lambda n, opt=opt: opt.step))
+            notes.add(f"torch {spec.torch_cls} {variant[1]}: not supported here ({e}); "
+                      "skipped")
     return systems
 
 
@@ -320,9 +329,10 @@ def build_systems(spec, params, grads, torch, notes):
 class Settings:
     budget: float = 0.5        # seconds of timed work per case and thread count
     batch_s: float = 2e-3      # target duration of one timed batch
-    min_rounds: int = 3
+    min_rounds: int = 5
     max_rounds: int = 15
     warmup: int = 2
+    max_call: float = 0.5      # a system slower than this per call is timed once (see measure)
 
 
 def time_batch(fn, batch: int) -> float:
@@ -335,7 +345,7 @@ def time_batch(fn, batch: int) -> float:
 
 def calibrate(fn, settings: Settings) -> tuple[int, float]:
     """Warm up, then pick the batch size: (calls per batch, estimated seconds per batch)."""
-    for _ in range(settings.warmup):
+    for _ in range(settings.warmup - 1):    # the caller has made the first call
         fn()
     once = time_batch(fn, 1)
     if once < settings.batch_s / 4:     # refine the estimate of a fast call
@@ -344,22 +354,39 @@ def calibrate(fn, settings: Settings) -> tuple[int, float]:
     return batch, batch * once
 
 
-def measure(systems, nthreads, settings: Settings, progress, what: str) -> None:
-    """Interleaved rounds over ``systems``; appends per-call times to each system's samples."""
-    fns, cost = {}, 0.0
+def measure(systems, nthreads, settings: Settings, progress, what: str, notes) -> None:
+    """Interleaved rounds over ``systems``; appends per-call times to each system's samples.
+
+    A system whose first two calls both take longer than ``settings.max_call`` keeps the
+    second as its only sample and is not timed again in this case (a note says so): it would
+    otherwise eat the whole time budget.
+    """
+    fns, timed, cost = {}, [], 0.0
     for s in systems:
         progress(f"{what}: warming up {s.label}")
-        fns[s.key] = s.make(nthreads)
-        s.batch[nthreads], seconds = calibrate(fns[s.key], settings)
+        fn = s.make(nthreads)
+        if time_batch(fn, 1) > settings.max_call:      # the first call may be a hiccup
+            second = time_batch(fn, 1)
+            if second > settings.max_call:
+                s.samples[nthreads], s.batch[nthreads], s.slow = [second], 1, True
+                notes.add(f"note: {s.label} on {what}: {second:.2f} s per call (over "
+                          f"--max-call {settings.max_call} s): timed once, not at other "
+                          "thread counts")
+                continue
+        s.batch[nthreads], seconds = calibrate(fn, settings)
+        fns[s.key] = fn
+        timed.append(s)
         cost += seconds
-    rounds = int(min(settings.max_rounds, max(settings.min_rounds, settings.budget // cost)))
+    if not timed:
+        return
+    rounds = int(max(settings.min_rounds, min(settings.max_rounds, settings.budget // cost)))
     gc.collect()
     gc.disable()
     try:
         for r in range(rounds):
             progress(f"{what}: round {r + 1}/{rounds}")
-            k = r % len(systems)
-            for s in systems[k:] + systems[:k]:
+            k = r % len(timed)
+            for s in timed[k:] + timed[:k]:
                 s.samples.setdefault(nthreads, []).append(
                     time_batch(fns[s.key], s.batch[nthreads]))
     finally:
@@ -403,9 +430,9 @@ def run_case(spec, dtype, layout, thread_counts, torch, settings, seed, progress
     rows = []
     for i, n in enumerate(thread_counts):
         set_threads(n, torch)
-        active = [s for s in systems if s.threaded or i == 0]
+        active = [s for s in systems if (s.threaded or i == 0) and not s.slow]
         what = f"{spec.key} {np.dtype(dtype).name} {layout.name} x{n} thread{'s' * (n > 1)}"
-        measure(active, n, settings, progress, what)
+        measure(active, n, settings, progress, what, notes)
         rows.append(summarize(spec, dtype, layout, n, systems, thread_counts[0]))
     return rows
 
@@ -513,8 +540,11 @@ def bandwidth(rows) -> dict | None:
     if not rows:
         return None
     r = max(rows, key=lambda r: (r["elements"], r["threads"], r["bytes_per_element"]))
+    itemsize = np.dtype(r["dtype"]).itemsize
+    footprint = r["elements"] * itemsize * OPTIMIZERS[r["optimizer"]].nstreams
     return {"gb_per_s": r["systems"]["probe"]["gb_per_s"], "threads": r["threads"],
             "threads_used": r["threads_used"], "elements": r["elements"],
+            "footprint_bytes": footprint,
             "optimizer": r["optimizer"], "dtype": r["dtype"], "layout": r["layout"]}
 
 
@@ -555,14 +585,15 @@ def header_lines(env, bw, notes, wall) -> list[str]:
     if bw:
         lines.append(f"memory bandwidth (probe, {plural(bw['threads_used'], 'thread')}): "
                      f"{bw['gb_per_s']:.1f} GB/s ({bw['layout']} elements, {bw['optimizer']} "
-                     f"{bw['dtype']} traffic)")
+                     f"{bw['dtype']} streams, {bw['footprint_bytes'] / 2**20:.0f} MiB of "
+                     "arrays)")
     lines.append(f"threads: {', '.join(map(str, env['threads']))}; wall time {wall:.1f} s")
     return lines
 
 
 TABLE_HEAD = (f"{'layout':<12} {'elements':>10} {'tensors':>7} {'used':>4}  "
               f"{'system':<30} {'time/step':>11} {'GB/s':>7} {'% probe':>7} "
-              f"{'fastopt speed-up':>16}")
+              f"{'fastopt speed-up':>16} {'rounds':>6}")
 
 
 def section_lines(rows) -> list[str]:
@@ -577,7 +608,8 @@ def section_lines(rows) -> list[str]:
                     f"{r['threads_used']:>4}" if first else " " * 36)
             speed = "" if key in ("probe", "fastopt") else f"{s['fastopt_speedup']:.2f}x"
             lines.append(f"{lead}  {s['label']:<30} {fmt_time(s['time_s'])} "
-                         f"{s['gb_per_s']:7.2f} {s['pct_probe']:7.1f} {speed:>16}")
+                         f"{s['gb_per_s']:7.2f} {s['pct_probe']:7.1f} {speed:>16} "
+                         f"{s['rounds']:>6}")
             first = False
         lines.append("")
     return lines
@@ -705,6 +737,11 @@ def parse_args(argv):
     p.add_argument("--no-torch", action="store_true", help="leave torch out")
     p.add_argument("--budget", type=float, help="seconds of timed work per case and thread "
                    "count (default 0.5, --quick 0.15)")
+    p.add_argument("--max-call", type=float, default=Settings.max_call,
+                   help="seconds: a system whose single call is slower is timed once only "
+                   "(default %(default)s)")
+    p.add_argument("--min-rounds", type=int, help="fewest interleaved rounds per case "
+                   "(default 5, --quick 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="write the results as JSON to FILE, or to stdout (instead of the "
@@ -754,9 +791,12 @@ def main(argv=None) -> int:
     torch, torch_note = import_torch(args.no_torch)
     settings = Settings()
     if args.quick:
-        settings = Settings(budget=0.15, batch_s=1e-3, max_rounds=7)
+        settings = Settings(budget=0.15, batch_s=1e-3, min_rounds=3, max_rounds=7)
     if args.budget is not None:
         settings.budget = args.budget
+    if args.min_rounds is not None:
+        settings.min_rounds = max(1, args.min_rounds)
+    settings.max_call = args.max_call
     notes = {torch_note} if torch_note else set()
     old_torch_threads = torch.get_num_threads() if torch is not None else None
     cases = [(s, d, lay) for s in args.optimizers for d in args.dtypes for lay in args.layouts]

@@ -5,7 +5,7 @@ import numpy as np
 
 DTYPES = [np.float32, np.float64]
 # 0 and 1; odd sizes that are no multiple of any SIMD width (4, 8, 16) around those widths;
-# a size above the default threading grain (65536 elements per thread on 2 threads).
+# a size above the default threading grain (16384 elements per thread).
 SIZES = [0, 1, 3, 7, 15, 17, 31, 33, 63, 65, 1000, 4099, 140_001]
 SMALL_SIZES = [0, 1, 7, 17, 33, 4099]
 
