@@ -72,7 +72,7 @@ def check_disjoint(named_arrays: Sequence[tuple[str, np.ndarray]]) -> None:
         (_span(a) + (name, a) for name, a in named_arrays if a.nbytes > 0),
         key=lambda s: s[0],
     )
-    for (lo0, hi0, n0, a0), (lo1, hi1, n1, a1) in zip(spans, spans[1:]):
+    for (_, hi0, n0, a0), (lo1, _, n1, a1) in zip(spans, spans[1:]):
         if lo1 < hi0:
             what = "are the same array" if a0 is a1 else "overlap in memory"
             raise ValueError(f"{n0} and {n1} {what}; each parameter and state buffer must "

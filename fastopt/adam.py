@@ -14,7 +14,8 @@ _ADAM_MATH = r"""
         m_t &\leftarrow m_{t-1} + (1 - \beta_1)(g - m_{t-1})
             \quad \text{(torch's lerp form of } \beta_1 m_{t-1} + (1-\beta_1) g) \\
         v_t &\leftarrow \beta_2 v_{t-1} + (1 - \beta_2) g^2 \\
-        \hat v_t &\leftarrow \max(\hat v_{t-1}, v_t) \quad \text{if amsgrad (else } \hat v_t = v_t) \\
+        \hat v_t &\leftarrow \max(\hat v_{t-1}, v_t)
+            \quad \text{if amsgrad (else } \hat v_t = v_t) \\
         p &\leftarrow p - \frac{\gamma}{1 - \beta_1^t} \cdot
             \frac{m_t}{\sqrt{\hat v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
 
@@ -101,7 +102,7 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    __doc__ = (r"""AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay, torch's rule.
+    __doc__ = (r"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
 """ + _ADAM_MATH.replace(
         "{DECAY}", r"p &\leftarrow p \, (1 - \gamma \lambda) \quad \text{(decoupled: applied to"
                    r" the param, before the Adam update)} \\") + _PARAMS.replace(

@@ -73,9 +73,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import fastopt
-from fastopt import _kernels
+from fastopt import _kernels, reference
 from fastopt import kernels as fkernels
-from fastopt import reference
 
 GB = 1e9
 DEFAULT_SIZES = (10**3, 10**4, 10**5, 10**6, 10**7)
@@ -169,7 +168,7 @@ def transformer_layout(d: int = 256, layers: int = 6, vocab: int = 8192, ctx: in
         shapes += [(d,), (d,)]                                   # LayerNorm 2
         shapes += [(d, 4 * d), (4 * d,), (4 * d, d), (d,)]       # MLP
     shapes += [(d,), (d,)]                                       # final LayerNorm
-    return Layout(f"transformer", tuple(shapes))
+    return Layout("transformer", tuple(shapes))
 
 
 def parse_layout(text: str) -> Layout:

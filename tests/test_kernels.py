@@ -3,8 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import (ADAM_OPTIONS, DTYPES, SGD_OPTIONS, SIZES, SMALL_SIZES, adam_kwargs,
-                     assert_bitwise, data, sgd_kwargs, snapshot)
+from helpers import (
+    ADAM_OPTIONS,
+    DTYPES,
+    SGD_OPTIONS,
+    SIZES,
+    adam_kwargs,
+    assert_bitwise,
+    data,
+    sgd_kwargs,
+    snapshot,
+)
 
 import fastopt
 from fastopt import kernels, reference

@@ -19,7 +19,7 @@ def run_training(nthreads, threads, sizes=(50_000, 3, 70_001, 1024)):
     rng = np.random.default_rng(0)
     params = [rng.standard_normal(n).astype(np.float32) for n in sizes]
     opt = fastopt.AdamW(params, lr=1e-2, amsgrad=True)
-    for step in range(5):
+    for _ in range(5):
         opt.step([rng.standard_normal(n).astype(np.float32) for n in sizes])
     return np.concatenate(params + [a for st in opt.state.values()
                                     for k, a in st.items() if k != "step"])
@@ -60,7 +60,8 @@ def test_omp_num_threads_sets_the_default():
 
 
 def test_threadpoolctl_limits_fastopt():
-    threadpoolctl = pytest.importorskip("threadpoolctl", reason="optional: pip install threadpoolctl")
+    threadpoolctl = pytest.importorskip("threadpoolctl",
+                                        reason="optional: pip install threadpoolctl")
     if not _kernels.openmp_enabled():
         pytest.skip("single-threaded build")
     with threadpoolctl.threadpool_limits(1, user_api="openmp"):

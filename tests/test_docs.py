@@ -1,0 +1,19 @@
+"""The examples in the docstrings run and print what they say."""
+from __future__ import annotations
+
+import doctest
+
+import pytest
+
+import fastopt
+import fastopt.adam
+import fastopt.kernels
+import fastopt.sgd
+
+
+@pytest.mark.parametrize("module", [fastopt, fastopt.kernels, fastopt.adam, fastopt.sgd],
+                         ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{module.__name__} has no examples"
+    assert result.failed == 0
