@@ -5,7 +5,8 @@ import os
 import platform
 import sys
 
-from . import _kernels
+from ._backend import BACKEND
+from ._backend import native as _native
 from ._threading import get_num_threads
 from ._version import __version__
 
@@ -16,7 +17,7 @@ def _select_isa_from_env() -> None:
     """Honour FASTOPT_ISA (baseline, avx2, avx512, auto) once, at import."""
     wanted = os.environ.get(ENV_ISA, "auto").strip().lower() or "auto"
     try:
-        _kernels.isa_select(wanted)
+        _native.isa_select(wanted)
     except ValueError as e:
         raise ImportError(f"fastopt: {ENV_ISA}={wanted!r}: {e}") from None
 
@@ -27,25 +28,26 @@ def set_isa(name: str) -> str:
     Returns the previous one. Results are bitwise identical on every path; this exists for
     tests and benchmarks. Raises ValueError if this build or CPU lacks it.
     """
-    old = _kernels.isa_active()
-    _kernels.isa_select(name)
+    old = _native.isa_active()
+    _native.isa_select(name)
     return old
 
 
 def config() -> dict:
     """The configuration as a dict (what show_config prints)."""
-    compiled = _kernels.isa_compiled()
+    compiled = _native.isa_compiled()
     return {
         "version": __version__,
+        "backend": BACKEND,
         "python": sys.version.split()[0],
         "platform": f"{platform.system()} {platform.machine()}",
-        "openmp": _kernels.openmp_enabled(),
-        "openmp_version": _kernels.openmp_version(),
+        "openmp": _native.openmp_enabled(),
+        "openmp_version": _native.openmp_version(),
         "isa_compiled": list(compiled),
-        "isa_supported": [n for n in compiled if _kernels.isa_supported(n)],
-        "isa_active": _kernels.isa_active(),
+        "isa_supported": [n for n in compiled if _native.isa_supported(n)],
+        "isa_active": _native.isa_active(),
         "num_threads": get_num_threads(),
-        "parallel_grain": _kernels.get_parallel_grain(),
+        "parallel_grain": _native.get_parallel_grain(),
     }
 
 
@@ -56,6 +58,7 @@ def show_config() -> None:
     omp = f"yes (_OPENMP {c['openmp_version']})" if c["openmp"] else "no (single-threaded build)"
     print(f"fastopt {c['version']} on Python {c['python']}, NumPy {np.__version__}, "
           f"{c['platform']}")
+    print(f"  backend:          {c['backend']}")
     print(f"  OpenMP:           {omp}")
     print(f"  SIMD compiled:    {', '.join(c['isa_compiled'])}")
     print(f"  SIMD supported:   {', '.join(c['isa_supported'])}")

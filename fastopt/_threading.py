@@ -5,14 +5,14 @@
   otherwise is the number of cores available to the process.
 - ``set_num_threads(n)`` with n >= 1: use at most n threads (still capped by OpenMP's limit, so
   a threadpoolctl limit always wins); ``-1``: all of OpenMP's limit, like None. 0 is an error.
-- Small steps run on the calling thread whatever the count (see ``_kernels.set_parallel_grain``).
+- Small steps run on the calling thread whatever the count (see ``_native.set_parallel_grain``).
 - Without OpenMP in the build, everything runs on one thread and the count is 1.
 """
 from __future__ import annotations
 
 import numbers
 
-from . import _kernels
+from ._backend import native as _native
 
 _requested: int | None = None
 
@@ -33,7 +33,7 @@ def set_num_threads(n: int | None) -> None:
 
 def get_num_threads() -> int:
     """The number of threads the next large step will use."""
-    limit = _kernels.omp_max_threads()
+    limit = _native.omp_max_threads()
     if _requested is None:
         return limit
     return min(_requested, limit)

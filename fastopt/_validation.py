@@ -139,10 +139,11 @@ def lr(value) -> float:
 def betas(value) -> tuple[float, float]:
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise TypeError(f"Invalid betas: expected a pair (beta1, beta2), got {value!r}")
-    return tuple(
+    beta1, beta2 = (
         real("beta", b, high=1.0, high_open=True, what=f"beta parameter at index {i}")
         for i, b in enumerate(value)
     )
+    return beta1, beta2
 
 
 def step_count(name: str, value) -> int:
@@ -152,6 +153,7 @@ def step_count(name: str, value) -> int:
         v = v.item()
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name}: expected a non-negative integer step count, got {value!r}")
-    if not math.isfinite(float(v)) or float(v) != int(v) or int(v) < 0:
+    f = float(v)
+    if not math.isfinite(f) or f != int(f) or f < 0:
         raise ValueError(f"{name}: expected a non-negative integer step count, got {value!r}")
-    return int(v)
+    return int(f)

@@ -1,7 +1,8 @@
 """Adam and AdamW, torch.optim's rules."""
 from __future__ import annotations
 
-from . import _kernels, _validation
+from . import _validation
+from ._backend import native as _native
 from .optimizer import Optimizer
 
 _ADAM_MATH = r"""
@@ -74,7 +75,7 @@ class Adam(Optimizer):
     Reddi et al., "On the Convergence of Adam and Beyond", ICLR 2018.
     """)
 
-    _rule = _kernels.RULE_ADAM
+    _rule = _native.RULE_ADAM
     _hyper_keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
     _decoupled = False
 

@@ -326,7 +326,7 @@ def build_systems(spec, params, grads, torch, notes):
 
 @dataclass
 class Settings:
-    budget: float = 0.5        # seconds of timed work per case and thread count
+    budget: float = 0.4        # seconds of timed work per case and thread count
     batch_s: float = 2e-3      # target duration of one timed batch
     min_rounds: int = 5
     max_rounds: int = 15
@@ -342,13 +342,15 @@ def time_batch(fn, batch: int) -> float:
     return (time.perf_counter_ns() - t0) / batch / 1e9
 
 
-def calibrate(fn, settings: Settings) -> tuple[int, float]:
-    """Warm up, then pick the batch size: (calls per batch, estimated seconds per batch)."""
-    for _ in range(settings.warmup - 1):    # the caller has made the first call
-        fn()
-    once = time_batch(fn, 1)
+def calibrate(fn, settings: Settings, first: float) -> tuple[int, float]:
+    """Finish the warm-up (the caller made the first call, which took ``first`` seconds), then
+    pick the batch size: (calls per batch, estimated seconds per batch). The estimate is the
+    fastest of the timed calls, so that one hiccup of a shared machine does not distort it."""
+    once = first
+    for _ in range(settings.warmup - 1):
+        once = min(once, time_batch(fn, 1))
     if once < settings.batch_s / 4:     # refine the estimate of a fast call
-        once = time_batch(fn, max(1, int(settings.batch_s / 4 / max(once, 1e-9))))
+        once = min(once, time_batch(fn, max(1, int(settings.batch_s / 4 / max(once, 1e-9)))))
     batch = max(1, min(1_000_000, math.ceil(settings.batch_s / max(once, 1e-9))))
     return batch, batch * once
 
@@ -364,15 +366,16 @@ def measure(systems, nthreads, settings: Settings, progress, what: str, notes) -
     for s in systems:
         progress(f"{what}: warming up {s.label}")
         fn = s.make(nthreads)
-        if time_batch(fn, 1) > settings.max_call:      # the first call may be a hiccup
-            second = time_batch(fn, 1)
-            if second > settings.max_call:
-                s.samples[nthreads], s.batch[nthreads], s.slow = [second], 1, True
-                notes.add(f"note: {s.label} on {what}: {second:.2f} s per call (over "
+        first = time_batch(fn, 1)
+        if first > settings.max_call:      # the first call may be a hiccup: try again
+            first = time_batch(fn, 1)
+            if first > settings.max_call:
+                s.samples[nthreads], s.batch[nthreads], s.slow = [first], 1, True
+                notes.add(f"note: {s.label} on {what}: {first:.2f} s per call (over "
                           f"--max-call {settings.max_call} s): timed once, not at other "
                           "thread counts")
                 continue
-        s.batch[nthreads], seconds = calibrate(fn, settings)
+        s.batch[nthreads], seconds = calibrate(fn, settings, first)
         fns[s.key] = fn
         timed.append(s)
         cost += seconds
@@ -513,15 +516,24 @@ def openmp_runtimes() -> str | None:
     return ", ".join(libs) or "none"
 
 
-def environment(torch, thread_counts) -> dict:
+def environment(torch, thread_counts, load_before) -> dict:
     c = fastopt.config()
     return {
+        "load_average_before": load_before, "load_average_after": load_average(),
         "fastopt": c, "cpu": cpu_model(), "cpus": cpu_count(),
         "python": platform.python_version(), "numpy": np.__version__,
         "torch": torch.__version__ if torch is not None else None,
         "allocator": allocator_setting(), "openmp_runtimes": openmp_runtimes(),
         "threads": thread_counts,
     }
+
+
+def load_average() -> float | None:
+    """1-minute load average: others' work on a shared machine skews the figures."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def import_torch(disabled: bool):
@@ -572,8 +584,8 @@ def header_lines(env, bw, notes, wall) -> list[str]:
         f"CPU: {env['cpu']}, {plural(env['cpus'], 'logical core')}; "
         f"Python {env['python']}, NumPy {env['numpy']}",
         f"NumPy allocator: {env['allocator']}",
-        "NumPy reference: single-threaded (element-wise ufuncs use no threads): measured at "
-        f"{plural(env['threads'][0], 'thread')}, shown for every thread count",
+        "NumPy reference: single-threaded (element-wise ufuncs use no threads): measured once "
+        "per case, shown at every thread count",
     ]
     if env["torch"]:
         lines.append(f"torch {env['torch']}: torch.set_num_threads = the thread count; "
@@ -586,7 +598,9 @@ def header_lines(env, bw, notes, wall) -> list[str]:
                      f"{bw['gb_per_s']:.1f} GB/s ({bw['layout']} elements, {bw['optimizer']} "
                      f"{bw['dtype']} streams, {bw['footprint_bytes'] / 2**20:.0f} MiB of "
                      "arrays)")
-    lines.append(f"threads: {', '.join(map(str, env['threads']))}; wall time {wall:.1f} s")
+    lines.append(f"threads: {', '.join(map(str, env['threads']))}; wall time {wall:.1f} s; "
+                 f"load average {env['load_average_before']} before, "
+                 f"{env['load_average_after']} after (this run adds up to its thread count)")
     return lines
 
 
@@ -735,7 +749,7 @@ def parse_args(argv):
                    "elements (about 1.2 GB per system for Adam float32)")
     p.add_argument("--no-torch", action="store_true", help="leave torch out")
     p.add_argument("--budget", type=float, help="seconds of timed work per case and thread "
-                   "count (default 0.5, --quick 0.15)")
+                   "count (default 0.4, --quick 0.15)")
     p.add_argument("--max-call", type=float, default=Settings.max_call,
                    help="seconds: a system whose single call is slower is timed once only "
                    "(default %(default)s)")
@@ -790,7 +804,7 @@ def main(argv=None) -> int:
     torch, torch_note = import_torch(args.no_torch)
     settings = Settings()
     if args.quick:
-        settings = Settings(budget=0.15, batch_s=1e-3, min_rounds=3, max_rounds=7)
+        settings = Settings(budget=0.15, batch_s=1e-3, min_rounds=3, max_rounds=9)
     if args.budget is not None:
         settings.budget = args.budget
     if args.min_rounds is not None:
@@ -800,7 +814,7 @@ def main(argv=None) -> int:
     old_torch_threads = torch.get_num_threads() if torch is not None else None
     cases = [(s, d, lay) for s in args.optimizers for d in args.dtypes for lay in args.layouts]
     progress = Progress(len(cases))
-    rows, start = [], time.perf_counter()
+    rows, start, load_before = [], time.perf_counter(), load_average()
     try:
         for spec, dtype, layout in cases:
             rows += run_case(spec, dtype, layout, args.threads, torch, settings, args.seed,
@@ -812,7 +826,7 @@ def main(argv=None) -> int:
         if torch is not None:
             torch.set_num_threads(old_torch_threads)
     wall = time.perf_counter() - start
-    env = environment(torch, args.threads)
+    env = environment(torch, args.threads, load_before)
     bw = bandwidth(rows)
     if args.json:
         doc = {"environment": env, "memory_bandwidth": bw, "notes": sorted(notes),

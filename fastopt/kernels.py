@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _kernels, _validation
+from . import _validation
+from ._backend import native as _native
 from ._threading import get_num_threads
 
 __all__ = ["adam_step", "adam", "sgd_step", "sgd", "probe"]
@@ -53,11 +54,11 @@ def _run(rule, params, grads, buffers, args, steps):
     streams = [[p, None, *(b[i] if b is not None else None for b in buffers)]
                for i, p in enumerate(params)]
     for row in streams:
-        row.extend([None] * (_kernels.MAX_STREAMS - len(row)))
-    plan = _kernels.Plan(rule, streams, [0] * len(params))
+        row.extend([None] * (_native.MAX_STREAMS - len(row)))
+    plan = _native.Plan(rule, streams, [0] * len(params))
     rc = plan.step(grads, np.array([args], dtype=np.float64), np.asarray(steps, dtype=np.int64),
                    False, get_num_threads())
-    if rc != _kernels.OK:  # unreachable after _check_arrays; kept as a guard
+    if rc != _native.OK:  # unreachable after _check_arrays; kept as a guard
         raise RuntimeError(f"fastopt: internal error, plan refused tensor {rc}")
 
 
@@ -92,7 +93,7 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr=1e-
     args = _adam_args(lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize)
     bufs = [exp_avgs, exp_avg_sqs, max_exp_avg_sqs]
     _check_arrays(["params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], params, grads, bufs)
-    _run(_kernels.RULE_ADAM, params, grads, bufs, args, steps)
+    _run(_native.RULE_ADAM, params, grads, bufs, args, steps)
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
@@ -151,7 +152,7 @@ def sgd(params, grads, momentum_buffers=None, *, lr=1e-3, momentum=0.0, dampenin
                 for i, b in enumerate(_as_list("init_buffers", init_buffers, n))]
     _check_arrays(["params", "momentum_buffers"], params, grads, [momentum_buffers])
     # the kernel initialises a buffer on its first step, i.e. when its step count is 1
-    _run(_kernels.RULE_SGD, params, grads, [momentum_buffers], args,
+    _run(_native.RULE_SGD, params, grads, [momentum_buffers], args,
          [1 if b else 2 for b in init])
 
 
@@ -175,9 +176,9 @@ def probe(arrays: Sequence[np.ndarray]) -> None:
     """The speed limit of a rule: reads every array and writes all but ``arrays[1]`` (2 to 5
     arrays of one shape and dtype, as [param, grad, state...]). Used by the benchmark."""
     arrays = list(arrays)
-    if not 2 <= len(arrays) <= _kernels.MAX_STREAMS:
-        raise ValueError(f"probe: expected 2 to {_kernels.MAX_STREAMS} arrays, got {len(arrays)}")
+    if not 2 <= len(arrays) <= _native.MAX_STREAMS:
+        raise ValueError(f"probe: expected 2 to {_native.MAX_STREAMS} arrays, got {len(arrays)}")
     p, g, *rest = arrays
     _check_arrays(["arrays"] + [f"state{k}" for k in range(len(rest))], [p], [g],
                   [[b] for b in rest])
-    _run(_kernels.RULE_PROBE, [p], [g], [[b] for b in rest], [float(len(arrays))], [1])
+    _run(_native.RULE_PROBE, [p], [g], [[b] for b in rest], [float(len(arrays))], [1])

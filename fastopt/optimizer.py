@@ -16,10 +16,12 @@ from __future__ import annotations
 import copy
 import operator
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
-from . import _kernels, _validation
+from . import _validation
+from ._backend import native as _native
 from ._threading import get_num_threads
 
 
@@ -41,10 +43,10 @@ class Optimizer:
         self._params: list[np.ndarray] = []
         self._group_of: list[int] = []
         self._steps = np.zeros(0, dtype=np.int64)
-        self._plan = None
-        self._args = None
-        self._args_key = None
-        self._signature = None
+        self._plan: Any = None          # fastopt._kernels.Plan, rebuilt when params/state change
+        self._args: Any = None          # float64 (groups, nargs) table of the last validated values
+        self._args_key: Any = None      # the raw group values it was made from
+        self._signature: Any = None     # which state buffers each group needs
         self._get_hyper = operator.itemgetter(*self._hyper_keys)
         if isinstance(params, np.ndarray) or not isinstance(params, Iterable):
             raise TypeError("params argument given to the optimizer should be an iterable of "
@@ -147,10 +149,10 @@ class Optimizer:
         args = self._hyper_args()
         plan = self._plan if self._plan is not None else self._build_plan()
         rc = plan.step(grads, args, self._steps, True, get_num_threads())
-        if rc == _kernels.NEEDS_STATE:
+        if rc == _native.NEEDS_STATE:
             plan = self._build_plan(grads)
             rc = plan.step(grads, args, self._steps, True, get_num_threads())
-        if rc != _kernels.OK:
+        if rc != _native.OK:
             self._raise_bad_grad(rc, grads)
 
     def _raise_bad_grad(self, i: int, grads) -> None:
@@ -163,7 +165,7 @@ class Optimizer:
     def _build_plan(self, grads=None):
         """(Re)build the native plan; with ``grads``, first create state for the params that
         have a gradient and no state yet (or lack a buffer their group now needs)."""
-        streams = []
+        streams: list[list[np.ndarray | None]] = []
         for i, p in enumerate(self._params):
             group = self.param_groups[self._group_of[i]]
             bufs = self._buffers(group)
@@ -174,11 +176,11 @@ class Optimizer:
             if st is None or any(k not in st for _, k in bufs):
                 streams.append([p])     # not ready: a step with its gradient creates state
                 continue
-            row = [p] + [None] * (_kernels.MAX_STREAMS - 1)
+            row = [p] + [None] * (_native.MAX_STREAMS - 1)
             for slot, key in bufs:
                 row[slot] = st[key]
             streams.append(row)
-        self._plan = _kernels.Plan(self._rule, streams, self._group_of)
+        self._plan = _native.Plan(self._rule, streams, self._group_of)
         return self._plan
 
     def _init_state(self, i, p, st, bufs) -> dict:

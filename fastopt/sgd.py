@@ -1,7 +1,8 @@
 """Stochastic gradient descent with momentum, torch.optim.SGD's rule."""
 from __future__ import annotations
 
-from . import _kernels, _validation
+from . import _validation
+from ._backend import native as _native
 from .optimizer import Optimizer
 
 
@@ -52,7 +53,7 @@ class SGD(Optimizer):
     array([-0.1, -0.1, -0.1], dtype=float32)
     """
 
-    _rule = _kernels.RULE_SGD
+    _rule = _native.RULE_SGD
     _hyper_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
     _has_step_state = False
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 import fastopt
-from fastopt import _kernels
+from fastopt._backend import native as _kernels
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import platform
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,7 +14,7 @@ import pytest
 from helpers import assert_bitwise
 
 import fastopt
-from fastopt import _kernels
+from fastopt._backend import native as _kernels
 
 
 def run_training(nthreads, threads, sizes=(50_000, 3, 70_001, 1024)):
@@ -75,9 +78,39 @@ def test_build_has_openmp_and_the_simd_paths():
     if os.environ.get("FASTOPT_ALLOW_SERIAL_BUILD") == "1":
         pytest.skip("FASTOPT_ALLOW_SERIAL_BUILD=1")
     assert _kernels.openmp_enabled(), "built without OpenMP"
-    import platform
-    if platform.machine().lower() in ("x86_64", "amd64"):
+    if platform.machine().lower() in ("x86_64", "amd64") and platform.system() != "Windows":
         assert set(_kernels.isa_compiled()) == {"baseline", "avx2", "avx512"}
+
+
+def test_baseline_code_uses_no_instruction_beyond_the_platform_baseline():
+    """Disassemble the extension: the baseline kernels must contain no VEX/EVEX (AVX)
+    instruction, so the wheel runs on any x86-64 CPU; the AVX-512 ones must use zmm."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or platform.system() != "Linux":
+        pytest.skip("the disassembly check is for x86-64 Linux builds")
+    if not _kernels.__file__.endswith(".so"):
+        pytest.skip("the NumPy fallback has no machine code")
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump (binutils) not installed")
+    asm = subprocess.run([objdump, "-d", "--no-show-raw-insn", _kernels.__file__],
+                         capture_output=True, text=True, check=True).stdout
+    functions = {}
+    name = None
+    for line in asm.splitlines():
+        m = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
+        if m:
+            name = m.group(1)
+            functions[name] = []
+        elif name and "\t" in line:
+            functions[name].append(line.split("\t")[-1].strip())
+    baseline = {k: v for k, v in functions.items() if k.endswith("_baseline")}
+    assert {"adam_f32_baseline", "sgd_f64_baseline", "probe_f32_baseline"} <= set(baseline), \
+        "kernel symbols not found: was the extension stripped?"
+    for fn, insns in baseline.items():
+        avx = [i for i in insns if i.startswith("v") or "%ymm" in i or "%zmm" in i]
+        assert not avx, f"{fn} uses AVX instructions: {avx[:5]}"
+    assert any("%zmm" in i for i in functions["adam_f32_avx512"])
+    assert any("%ymm" in i for i in functions["adam_f32_avx2"])
 
 
 def test_isa_selection_and_errors():

@@ -1,0 +1,38 @@
+# Type stubs of the native driver (fastopt/_kernels.pyx); fastopt/_purepython.py mirrors it.
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+RULE_SGD: int
+RULE_ADAM: int
+RULE_PROBE: int
+NARGS: dict[int, int]
+MAX_STREAMS: int
+OK: int
+NEEDS_STATE: int
+
+def openmp_enabled() -> bool: ...
+def openmp_version() -> int: ...
+def omp_max_threads() -> int: ...
+def isa_compiled() -> tuple[str, ...]: ...
+def isa_supported(name: str) -> bool: ...
+def isa_select(name: str) -> None: ...
+def isa_active() -> str: ...
+def set_parallel_grain(elems: int) -> int: ...
+def get_parallel_grain() -> int: ...
+
+class Plan:
+    rule: int
+    ntensors: int
+    def __init__(
+        self, rule: int, streams: list[Sequence[np.ndarray | None]], groups: Sequence[int]
+    ) -> None: ...
+    def step(
+        self,
+        grads: Sequence[np.ndarray | None],
+        args: npt.NDArray[np.float64],
+        steps: npt.NDArray[np.int64],
+        increment: bool,
+        nthreads: int,
+    ) -> int: ...

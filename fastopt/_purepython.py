@@ -1,0 +1,143 @@
+"""The NumPy fallback of the native driver (fastopt._kernels), with the same interface.
+
+Selected by FASTOPT_PUREPYTHON=1 (see fastopt._backend). Each step runs the functions of
+fastopt.reference, which compute bitwise what the C kernels compute; the checks, return codes
+and bookkeeping follow fastopt/_kernels.pyx line for line. One thread, no SIMD choice.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import reference
+
+RULE_SGD, RULE_ADAM, RULE_PROBE = 0, 1, 2
+NARGS = {RULE_SGD: 6, RULE_ADAM: 7, RULE_PROBE: 1}
+MAX_STREAMS = 5
+OK = -1
+NEEDS_STATE = -2
+
+_grain = 1 << 14
+_G = 1
+
+
+def openmp_enabled():
+    return False
+
+
+def openmp_version():
+    return 0
+
+
+def omp_max_threads():
+    return 1
+
+
+def isa_compiled():
+    return ("baseline",)
+
+
+def isa_supported(name):
+    return name == "baseline"
+
+
+def isa_select(name):
+    if name not in ("baseline", "auto"):
+        raise ValueError(f"instruction set {name!r} is not available: the NumPy fallback "
+                         "supports baseline (or 'auto')")
+
+
+def isa_active():
+    return "baseline"
+
+
+def set_parallel_grain(elems):
+    global _grain
+    if elems < 1:
+        raise ValueError(f"grain must be >= 1, got {elems}")
+    old, _grain = _grain, int(elems)
+    return old
+
+
+def get_parallel_grain():
+    return _grain
+
+
+def _span(a):
+    start = a.__array_interface__["data"][0]
+    return start, start + a.nbytes
+
+
+class Plan:
+    """See fastopt._kernels.Plan."""
+
+    def __init__(self, rule, streams, groups):
+        if rule not in NARGS:
+            raise ValueError(f"unknown rule {rule}")
+        if len(groups) != len(streams):
+            raise ValueError("groups must have one entry per tensor")
+        self.rule = rule
+        self.ntensors = len(streams)
+        self._rows = [list(row) + [None] * (MAX_STREAMS - len(row)) for row in streams]
+        self._ready = [len(row) == MAX_STREAMS for row in streams]
+        self._groups = [int(g) for g in groups]
+        self._writes = sorted(_span(a) for row in self._rows for k, a in enumerate(row)
+                              if k != _G and a is not None and a.nbytes > 0)
+
+    def _overlaps_write(self, g):
+        if g.nbytes == 0:
+            return False
+        lo, hi = _span(g)
+        return any(wlo < hi and lo < whi for wlo, whi in self._writes)
+
+    def _grad_ok(self, i, g):
+        p = self._rows[i][0]
+        return (isinstance(g, np.ndarray) and g.dtype == p.dtype and g.dtype.isnative
+                and g.shape == p.shape and g.flags.c_contiguous and g.flags.aligned
+                and not self._overlaps_write(g))
+
+    def step(self, grads, args, steps, increment, nthreads):
+        seq = grads if isinstance(grads, (list, tuple)) else list(grads)
+        T = self.ntensors
+        if len(seq) != T:
+            raise ValueError(f"expected {T} gradients, got {len(seq)}")
+        if steps.dtype != np.int64 or steps.shape != (T,) or not steps.flags.writeable:
+            raise ValueError(f"steps: expected a writeable contiguous int64 array of {T}")
+        if args.dtype != np.float64 or args.ndim != 2 or args.shape[1] != NARGS[self.rule]:
+            raise ValueError(f"args: expected a contiguous float64 array of shape (groups, "
+                             f"{NARGS[self.rule]})")
+        for i, g in enumerate(seq):
+            if g is None:
+                continue
+            if not self._grad_ok(i, g):
+                return i
+            if not self._ready[i]:
+                return NEEDS_STATE
+            if not 0 <= self._groups[i] < args.shape[0]:
+                raise ValueError(f"tensor {i} refers to group {self._groups[i]}, but only "
+                                 f"{args.shape[0]} rows of hyperparameters were given")
+        for i, g in enumerate(seq):
+            if g is None:
+                continue
+            if increment:
+                steps[i] += 1
+            self._run(self._rows[i], g, args[self._groups[i]], int(steps[i]))
+        return OK
+
+    def _run(self, row, g, a, step):
+        p, _, s1, s2, s3 = row
+        if self.rule == RULE_ADAM:
+            reference.adam_step(p, g, s1, s2, s3, step=step, lr=a[0], beta1=a[1], beta2=a[2],
+                                eps=a[3], weight_decay=a[4], decoupled_weight_decay=bool(a[5]),
+                                maximize=bool(a[6]))
+        elif self.rule == RULE_SGD:
+            reference.sgd_step(p, g, s1, lr=a[0], momentum=a[1], dampening=a[2],
+                               weight_decay=a[3], nesterov=bool(a[4]), maximize=bool(a[5]),
+                               init_buffer=step <= 1)
+        else:
+            streams = [x for x in (p, g, s1, s2, s3)][:int(a[0])]
+            total = streams[0] + streams[1]
+            for s in streams[2:]:
+                total = total + s
+            for k, s in enumerate(streams):
+                if k != _G:
+                    s[...] = total
