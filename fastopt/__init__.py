@@ -10,6 +10,7 @@ from ._config import _select_isa_from_env, config, set_isa, show_config
 from ._threading import get_num_threads, set_num_threads
 from ._version import __version__
 from .adam import Adam, AdamW
+from .checkpoint import load, save
 from .optimizer import Optimizer
 from .sgd import SGD
 
@@ -24,7 +25,9 @@ __all__ = [
     "config",
     "get_num_threads",
     "kernels",
+    "load",
     "reference",
+    "save",
     "set_isa",
     "set_num_threads",
     "show_config",

@@ -68,6 +68,10 @@ NEEDS_STATE = -2
 
 # Elements per thread below which a step stays on the calling thread (see set_parallel_grain).
 cdef int64_t _grain = 1 << 14
+# Steps running now in any Python thread (changed only while holding the GIL). A step shares
+# the thread budget with the others: with k concurrent steps each uses nthreads // k threads,
+# so several Python threads stepping optimizers at once never oversubscribe the cores.
+cdef int _active_steps = 0
 # Chunk boundaries are multiples of this many elements (64 bytes of float32).
 DEF ALIGN_ELEMS = 16
 
@@ -130,6 +134,11 @@ def set_parallel_grain(int64_t elems):
 
 def get_parallel_grain():
     return _grain
+
+
+def active_steps():
+    """Number of steps running now (in any Python thread)."""
+    return _active_steps
 
 
 # ---- the plan ------------------------------------------------------------------------------
@@ -357,8 +366,14 @@ cdef class Plan:
             total += self.active[i]
             self.prefix[i + 1] = total
         # 3. the kernels, without the GIL
-        with nogil:
-            self._run(total, nthreads)
+        global _active_steps
+        _active_steps += 1
+        nthreads = max(1, nthreads // _active_steps)
+        try:
+            with nogil:
+                self._run(total, nthreads)
+        finally:
+            _active_steps -= 1
         return OK
 
     cdef void _run(self, int64_t total, int nthreads) noexcept nogil:

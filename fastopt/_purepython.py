@@ -62,6 +62,10 @@ def get_parallel_grain():
     return _grain
 
 
+def active_steps():
+    return 0
+
+
 def _span(a):
     start = a.__array_interface__["data"][0]
     return start, start + a.nbytes

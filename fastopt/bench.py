@@ -247,39 +247,27 @@ def _functional_state(spec, params):
     return p, state
 
 
-def kernels_system(spec, params, grads):
+def _functional_step(module, spec, params, grads):
+    """One step of ``module.adam`` / ``module.sgd`` (fastopt.kernels or fastopt.reference) on
+    its own copy of the data: every tensor at step 1, SGD buffers already initialised."""
     p, state = _functional_state(spec, params)
     g = list(grads)
     kw = spec.functional
     if spec.family == "adam":
         vmax = state[2] if spec.nstate == 3 else None
         steps = [1] * len(p)
-
-        def step():
-            fkernels.adam(p, g, state[0], state[1], vmax, steps, **kw)
-        return System("fastopt.kernels", "fastopt.kernels.adam", lambda n: step)
+        return lambda: module.adam(p, g, state[0], state[1], vmax, steps, **kw)
     bufs = state[0] if spec.nstate else None
+    return lambda: module.sgd(p, g, bufs, **kw)
 
-    def step():
-        fkernels.sgd(p, g, bufs, **kw)
-    return System("fastopt.kernels", "fastopt.kernels.sgd", lambda n: step)
+
+def kernels_system(spec, params, grads):
+    step = _functional_step(fkernels, spec, params, grads)
+    return System("fastopt.kernels", f"fastopt.kernels.{spec.family}", lambda n: step)
 
 
 def numpy_system(spec, params, grads):
-    p, state = _functional_state(spec, params)
-    g = list(grads)
-    kw = spec.functional
-    if spec.family == "adam":
-        vmax = state[2] if spec.nstate == 3 else None
-        steps = [1] * len(p)
-
-        def step():
-            reference.adam(p, g, state[0], state[1], vmax, steps, **kw)
-    else:
-        bufs = state[0] if spec.nstate else None
-
-        def step():
-            reference.sgd(p, g, bufs, **kw)
+    step = _functional_step(reference, spec, params, grads)
     return System("numpy", "numpy reference (1 thread)", lambda n: step, threaded=False)
 
 
@@ -516,16 +504,35 @@ def openmp_runtimes() -> str | None:
     return ", ".join(libs) or "none"
 
 
-def environment(torch, thread_counts, load_before) -> dict:
+def environment(torch, thread_counts, load_before, cpu_before) -> dict:
     c = fastopt.config()
     return {
         "load_average_before": load_before, "load_average_after": load_average(),
+        "steal_percent": steal_percent(cpu_before, cpu_times()),
         "fastopt": c, "cpu": cpu_model(), "cpus": cpu_count(),
         "python": platform.python_version(), "numpy": np.__version__,
         "torch": torch.__version__ if torch is not None else None,
         "allocator": allocator_setting(), "openmp_runtimes": openmp_runtimes(),
         "threads": thread_counts,
     }
+
+
+def cpu_times() -> list[int] | None:
+    """The aggregate CPU times of /proc/stat (Linux), to compute the steal time of a VM."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_percent(before, after) -> float | None:
+    """Share of CPU time the hypervisor gave to other guests between two cpu_times()."""
+    if not before or not after or len(before) < 8:
+        return None
+    delta = [b - a for a, b in zip(before, after)]
+    total = sum(delta[:8])
+    return round(100 * delta[7] / total, 1) if total > 0 else None
 
 
 def load_average() -> float | None:
@@ -600,7 +607,12 @@ def header_lines(env, bw, notes, wall) -> list[str]:
                      "arrays)")
     lines.append(f"threads: {', '.join(map(str, env['threads']))}; wall time {wall:.1f} s; "
                  f"load average {env['load_average_before']} before, "
-                 f"{env['load_average_after']} after (this run adds up to its thread count)")
+                 f"{env['load_average_after']} after (this run adds up to its thread count)"
+                 + (f"; CPU steal {env['steal_percent']} %" if env["steal_percent"] is not None
+                    else ""))
+    if (env["steal_percent"] or 0) > 5:
+        lines.append("warning: the hypervisor ran other guests on these CPUs (steal time "
+                     "above): figures, the multi-threaded ones most, may be noisy; rerun")
     return lines
 
 
@@ -814,7 +826,7 @@ def main(argv=None) -> int:
     old_torch_threads = torch.get_num_threads() if torch is not None else None
     cases = [(s, d, lay) for s in args.optimizers for d in args.dtypes for lay in args.layouts]
     progress = Progress(len(cases))
-    rows, start, load_before = [], time.perf_counter(), load_average()
+    rows, start, load_before, cpu_before = [], time.perf_counter(), load_average(), cpu_times()
     try:
         for spec, dtype, layout in cases:
             rows += run_case(spec, dtype, layout, args.threads, torch, settings, args.seed,
@@ -826,7 +838,7 @@ def main(argv=None) -> int:
         if torch is not None:
             torch.set_num_threads(old_torch_threads)
     wall = time.perf_counter() - start
-    env = environment(torch, args.threads, load_before)
+    env = environment(torch, args.threads, load_before, cpu_before)
     bw = bandwidth(rows)
     if args.json:
         doc = {"environment": env, "memory_bandwidth": bw, "notes": sorted(notes),

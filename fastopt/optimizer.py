@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -47,6 +48,7 @@ class Optimizer:
         self._args: Any = None          # float64 (groups, nargs) table of the last validated values
         self._args_key: Any = None      # the raw group values it was made from
         self._signature: Any = None     # which state buffers each group needs
+        self._lock = threading.Lock()   # steps of one optimizer from several threads serialize
         self._get_hyper = operator.itemgetter(*self._hyper_keys)
         if isinstance(params, np.ndarray) or not isinstance(params, Iterable):
             raise TypeError("params argument given to the optimizer should be an iterable of "
@@ -141,7 +143,17 @@ class Optimizer:
         ``grads``: a sequence with one entry per param, in the order of the params flattened
         over the groups; each an array of its param's shape and dtype, or None to skip it.
         Nothing is modified if any gradient or hyperparameter is invalid.
+
+        Thread safety: the GIL is released while the kernels run, so optimizers of different
+        params can step in parallel from several Python threads; steps of ONE optimizer from
+        several threads are serialized by a lock (each applied whole, one after the other).
+        A KeyboardInterrupt arriving during the native part is raised when it returns: every
+        param of the step is then fully updated and its step count consistent.
         """
+        with self._lock:
+            self._step(grads)
+
+    def _step(self, grads) -> None:
         if type(grads) is not list and type(grads) is not tuple:
             grads = _validation.check_grads_sequence(grads, len(self._params))
         elif len(grads) != len(self._params):
@@ -202,10 +214,15 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         """The optimizer's state in torch's structure, with copies of every array.
+        (Taken under the step lock: never a half-applied step.)
 
         ``{"state": {index: {"step": int, <buffer>: array, ...}}, "param_groups": [{...,
         "params": [indices]}]}``.
         """
+        with self._lock:
+            return self._state_dict()
+
+    def _state_dict(self) -> dict:
         groups, start = [], 0
         for group in self.param_groups:
             packed = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
@@ -226,6 +243,10 @@ class Optimizer:
         dict does not fit, ValueError or TypeError is raised and the optimizer is left as it was.
         Arrays are copied.
         """
+        with self._lock:
+            self._load_state_dict(state_dict)
+
+    def _load_state_dict(self, state_dict: Mapping) -> None:
         if not isinstance(state_dict, Mapping) or "state" not in state_dict \
                 or "param_groups" not in state_dict:
             raise TypeError("state_dict: expected a mapping with 'state' and 'param_groups'")
