@@ -6,6 +6,8 @@ and bookkeeping follow fastopt/_kernels.pyx line for line. One thread, no SIMD c
 """
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 
 from . import reference
@@ -86,12 +88,15 @@ class Plan:
         self._groups = [int(g) for g in groups]
         self._writes = sorted(_span(a) for row in self._rows for k, a in enumerate(row)
                               if k != _G and a is not None and a.nbytes > 0)
+        self._write_ends = [hi for _, hi in self._writes]
 
     def _overlaps_write(self, g):
         if g.nbytes == 0:
             return False
         lo, hi = _span(g)
-        return any(wlo < hi and lo < whi for wlo, whi in self._writes)
+        # the first write interval ending after lo (intervals are disjoint and sorted)
+        k = bisect.bisect_right(self._write_ends, lo)
+        return k < len(self._writes) and self._writes[k][0] < hi
 
     def _grad_ok(self, i, g):
         p = self._rows[i][0]
