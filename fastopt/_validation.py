@@ -7,6 +7,7 @@ one fails, calls ``check_grad`` here to produce the message.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
 from collections.abc import Sequence
@@ -79,18 +80,37 @@ def check_disjoint(named_arrays: Sequence[tuple[str, np.ndarray]]) -> None:
                              "have memory of its own")
 
 
-def check_no_overlap(name: str, a: np.ndarray, named_arrays) -> None:
-    """``a`` (read only) must not share memory with any array that the step writes."""
-    if a.nbytes == 0:
-        return
-    lo, hi = _span(a)
-    for other_name, b in named_arrays:
-        if b.nbytes == 0:
-            continue
-        blo, bhi = _span(b)
-        if lo < bhi and blo < hi:
-            raise ValueError(f"{name} shares memory with {other_name}, which the step writes; "
-                             "pass a gradient array of its own")
+class WrittenSpans:
+    """The byte ranges of the arrays a step writes, sorted once (they must be disjoint, see
+    check_disjoint), for O(log n) overlap queries."""
+
+    def __init__(self, named_arrays: Sequence[tuple[str, np.ndarray]]):
+        spans = sorted((_span(a) + (name,) for name, a in named_arrays if a.nbytes > 0),
+                       key=lambda s: s[0])
+        self._ends = [hi for _, hi, _ in spans]
+        self._spans = spans
+
+    def overlapping(self, a: np.ndarray) -> str | None:
+        """The name of a written array sharing memory with ``a``, or None."""
+        if a.nbytes == 0:
+            return None
+        lo, hi = _span(a)
+        k = bisect.bisect_right(self._ends, lo)   # the first span ending after lo
+        if k < len(self._spans) and self._spans[k][0] < hi:
+            return self._spans[k][2]
+        return None
+
+
+def check_no_overlap(name: str, a: np.ndarray, written) -> None:
+    """``a`` (read only) must not share memory with any array that the step writes.
+
+    ``written``: a WrittenSpans, or (name, array) pairs."""
+    if not isinstance(written, WrittenSpans):
+        written = WrittenSpans(written)
+    other = written.overlapping(a)
+    if other is not None:
+        raise ValueError(f"{name} shares memory with {other}, which the step writes; "
+                         "pass a gradient array of its own")
 
 
 def check_grad(i: int, g, p: np.ndarray, written) -> None:

@@ -67,7 +67,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -161,7 +161,7 @@ def parse_count(text: str) -> int:
 def transformer_layout(d: int = 256, layers: int = 6, vocab: int = 8192, ctx: int = 1024):
     """A GPT-like model: embeddings, per layer 4 d x d attention and d x 4d / 4d x d MLP
     matrices with their biases and two LayerNorms, a final LayerNorm (~7e6 elements)."""
-    shapes = [(vocab, d), (ctx, d)]
+    shapes: list[tuple[int, ...]] = [(vocab, d), (ctx, d)]
     for _ in range(layers):
         shapes += [(d,), (d,)]                                   # LayerNorm 1
         shapes += [(d, d), (d,)] * 4                             # q, k, v, out projections
@@ -218,9 +218,9 @@ def probe_system(spec, params, grads):
     """The rule's memory traffic with no arithmetic, through a prebuilt plan."""
     p = zeros(params)
     state = [zeros(params) for _ in range(spec.nstate)]
-    streams = []
+    streams: list[Sequence[np.ndarray | None]] = []
     for i, a in enumerate(p):
-        row = [a, None] + [s[i] for s in state]
+        row: list[np.ndarray | None] = [a, None] + [s[i] for s in state]
         streams.append(row + [None] * (_kernels.MAX_STREAMS - len(row)))
     plan = _kernels.Plan(_kernels.RULE_PROBE, streams, [0] * len(p))
     args = np.array([[float(spec.nstreams)]], dtype=np.float64)
@@ -659,7 +659,7 @@ def summary_lines(rows) -> list[str]:
 
 def report(env, rows, bw, notes, wall) -> str:
     lines = header_lines(env, bw, notes, wall) + [""]
-    sections = {}
+    sections: dict[tuple, list] = {}
     for r in rows:
         sections.setdefault((r["optimizer"], r["dtype"], r["threads"]), []).append(r)
     for key in sections:
@@ -690,13 +690,13 @@ def plot(rows, path: str, plt) -> None:
     single = [r for r in rows if r["tensors"] == 1]
     if not single:
         raise SystemExit("fastopt-bench: --plot needs at least one single-tensor size")
-    panels = {}
+    panels: dict[tuple, list] = {}
     for r in single:
         panels.setdefault((r["optimizer"], r["dtype"], r["threads"]), []).append(r)
     ncols = len({k[2] for k in panels})
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 4.5 * nrows), squeeze=False)
-    for ax, ((opt, dtype, thr), prs) in zip(axes.flat, panels.items()):
+    for ax, ((_, dtype, thr), prs) in zip(axes.flat, panels.items()):
         prs = sorted(prs, key=lambda r: r["elements"])
         keys = list(dict.fromkeys(k for r in prs for k in r["systems"]))
         for key in keys:

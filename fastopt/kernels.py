@@ -36,9 +36,10 @@ def _check_arrays(names, params, grads, buffers):
         if g is not None:
             _validation.check_like(f"grads[{i}]", g, p, f"{names[0]}[{i}]", writeable=False)
     _validation.check_disjoint(written)
+    spans = _validation.WrittenSpans(written)
     for i, g in enumerate(grads):
         if g is not None:
-            _validation.check_no_overlap(f"grads[{i}]", g, written)
+            _validation.check_no_overlap(f"grads[{i}]", g, spans)
 
 
 def _as_list(name, seq, n):
