@@ -126,7 +126,9 @@ class Optimizer:
 
     def _hyper_args(self) -> np.ndarray:
         """The native hyperparameter table, revalidated only when a group's values changed."""
-        key = tuple(map(self._get_hyper, self.param_groups))
+        groups = self.param_groups
+        key = (self._get_hyper(groups[0]) if len(groups) == 1
+               else tuple(map(self._get_hyper, groups)))
         if key != self._args_key:
             rows = [self._check_group(g) for g in self.param_groups]
             signature = [tuple(self._buffers(g)) for g in self.param_groups]
@@ -150,22 +152,20 @@ class Optimizer:
         A KeyboardInterrupt arriving during the native part is raised when it returns: every
         param of the step is then fully updated and its step count consistent.
         """
+        # the per-step path: every check here is O(1) in Python; the gradients are checked in C
         with self._lock:
-            self._step(grads)
-
-    def _step(self, grads) -> None:
-        if type(grads) is not list and type(grads) is not tuple:
-            grads = _validation.check_grads_sequence(grads, len(self._params))
-        elif len(grads) != len(self._params):
-            _validation.check_grads_sequence(grads, len(self._params))
-        args = self._hyper_args()
-        plan = self._plan if self._plan is not None else self._build_plan()
-        rc = plan.step(grads, args, self._steps, True, get_num_threads())
-        if rc == _native.NEEDS_STATE:
-            plan = self._build_plan(grads)
+            if type(grads) is not list and type(grads) is not tuple:
+                grads = _validation.check_grads_sequence(grads, len(self._params))
+            elif len(grads) != len(self._params):
+                _validation.check_grads_sequence(grads, len(self._params))
+            args = self._hyper_args()
+            plan = self._plan if self._plan is not None else self._build_plan()
             rc = plan.step(grads, args, self._steps, True, get_num_threads())
-        if rc != _native.OK:
-            self._raise_bad_grad(rc, grads)
+            if rc == _native.NEEDS_STATE:
+                plan = self._build_plan(grads)
+                rc = plan.step(grads, args, self._steps, True, get_num_threads())
+            if rc != _native.OK:
+                self._raise_bad_grad(rc, grads)
 
     def _raise_bad_grad(self, i: int, grads) -> None:
         written = [(f"params[{j}]", p) for j, p in enumerate(self._params)]
