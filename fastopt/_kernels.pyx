@@ -119,6 +119,11 @@ def isa_active():
     return fo_isa_active().name.decode()
 
 
+def address(cnp.ndarray a not None):
+    """The address of an array's data (what a.__array_interface__ reports, much faster)."""
+    return <uintptr_t>cnp.PyArray_DATA(a)
+
+
 def set_parallel_grain(int64_t elems):
     """Set the work (elements per thread) below which a step runs on the calling thread.
 

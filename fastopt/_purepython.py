@@ -68,8 +68,12 @@ def active_steps():
     return 0
 
 
+def address(a):
+    return a.__array_interface__["data"][0]
+
+
 def _span(a):
-    start = a.__array_interface__["data"][0]
+    start = address(a)
     return start, start + a.nbytes
 
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._backend import native as _native
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -63,7 +65,7 @@ def check_like(name: str, a, like: np.ndarray, like_name: str, *, writeable: boo
 
 
 def _span(a: np.ndarray) -> tuple[int, int]:
-    start = a.__array_interface__["data"][0]
+    start = _native.address(a)
     return start, start + a.nbytes
 
 
@@ -135,7 +137,8 @@ def real(name: str, value, *, low: float | None = 0.0, high: float | None = None
          high_open: bool = False, what: str | None = None) -> float:
     """A finite real number in [low, high] (or [low, high)); returns it as a float."""
     label = what or f"{name} value"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if type(value) is not float and type(value) is not int and (
+            isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise TypeError(f"Invalid {label}: expected a real number, got {value!r}")
     v = float(value)
     bad = not math.isfinite(v) or (low is not None and v < low)
@@ -168,6 +171,8 @@ def betas(value) -> tuple[float, float]:
 
 def step_count(name: str, value) -> int:
     """A step count: a non-negative integer (an integral float or 0-d array is accepted)."""
+    if type(value) is int and value >= 0:
+        return value
     v = value
     if isinstance(v, np.ndarray) and v.ndim == 0:
         v = v.item()

@@ -43,6 +43,8 @@ def _check_arrays(names, params, grads, buffers):
 
 
 def _as_list(name, seq, n):
+    if (type(seq) is list or type(seq) is tuple) and len(seq) == n:
+        return list(seq)
     if isinstance(seq, np.ndarray) or not isinstance(seq, Sequence) or isinstance(seq, str):
         raise TypeError(f"{name}: expected a list or tuple of {n} arrays, got "
                         f"{type(seq).__name__}")
@@ -85,8 +87,10 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr=1e-
     exp_avg_sqs = _as_list("exp_avg_sqs", exp_avg_sqs, n)
     if max_exp_avg_sqs is not None:
         max_exp_avg_sqs = _as_list("max_exp_avg_sqs", max_exp_avg_sqs, n)
+    if type(steps) is not list and type(steps) is not tuple:
+        steps = list(np.asarray(steps).reshape(-1))
     steps = [_validation.step_count(f"steps[{i}]", s) for i, s in
-             enumerate(_as_list("steps", list(np.asarray(steps).reshape(-1)), n))]
+             enumerate(_as_list("steps", steps, n))]
     for i, s in enumerate(steps):
         if s < 1 and grads[i] is not None:
             raise ValueError(f"steps[{i}]: expected a step count >= 1 (the count of this "
