@@ -6,6 +6,10 @@ wheel must run on any CPU of its platform; faster instruction sets are chosen at
 
 OpenMP is used when the compiler accepts it (probed below); FASTOPT_OPENMP=0 disables it,
 FASTOPT_OPENMP=1 makes its absence an error. The build prints what it chose.
+
+FASTOPT_PUREPYTHON=1 builds no extension at all (for platforms without a working C compiler):
+the installed package then runs fastopt.reference behind the same API (see fastopt/_backend.py).
+FASTOPT_SANITIZE=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer (tools/sanitize.sh).
 """
 import os
 import sys
@@ -72,7 +76,11 @@ extensions = [
     )
 ]
 
-setup(
-    ext_modules=cythonize(extensions, compiler_directives={"language_level": 3}),
-    cmdclass={"build_ext": BuildExt},
-)
+if os.environ.get("FASTOPT_PUREPYTHON", "").strip() == "1":
+    print("fastopt: FASTOPT_PUREPYTHON=1: building without the native extension (NumPy fallback)")
+    setup()
+else:
+    setup(
+        ext_modules=cythonize(extensions, compiler_directives={"language_level": 3}),
+        cmdclass={"build_ext": BuildExt},
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import settings
 
 import fastopt
 from fastopt._backend import native as _kernels
@@ -15,6 +16,11 @@ if os.path.dirname(os.path.dirname(os.path.abspath(fastopt.__file__))) == os.pat
     raise pytest.UsageError(
         "fastopt was imported from the source tree, not the installed package: run the tests as "
         "the README says (pip install '.[test]' then pytest), not with python -m pytest")
+
+# Hypothesis: bounded example counts by default (CI); HYPOTHESIS_PROFILE=long for a long run.
+settings.register_profile("ci", max_examples=100, deadline=None)
+settings.register_profile("long", max_examples=5000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Every instruction set this build has and this CPU runs: each kernel test runs on all of them.
 ISAS = [name for name in _kernels.isa_compiled() if _kernels.isa_supported(name)]

@@ -9,7 +9,7 @@ from hypothesis.extra import numpy as hnp
 
 from fastopt import kernels, reference
 
-SETTINGS = settings(max_examples=60, deadline=None,
+SETTINGS = settings(deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=40)

@@ -299,7 +299,7 @@ def acceptable(a, dtype, shape):
             and a.shape == shape and a.flags.c_contiguous and a.flags.aligned)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31), shape=st.sampled_from([(), (1,), (7,), (3, 5), (4, 1, 6)]),
        dtype=st.sampled_from([np.float32, np.float64, np.float16, np.int32]),
        layouts=st.lists(st.sampled_from(LAYOUTS), min_size=4, max_size=4),
@@ -327,7 +327,7 @@ def test_fuzz_adam_step_works_and_matches_or_refuses_and_changes_nothing(
         assert_unchanged([p, g, m, v], before, f"refused {layouts} {np.dtype(dtype)} lr={lr}")
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(seed=st.integers(0, 2**31), drop=st.sampled_from(["state", "group", "lr", "steps", "none"]))
 def test_fuzz_malformed_state_dicts_are_refused_whole(seed, drop):
     rng = np.random.default_rng(seed)
