@@ -73,9 +73,12 @@ def _adam_args(lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maxi
             float(_validation.flag("maximize", maximize))]
 
 
-def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr=1e-3, beta1=0.9,
-         beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
-         maximize=False):
+def adam(params: Sequence[np.ndarray], grads: Sequence[np.ndarray | None],
+         exp_avgs: Sequence[np.ndarray], exp_avg_sqs: Sequence[np.ndarray],
+         max_exp_avg_sqs: Sequence[np.ndarray] | None, steps: Sequence[int] | np.ndarray, *,
+         lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+         weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
+         maximize: bool = False) -> None:
     """Adam/AdamW on many tensors in one native call; params and state modified in place.
 
     ``max_exp_avg_sqs`` is a list (AMSGrad) or None. ``steps[i]`` is the count of this step for
@@ -101,9 +104,11 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr=1e-
     _run(_native.RULE_ADAM, params, grads, bufs, args, steps)
 
 
-def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
-              beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-              decoupled_weight_decay=False, maximize=False):
+def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray,
+              max_exp_avg_sq: np.ndarray | None = None, *, step: int, lr: float = 1e-3,
+              beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+              weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
+              maximize: bool = False) -> None:
     """One fused Adam/AdamW step on one tensor; param and state modified in place.
 
     ``step`` is the count of this step, starting at 1 (bias correction uses it). Pass
@@ -133,8 +138,11 @@ def _sgd_args(lr, momentum, dampening, weight_decay, nesterov, maximize):
             float(_validation.flag("maximize", maximize))]
 
 
-def sgd(params, grads, momentum_buffers=None, *, lr=1e-3, momentum=0.0, dampening=0.0,
-        weight_decay=0.0, nesterov=False, maximize=False, init_buffers=False):
+def sgd(params: Sequence[np.ndarray], grads: Sequence[np.ndarray | None],
+        momentum_buffers: Sequence[np.ndarray] | None = None, *, lr: float = 1e-3,
+        momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
+        nesterov: bool = False, maximize: bool = False,
+        init_buffers: bool | Sequence[bool] = False) -> None:
     """SGD on many tensors in one native call; params and buffers modified in place.
 
     ``momentum_buffers`` is required when momentum != 0. ``init_buffers`` (a bool, or one per
@@ -161,8 +169,10 @@ def sgd(params, grads, momentum_buffers=None, *, lr=1e-3, momentum=0.0, dampenin
          [1 if b else 2 for b in init])
 
 
-def sgd_step(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0.0,
-             weight_decay=0.0, nesterov=False, maximize=False, init_buffer=False):
+def sgd_step(param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray | None = None, *,
+             lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+             weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,
+             init_buffer: bool = False) -> None:
     """One fused SGD step on one tensor; param and momentum_buffer modified in place.
 
     >>> import numpy as np, fastopt

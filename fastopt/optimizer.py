@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import operator
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,7 @@ class Optimizer:
     _hyper_keys: tuple[str, ...]
     _has_step_state = True    # whether state holds "step" (torch's SGD has none)
 
-    def __init__(self, params, defaults: dict):
+    def __init__(self, params: Iterable[np.ndarray] | Iterable[dict], defaults: dict):
         self.defaults = dict(defaults)
         self.param_groups: list[dict] = []
         self.state: dict[int, dict] = {}
@@ -53,7 +53,7 @@ class Optimizer:
         if isinstance(params, np.ndarray) or not isinstance(params, Iterable):
             raise TypeError("params argument given to the optimizer should be an iterable of "
                             f"NumPy arrays or dicts, but got {type(params).__name__}")
-        groups = list(params)
+        groups: list[Any] = list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
         if not isinstance(groups[0], Mapping):
@@ -80,7 +80,7 @@ class Optimizer:
 
     # ---- groups ------------------------------------------------------------------------------
 
-    def add_param_group(self, param_group: dict) -> None:
+    def add_param_group(self, param_group: Mapping) -> None:
         """Add a group of params with its own hyperparameters (defaults fill the rest)."""
         if not isinstance(param_group, Mapping):
             raise TypeError(f"param group must be a dict, got {type(param_group).__name__}")
@@ -139,7 +139,7 @@ class Optimizer:
             self._args_key = key
         return self._args
 
-    def step(self, grads) -> None:
+    def step(self, grads: Sequence[np.ndarray | None]) -> None:
         """Update every param that has a gradient, in place (one fused native call).
 
         ``grads``: a sequence with one entry per param, in the order of the params flattened
