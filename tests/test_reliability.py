@@ -278,7 +278,7 @@ def make_array(layout, dtype, shape, rng):
     if layout == "c":
         return base
     if layout == "fortran":
-        return np.asfortranarray(base)
+        return np.asarray(base, order="F")   # (asfortranarray would turn a 0-d array 1-d)
     if layout == "reversed":
         return base[::-1] if base.ndim else base
     if layout == "strided":
