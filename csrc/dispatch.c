@@ -31,24 +31,27 @@
 #define FO_X86_DISPATCH 0
 #endif
 
-/* ---- baseline ---------------------------------------------------------------------------- */
+/* ---- instantiation: baseline, then (x86-64 with GCC/Clang) AVX2 and AVX-512 ------------ */
 #define FO_T float
 #define FO_SQRT sqrtf
+#define FO_FABS fabsf
 #define FO_SFX f32_baseline
 #include "kernels_body.h"
 #undef FO_T
 #undef FO_SQRT
+#undef FO_FABS
 #undef FO_SFX
 #define FO_T double
 #define FO_SQRT sqrt
+#define FO_FABS fabs
 #define FO_SFX f64_baseline
 #include "kernels_body.h"
 #undef FO_T
 #undef FO_SQRT
+#undef FO_FABS
 #undef FO_SFX
 
 #if FO_X86_DISPATCH
-/* ---- AVX2 -------------------------------------------------------------------------------- */
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
 #else
@@ -57,17 +60,21 @@
 #endif
 #define FO_T float
 #define FO_SQRT sqrtf
+#define FO_FABS fabsf
 #define FO_SFX f32_avx2
 #include "kernels_body.h"
 #undef FO_T
 #undef FO_SQRT
+#undef FO_FABS
 #undef FO_SFX
 #define FO_T double
 #define FO_SQRT sqrt
+#define FO_FABS fabs
 #define FO_SFX f64_avx2
 #include "kernels_body.h"
 #undef FO_T
 #undef FO_SQRT
+#undef FO_FABS
 #undef FO_SFX
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -75,7 +82,6 @@
 #pragma GCC pop_options
 #endif
 
-/* ---- AVX-512 ----------------------------------------------------------------------------- */
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx2"))), \
                              apply_to = function)
@@ -85,17 +91,21 @@
 #endif
 #define FO_T float
 #define FO_SQRT sqrtf
+#define FO_FABS fabsf
 #define FO_SFX f32_avx512
 #include "kernels_body.h"
 #undef FO_T
 #undef FO_SQRT
+#undef FO_FABS
 #undef FO_SFX
 #define FO_T double
 #define FO_SQRT sqrt
+#define FO_FABS fabs
 #define FO_SFX f64_avx512
 #include "kernels_body.h"
 #undef FO_T
 #undef FO_SQRT
+#undef FO_FABS
 #undef FO_SFX
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -104,11 +114,14 @@
 #endif
 #endif /* FO_X86_DISPATCH */
 
-#define FO_TABLE(isa)                                                                   \
-    {                                                                                   \
-        #isa, adam_f32_##isa, adam_f64_##isa, sgd_f32_##isa, sgd_f64_##isa,             \
-            probe_f32_##isa, probe_f64_##isa                                            \
+/* One table per instruction set, indexed by rule (the order of the FO_RULE_ enum). */
+#define FO_RULES(dt, isa)                                                                  \
+    {                                                                                      \
+        sgd_##dt##_##isa, adam_##dt##_##isa, probe_##dt##_##isa, rmsprop_##dt##_##isa,     \
+            adagrad_##dt##_##isa, lion_##dt##_##isa, adamax_##dt##_##isa,                  \
+            radam_##dt##_##isa                                                             \
     }
+#define FO_TABLE(isa) {#isa, FO_RULES(f32, isa), FO_RULES(f64, isa)}
 
 static const fo_kernel_table fo_tables[] = {
     FO_TABLE(baseline),
@@ -171,41 +184,119 @@ int fo_isa_select(const char *name)
 
 const fo_kernel_table *fo_isa_active(void) { return fo_active; }
 
-/* ---- per-step scalars -------------------------------------------------------------------- */
+/* ---- per-step scalars: everything that depends only on the group and the step ---------- */
 
-void fo_adam_scalars(fo_adam_hp *hp, const double *a, int64_t step)
+static double fo_sign_of(double maximize) { return maximize != 0.0 ? -1.0 : 1.0; }
+
+static void fo_adam_scalars(fo_adam_hp *hp, const double *a, int64_t step)
 {
     const double lr = a[FO_ADAM_LR], beta1 = a[FO_ADAM_BETA1], beta2 = a[FO_ADAM_BETA2];
     const double wd = a[FO_ADAM_WD];
     const int decoupled = a[FO_ADAM_DECOUPLED] != 0.0;
     const double bias_correction1 = 1.0 - pow(beta1, (double)step);
     const double bias_correction2 = 1.0 - pow(beta2, (double)step);
+    hp->sign = fo_sign_of(a[FO_ADAM_MAXIMIZE]);
+    hp->l2 = decoupled ? 0.0 : wd;
+    hp->l1 = a[FO_ADAM_L1];
+    hp->decay = decoupled ? 1.0 - lr * wd : 1.0;
     hp->lerp_weight = 1.0 - beta1;
     hp->beta2 = beta2;
     hp->one_minus_beta2 = 1.0 - beta2;
     hp->eps = a[FO_ADAM_EPS];
-    hp->l2 = decoupled ? 0.0 : wd;
-    hp->decay = decoupled ? 1.0 - lr * wd : 1.0;
     hp->neg_step_size = -(lr / bias_correction1);
     hp->inv_bc2_sqrt = 1.0 / pow(bias_correction2, 0.5); /* torch: bias_correction2 ** 0.5 */
-    hp->sign = a[FO_ADAM_MAXIMIZE] != 0.0 ? -1.0 : 1.0;
 }
 
-void fo_sgd_scalars(fo_sgd_hp *hp, const double *a, int64_t step)
+static void fo_sgd_scalars(fo_sgd_hp *hp, const double *a, int64_t step)
 {
-    hp->neg_lr = -a[FO_SGD_LR];
+    hp->sign = fo_sign_of(a[FO_SGD_MAXIMIZE]);
     hp->l2 = a[FO_SGD_WD];
+    hp->l1 = a[FO_SGD_L1];
+    hp->neg_lr = -a[FO_SGD_LR];
     hp->momentum = a[FO_SGD_MOMENTUM];
     hp->one_minus_dampening = 1.0 - a[FO_SGD_DAMPENING];
-    hp->sign = a[FO_SGD_MAXIMIZE] != 0.0 ? -1.0 : 1.0;
     hp->nesterov = a[FO_SGD_NESTEROV] != 0.0;
     hp->init_buffer = step <= 1;
 }
 
-void fo_probe_scalars(fo_probe_hp *hp, const double *a, int64_t step)
+static void fo_probe_scalars(fo_probe_hp *hp, const double *a)
 {
-    (void)step;
     hp->nstreams = (int)a[FO_PROBE_NSTREAMS];
+}
+
+static void fo_rmsprop_scalars(fo_rmsprop_hp *hp, const double *a)
+{
+    hp->sign = fo_sign_of(a[FO_RMSPROP_MAXIMIZE]);
+    hp->l2 = a[FO_RMSPROP_WD];
+    hp->l1 = a[FO_RMSPROP_L1];
+    hp->alpha = a[FO_RMSPROP_ALPHA];
+    hp->one_minus_alpha = 1.0 - a[FO_RMSPROP_ALPHA];
+    hp->eps = a[FO_RMSPROP_EPS];
+    hp->neg_lr = -a[FO_RMSPROP_LR];
+    hp->momentum = a[FO_RMSPROP_MOMENTUM];
+    hp->centered = a[FO_RMSPROP_CENTERED] != 0.0;
+}
+
+static void fo_adagrad_scalars(fo_adagrad_hp *hp, const double *a, int64_t step)
+{
+    hp->sign = fo_sign_of(a[FO_ADAGRAD_MAXIMIZE]);
+    hp->l2 = a[FO_ADAGRAD_WD];
+    hp->l1 = a[FO_ADAGRAD_L1];
+    hp->eps = a[FO_ADAGRAD_EPS];
+    hp->neg_clr = -(a[FO_ADAGRAD_LR] / (1.0 + (double)(step - 1) * a[FO_ADAGRAD_LR_DECAY]));
+}
+
+static void fo_lion_scalars(fo_lion_hp *hp, const double *a)
+{
+    const double lr = a[FO_LION_LR];
+    hp->sign = fo_sign_of(a[FO_LION_MAXIMIZE]);
+    hp->l1 = a[FO_LION_L1];
+    hp->decay = 1.0 - lr * a[FO_LION_WD];
+    hp->beta1 = a[FO_LION_BETA1];
+    hp->one_minus_beta1 = 1.0 - a[FO_LION_BETA1];
+    hp->beta2 = a[FO_LION_BETA2];
+    hp->one_minus_beta2 = 1.0 - a[FO_LION_BETA2];
+    hp->neg_lr = -lr;
+}
+
+static void fo_adamax_scalars(fo_adamax_hp *hp, const double *a, int64_t step)
+{
+    hp->sign = fo_sign_of(a[FO_ADAMAX_MAXIMIZE]);
+    hp->l2 = a[FO_ADAMAX_WD];
+    hp->l1 = a[FO_ADAMAX_L1];
+    hp->lerp_weight = 1.0 - a[FO_ADAMAX_BETA1];
+    hp->beta2 = a[FO_ADAMAX_BETA2];
+    hp->eps = a[FO_ADAMAX_EPS];
+    hp->neg_clr = -(a[FO_ADAMAX_LR] / (1.0 - pow(a[FO_ADAMAX_BETA1], (double)step)));
+}
+
+static void fo_radam_scalars(fo_radam_hp *hp, const double *a, int64_t step)
+{
+    const double lr = a[FO_RADAM_LR], beta1 = a[FO_RADAM_BETA1], beta2 = a[FO_RADAM_BETA2];
+    const double wd = a[FO_RADAM_WD];
+    const int decoupled = a[FO_RADAM_DECOUPLED] != 0.0;
+    const double t = (double)step;
+    const double bias_correction1 = 1.0 - pow(beta1, t);
+    const double bias_correction2 = 1.0 - pow(beta2, t);
+    /* torch's expressions, in its order */
+    const double rho_inf = 2.0 / (1.0 - beta2) - 1.0;
+    const double rho_t = rho_inf - 2.0 * t * pow(beta2, t) / bias_correction2;
+    hp->sign = fo_sign_of(a[FO_RADAM_MAXIMIZE]);
+    hp->l2 = decoupled ? 0.0 : wd;
+    hp->l1 = a[FO_RADAM_L1];
+    hp->decay = decoupled ? 1.0 - lr * wd : 1.0;
+    hp->lerp_weight = 1.0 - beta1;
+    hp->beta2 = beta2;
+    hp->one_minus_beta2 = 1.0 - beta2;
+    hp->eps = a[FO_RADAM_EPS];
+    hp->bias_correction1 = bias_correction1;
+    hp->lr = lr;
+    hp->bc2_sqrt = pow(bias_correction2, 0.5);
+    hp->rectify = rho_t > 5.0;
+    hp->rect = hp->rectify
+        ? pow((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t),
+              0.5)
+        : 1.0;
 }
 
 size_t fo_hp_size(int rule)
@@ -213,7 +304,26 @@ size_t fo_hp_size(int rule)
     switch (rule) {
     case FO_RULE_SGD: return sizeof(fo_sgd_hp);
     case FO_RULE_ADAM: return sizeof(fo_adam_hp);
+    case FO_RULE_RMSPROP: return sizeof(fo_rmsprop_hp);
+    case FO_RULE_ADAGRAD: return sizeof(fo_adagrad_hp);
+    case FO_RULE_LION: return sizeof(fo_lion_hp);
+    case FO_RULE_ADAMAX: return sizeof(fo_adamax_hp);
+    case FO_RULE_RADAM: return sizeof(fo_radam_hp);
     default: return sizeof(fo_probe_hp);
+    }
+}
+
+int fo_nargs(int rule)
+{
+    switch (rule) {
+    case FO_RULE_SGD: return FO_SGD_NARGS;
+    case FO_RULE_ADAM: return FO_ADAM_NARGS;
+    case FO_RULE_RMSPROP: return FO_RMSPROP_NARGS;
+    case FO_RULE_ADAGRAD: return FO_ADAGRAD_NARGS;
+    case FO_RULE_LION: return FO_LION_NARGS;
+    case FO_RULE_ADAMAX: return FO_ADAMAX_NARGS;
+    case FO_RULE_RADAM: return FO_RADAM_NARGS;
+    default: return FO_PROBE_NARGS;
     }
 }
 
@@ -222,51 +332,26 @@ void fo_scalars(int rule, void *hp, const double *args, int64_t step)
     switch (rule) {
     case FO_RULE_SGD: fo_sgd_scalars((fo_sgd_hp *)hp, args, step); break;
     case FO_RULE_ADAM: fo_adam_scalars((fo_adam_hp *)hp, args, step); break;
-    default: fo_probe_scalars((fo_probe_hp *)hp, args, step); break;
+    case FO_RULE_RMSPROP: fo_rmsprop_scalars((fo_rmsprop_hp *)hp, args); break;
+    case FO_RULE_ADAGRAD: fo_adagrad_scalars((fo_adagrad_hp *)hp, args, step); break;
+    case FO_RULE_LION: fo_lion_scalars((fo_lion_hp *)hp, args); break;
+    case FO_RULE_ADAMAX: fo_adamax_scalars((fo_adamax_hp *)hp, args, step); break;
+    case FO_RULE_RADAM: fo_radam_scalars((fo_radam_hp *)hp, args, step); break;
+    default: fo_probe_scalars((fo_probe_hp *)hp, args); break;
     }
 }
 
 /* ---- segments ---------------------------------------------------------------------------- */
 
-#define FO_AT(T, k) (ptrs[k] ? (T *)ptrs[k] + off : (T *)0)
-
 static void fo_run_one(int rule, int is_f64, int64_t off, int64_t n, void *const *ptrs,
                        const void *hp)
 {
     const fo_kernel_table *t = fo_active;
-    if (is_f64) {
-        switch (rule) {
-        case FO_RULE_ADAM:
-            t->adam_f64(n, FO_AT(double, FO_P), FO_AT(double, FO_G), FO_AT(double, FO_S1),
-                        FO_AT(double, FO_S2), FO_AT(double, FO_S3), (const fo_adam_hp *)hp);
-            break;
-        case FO_RULE_SGD:
-            t->sgd_f64(n, FO_AT(double, FO_P), FO_AT(double, FO_G), FO_AT(double, FO_S1),
-                       (const fo_sgd_hp *)hp);
-            break;
-        default: {
-            double *s[FO_MAX_STREAMS];
-            for (int k = 0; k < FO_MAX_STREAMS; k++) s[k] = FO_AT(double, k);
-            t->probe_f64(n, s, (const fo_probe_hp *)hp);
-        }
-        }
-    } else {
-        switch (rule) {
-        case FO_RULE_ADAM:
-            t->adam_f32(n, FO_AT(float, FO_P), FO_AT(float, FO_G), FO_AT(float, FO_S1),
-                        FO_AT(float, FO_S2), FO_AT(float, FO_S3), (const fo_adam_hp *)hp);
-            break;
-        case FO_RULE_SGD:
-            t->sgd_f32(n, FO_AT(float, FO_P), FO_AT(float, FO_G), FO_AT(float, FO_S1),
-                       (const fo_sgd_hp *)hp);
-            break;
-        default: {
-            float *s[FO_MAX_STREAMS];
-            for (int k = 0; k < FO_MAX_STREAMS; k++) s[k] = FO_AT(float, k);
-            t->probe_f32(n, s, (const fo_probe_hp *)hp);
-        }
-        }
-    }
+    const size_t esz = is_f64 ? sizeof(double) : sizeof(float);
+    void *s[FO_MAX_STREAMS];
+    for (int k = 0; k < FO_MAX_STREAMS; k++)
+        s[k] = ptrs[k] ? (char *)ptrs[k] + (size_t)off * esz : (void *)0;
+    (is_f64 ? t->f64 : t->f32)[rule](n, s, hp);
 }
 
 /* NumPy's allocations are only 16-byte aligned, and a vector body over misaligned streams splits
@@ -281,7 +366,7 @@ void fo_run_segment(int rule, int is_f64, int64_t off, int64_t n, void *const *p
     const size_t esz = is_f64 ? sizeof(double) : sizeof(float);
     const uintptr_t addr = (uintptr_t)ptrs[FO_P] + (uintptr_t)off * esz;
     const int64_t head = (int64_t)(((64 - addr % 64) % 64) / esz);
-    if (n <= 0) return;
+    if (n <= 0 || rule < 0 || rule >= FO_NRULES) return;
     if (head > 0 && n > 4 * head) {
         fo_run_one(rule, is_f64, off, head, ptrs, hp);
         off += head;

@@ -8,14 +8,17 @@
  * reading each array once and writing each in-place target once (one fused pass, no temporaries).
  *
  * Layers:
- *   - fo_<rule>_scalars() turns user hyperparameters and the integer step count into the per-step
- *     scalars (bias corrections, step size) once, in double precision.
+ *   - fo_scalars() turns a row of user hyperparameters and the integer step count into the
+ *     per-step scalars of a rule (bias corrections, step size, ...) once, in double precision.
  *   - The loop bodies (kernels_body.h) are written once and compiled per dtype (float, double) and
  *     per instruction set (baseline, AVX2, AVX-512) under per-function target attributes; the
  *     instruction set is chosen at run time (dispatch.c) and recorded in a named table.
  *   - Contraction of a*b+c into FMA is disabled for the whole build (-ffp-contract=off), so every
  *     instruction set, the vector body and the scalar tail perform the same IEEE operations in
  *     the same order: results are bitwise identical whatever the ISA, array offset or thread count.
+ *
+ * Every kernel has one signature: n elements, FO_MAX_STREAMS stream pointers (param, grad, then
+ * up to three state buffers, unused ones NULL), and the rule's per-step scalars.
  *
  * The kernels check nothing: pointers must be valid for n elements, in-place targets must not
  * overlap any other array of the call. All checks live in the Python layer (fastopt/_validation.py)
@@ -31,32 +34,59 @@
 extern "C" {
 #endif
 
-/* Streams of a multi-tensor call, in this order. Unused streams are NULL. */
+/* Streams of a call, in this order. Unused streams are NULL. */
 enum { FO_P = 0, FO_G = 1, FO_S1 = 2, FO_S2 = 3, FO_S3 = 4, FO_MAX_STREAMS = 5 };
 
-/* Rules known to the driver. */
-enum { FO_RULE_SGD = 0, FO_RULE_ADAM = 1, FO_RULE_PROBE = 2, FO_NRULES = 3 };
+/* Rules known to the driver; streams S1..S3 of each:
+ *   SGD      momentum_buffer
+ *   ADAM     exp_avg, exp_avg_sq, [max_exp_avg_sq]          (Adam, AdamW)
+ *   PROBE    any: reads every stream, writes all but the gradient
+ *   RMSPROP  square_avg, [momentum_buffer], [grad_avg]
+ *   ADAGRAD  sum
+ *   LION     exp_avg
+ *   ADAMAX   exp_avg, exp_inf
+ *   RADAM    exp_avg, exp_avg_sq                              */
+enum { FO_RULE_SGD = 0, FO_RULE_ADAM = 1, FO_RULE_PROBE = 2, FO_RULE_RMSPROP = 3,
+       FO_RULE_ADAGRAD = 4, FO_RULE_LION = 5, FO_RULE_ADAMAX = 6, FO_RULE_RADAM = 7,
+       FO_NRULES = 8 };
 
-/* ---- per-step scalars ------------------------------------------------------------------ */
+/* ---- hyperparameters as the Python layer passes them: one row of doubles per group ------- */
+
+enum { FO_ADAM_LR, FO_ADAM_BETA1, FO_ADAM_BETA2, FO_ADAM_EPS, FO_ADAM_WD, FO_ADAM_DECOUPLED,
+       FO_ADAM_MAXIMIZE, FO_ADAM_L1, FO_ADAM_NARGS };
+enum { FO_SGD_LR, FO_SGD_MOMENTUM, FO_SGD_DAMPENING, FO_SGD_WD, FO_SGD_NESTEROV,
+       FO_SGD_MAXIMIZE, FO_SGD_L1, FO_SGD_NARGS };
+enum { FO_PROBE_NSTREAMS, FO_PROBE_NARGS };
+enum { FO_RMSPROP_LR, FO_RMSPROP_ALPHA, FO_RMSPROP_EPS, FO_RMSPROP_WD, FO_RMSPROP_MOMENTUM,
+       FO_RMSPROP_CENTERED, FO_RMSPROP_MAXIMIZE, FO_RMSPROP_L1, FO_RMSPROP_NARGS };
+enum { FO_ADAGRAD_LR, FO_ADAGRAD_LR_DECAY, FO_ADAGRAD_WD, FO_ADAGRAD_EPS, FO_ADAGRAD_MAXIMIZE,
+       FO_ADAGRAD_L1, FO_ADAGRAD_NARGS };
+enum { FO_LION_LR, FO_LION_BETA1, FO_LION_BETA2, FO_LION_WD, FO_LION_MAXIMIZE, FO_LION_L1,
+       FO_LION_NARGS };
+enum { FO_ADAMAX_LR, FO_ADAMAX_BETA1, FO_ADAMAX_BETA2, FO_ADAMAX_EPS, FO_ADAMAX_WD,
+       FO_ADAMAX_MAXIMIZE, FO_ADAMAX_L1, FO_ADAMAX_NARGS };
+enum { FO_RADAM_LR, FO_RADAM_BETA1, FO_RADAM_BETA2, FO_RADAM_EPS, FO_RADAM_WD,
+       FO_RADAM_DECOUPLED, FO_RADAM_MAXIMIZE, FO_RADAM_L1, FO_RADAM_NARGS };
+
+/* ---- per-step scalars ------------------------------------------------------------------- */
+/* Common to every rule: sign (-1 when maximizing), l2 (grad += l2*param; 0 disables),
+ * l1 (grad += l1*sign(param); 0 disables), decay (decoupled weight decay: param *= decay). */
 
 typedef struct fo_adam_hp {
+    double sign, l2, l1, decay;
     double lerp_weight;   /* 1 - beta1: exp_avg.lerp_(grad, 1 - beta1) */
     double beta2;
     double one_minus_beta2;
     double eps;
-    double l2;            /* coupled (Adam) weight decay: grad += l2 * param; 0 disables */
-    double decay;         /* decoupled (AdamW): param *= decay = 1 - lr * weight_decay; 1 disables */
     double neg_step_size; /* -lr / (1 - beta1^step) */
     double inv_bc2_sqrt;  /* 1 / sqrt(1 - beta2^step): multiplied, see kernels_body.h */
-    double sign;          /* -1 when maximizing, else 1 */
 } fo_adam_hp;
 
 typedef struct fo_sgd_hp {
+    double sign, l2, l1;
     double neg_lr;
-    double l2;                  /* grad += l2 * param; 0 disables */
     double momentum;            /* 0: plain SGD, no buffer */
     double one_minus_dampening;
-    double sign;                /* -1 when maximizing, else 1 */
     int nesterov;
     int init_buffer;            /* first step: buffer = grad */
 } fo_sgd_hp;
@@ -65,42 +95,54 @@ typedef struct fo_probe_hp {
     int nstreams;               /* reads streams 0..nstreams-1, writes all but stream FO_G */
 } fo_probe_hp;
 
-/* Hyperparameters as the Python layer passes them, one row of doubles per param group. */
-enum { FO_ADAM_LR, FO_ADAM_BETA1, FO_ADAM_BETA2, FO_ADAM_EPS, FO_ADAM_WD, FO_ADAM_DECOUPLED,
-       FO_ADAM_MAXIMIZE, FO_ADAM_NARGS };
-enum { FO_SGD_LR, FO_SGD_MOMENTUM, FO_SGD_DAMPENING, FO_SGD_WD, FO_SGD_NESTEROV,
-       FO_SGD_MAXIMIZE, FO_SGD_NARGS };
-enum { FO_PROBE_NSTREAMS, FO_PROBE_NARGS };
+typedef struct fo_rmsprop_hp {
+    double sign, l2, l1;
+    double alpha, one_minus_alpha;   /* square_avg = alpha*square_avg + (1-alpha)*g*g */
+    double eps;
+    double neg_lr;
+    double momentum;                 /* 0: no buffer */
+    int centered;
+} fo_rmsprop_hp;
 
-void fo_adam_scalars(fo_adam_hp *hp, const double *args, int64_t step);
-void fo_sgd_scalars(fo_sgd_hp *hp, const double *args, int64_t step);
-void fo_probe_scalars(fo_probe_hp *hp, const double *args, int64_t step);
+typedef struct fo_adagrad_hp {
+    double sign, l2, l1;
+    double eps;
+    double neg_clr;             /* -lr / (1 + (step - 1) * lr_decay) */
+} fo_adagrad_hp;
 
-/* ---- kernels ----------------------------------------------------------------------------- */
+typedef struct fo_lion_hp {
+    double sign, l1, decay;
+    double beta1, one_minus_beta1, beta2, one_minus_beta2;
+    double neg_lr;
+} fo_lion_hp;
 
-/* One contiguous range of one tensor; s3 (max_exp_avg_sq) may be NULL for Adam, s1 (momentum
- * buffer) NULL for SGD without momentum. */
-typedef void (*fo_adam_f32_fn)(int64_t n, float *p, const float *g, float *m, float *v,
-                               float *vmax, const fo_adam_hp *hp);
-typedef void (*fo_adam_f64_fn)(int64_t n, double *p, const double *g, double *m, double *v,
-                               double *vmax, const fo_adam_hp *hp);
-typedef void (*fo_sgd_f32_fn)(int64_t n, float *p, const float *g, float *buf,
-                              const fo_sgd_hp *hp);
-typedef void (*fo_sgd_f64_fn)(int64_t n, double *p, const double *g, double *buf,
-                              const fo_sgd_hp *hp);
-/* The probe: the memory traffic of a rule with no arithmetic (a sum of the streams is written
- * back to every stream but the gradient). It is the physical limit the benchmark compares to. */
-typedef void (*fo_probe_f32_fn)(int64_t n, float *const *s, const fo_probe_hp *hp);
-typedef void (*fo_probe_f64_fn)(int64_t n, double *const *s, const fo_probe_hp *hp);
+typedef struct fo_adamax_hp {
+    double sign, l2, l1;
+    double lerp_weight, beta2, eps;
+    double neg_clr;             /* -lr / (1 - beta1^step) */
+} fo_adamax_hp;
+
+typedef struct fo_radam_hp {
+    double sign, l2, l1, decay;
+    double lerp_weight, beta2, one_minus_beta2, eps;
+    double bias_correction1, lr, bc2_sqrt, rect;
+    int rectify;                /* rho_t > 5: use the adaptive, rectified step */
+} fo_radam_hp;
+
+/* Fill the per-step scalars of a rule from a row of group arguments and the step count. */
+void fo_scalars(int rule, void *hp, const double *args, int64_t step);
+/* Size in bytes of the per-step scalar struct of a rule; number of arguments in its row. */
+size_t fo_hp_size(int rule);
+int fo_nargs(int rule);
+
+/* ---- kernels ------------------------------------------------------------------------------ */
+
+typedef void (*fo_kernel_fn)(int64_t n, void *const *streams, const void *hp);
 
 typedef struct fo_kernel_table {
-    const char *name;      /* "baseline", "avx2", "avx512" */
-    fo_adam_f32_fn adam_f32;
-    fo_adam_f64_fn adam_f64;
-    fo_sgd_f32_fn sgd_f32;
-    fo_sgd_f64_fn sgd_f64;
-    fo_probe_f32_fn probe_f32;
-    fo_probe_f64_fn probe_f64;
+    const char *name;                  /* "baseline", "avx2", "avx512" */
+    fo_kernel_fn f32[FO_NRULES];
+    fo_kernel_fn f64[FO_NRULES];
 } fo_kernel_table;
 
 /* ---- run-time instruction-set choice ------------------------------------------------------ */
@@ -115,16 +157,10 @@ int fo_isa_select(const char *name);
 /* The active table (never NULL). */
 const fo_kernel_table *fo_isa_active(void);
 
-/* ---- the multi-tensor segment interface used by the driver --------------------------------- */
-
 /* Run rule `rule` for dtype `is_f64` on elements [off, off + n) of one tensor whose streams are
- * `ptrs` (FO_MAX_STREAMS pointers, unused ones NULL), with the per-step scalars `hp`. */
+ * `ptrs` (FO_MAX_STREAMS pointers to element 0, unused ones NULL), with per-step scalars `hp`. */
 void fo_run_segment(int rule, int is_f64, int64_t off, int64_t n, void *const *ptrs,
                     const void *hp);
-/* Size in bytes of the per-step scalar struct of a rule. */
-size_t fo_hp_size(int rule);
-/* Fill the per-step scalars of a rule from a row of group arguments and the step count. */
-void fo_scalars(int rule, void *hp, const double *args, int64_t step);
 
 #ifdef __cplusplus
 }

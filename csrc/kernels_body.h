@@ -2,26 +2,36 @@
  * kernels_body.h -- the loop bodies, written once.
  *
  * Included by dispatch.c once per (dtype, instruction set) with
- *   FO_T    the element type (float or double)
- *   FO_SFX  the name suffix (f32_avx2, f64_baseline, ...)
+ *   FO_T, FO_SQRT, FO_FABS   the element type and its sqrt/fabs (float or double)
+ *   FO_SFX                   the name suffix (f32_avx2, f64_baseline, ...)
  * and, around the include, a target pragma that lets the compiler vectorise these loops for that
  * instruction set. No intrinsics: the loops are plain C that GCC and Clang vectorise at -O3 with
  * -fno-math-errno (sqrt) and -ffp-contract=off (no FMA, so every path rounds identically).
  *
- * Per element, in torch.optim's order of operations (single-tensor implementation):
- *   Adam  g = sign*g; p = p*decay; [g = g + l2*p]; m = lerp(m, g, w); v = v*b2 + (1-b2)*g*g;
- *         [vmax = max(vmax, v)]; denom = sqrt(v or vmax)*(1/bc2_sqrt) + eps; p = p + (-ss*m)/denom
- *         The one deliberate departure from torch's order: torch divides sqrt(v) by bc2_sqrt;
- *         fastopt multiplies by its reciprocal (computed once per step in double). The math is
- *         the same and the result differs by at most an ulp or so in denom, but it saves one of
- *         the two divisions per element, the bottleneck of an in-cache Adam step (~35% at 1e4).
- *   SGD   g = sign*g; [g = g + l2*p]; [b = first ? g : b*mu + (1-d)*g; g = nesterov ? g + mu*b : b];
- *         p = p + (-lr)*g
- * Optional terms are compile-time flags of an always-inline body, so each combination becomes
- * its own branch-free loop.
+ * Per element, in torch.optim's order of operations (its single-tensor implementations); every
+ * rule starts with  g = sign*g;  [p = p*decay (decoupled)];  [g = g + l2*p];  [g = g + l1*sgn(p)]
+ *   Adam     m = lerp(m, g, 1-b1); v = v*b2 + (1-b2)*g*g; [vmax = max(vmax, v)];
+ *            p = p + (-ss*m) / (sqrt(v or vmax)*(1/bc2_sqrt) + eps)
+ *            The one deliberate departure from torch's order: torch divides sqrt(v) by bc2_sqrt;
+ *            fastopt multiplies by its reciprocal (computed once per step in double). The math is
+ *            the same and the result differs by at most an ulp or so in the denominator, but it
+ *            saves one of two divisions per element, the bottleneck of an in-cache step (~35%).
+ *   SGD      [b = first ? g : b*mu + (1-d)*g; g = nesterov ? g + mu*b : b]; p = p + (-lr)*g
+ *   RMSprop  v = v*a + (1-a)*g*g; [ga = lerp(ga, g, 1-a); avg = sqrt(max(v - ga*ga, 0))]
+ *            else avg = sqrt(v); avg = avg + eps;
+ *            [b = b*mu + g/avg; p = p + (-lr)*b]  else  p = p + (-lr*g)/avg
+ *   Adagrad  s = s + g*g; p = p + (-clr*g)/(sqrt(s) + eps)
+ *   Lion     c = m*b1 + (1-b1)*g; p = p + (-lr)*sgn(c); m = m*b2 + (1-b2)*g
+ *   Adamax   m = lerp(m, g, 1-b1); u = max(u*b2, |g| + eps); p = p + (-clr*m)/u
+ *   RAdam    m = lerp(m, g, 1-b1); v = v*b2 + (1-b2)*g*g; mb = m/bc1;
+ *            p = p - ((mb*lr) * ((1/(sqrt(v)+eps))*bc2_sqrt)) * rect   if rho_t > 5
+ *            p = p - mb*lr                                             otherwise
+ * sgn(x) is 1, -1, or x itself for +-0 and NaN (a zero does not move, a NaN propagates).
+ * Optional terms are compile-time flags of always-inline bodies, so each combination becomes
+ * its own branch-free loop; the L1 term is a select, cheap enough to leave in every loop.
  */
 #ifndef FO_T
-#error "define FO_T and FO_SFX before including kernels_body.h"
+#error "define FO_T, FO_SQRT, FO_FABS and FO_SFX before including kernels_body.h"
 #endif
 
 #define FO_CAT_(a, b) a##_##b
@@ -34,28 +44,52 @@ static FO_ALWAYS_INLINE FO_T FO_FN(fo_max_nan)(FO_T a, FO_T b)
     return (a < b || b != b) ? b : a;
 }
 
-static FO_ALWAYS_INLINE void FO_FN(adam_body)(
-    int64_t n, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g, FO_T *FO_RESTRICT m,
-    FO_T *FO_RESTRICT v, FO_T *FO_RESTRICT vmax, const fo_adam_hp *hp,
-    const int amsgrad, const int l2, const int small_weight)
+/* 1, -1, or x itself for +-0 and NaN. */
+static FO_ALWAYS_INLINE FO_T FO_FN(fo_sgn)(FO_T x)
 {
-    const FO_T sign = (FO_T)hp->sign;
-    const FO_T decay = (FO_T)hp->decay;
-    const FO_T wd = (FO_T)hp->l2;
-    const FO_T w = (FO_T)hp->lerp_weight;
-    const FO_T one_minus_w = (FO_T)1 - w;      /* torch computes 1 - weight in the tensor type */
-    const FO_T b2 = (FO_T)hp->beta2;
-    const FO_T omb2 = (FO_T)hp->one_minus_beta2;
-    const FO_T eps = (FO_T)hp->eps;
-    const FO_T nss = (FO_T)hp->neg_step_size;
+    return x > 0 ? (FO_T)1 : (x < 0 ? (FO_T)-1 : x);
+}
+
+/* torch's lerp(self, end, w): self + w*(end - self) for |w| < 0.5, else end - (end - self)*(1-w) */
+static FO_ALWAYS_INLINE FO_T FO_FN(fo_lerp)(FO_T self, FO_T end, FO_T w, FO_T one_minus_w,
+                                             const int small)
+{
+    return small ? self + w * (end - self) : end - (end - self) * one_minus_w;
+}
+
+/* The coupled regularisation terms: g + l2*p (when l2) + l1*sgn(p) (when l1). */
+static FO_ALWAYS_INLINE FO_T FO_FN(fo_coupled)(FO_T g, FO_T p, FO_T l2c, FO_T l1c, const int l2,
+                                                const int l1)
+{
+    if (l2) g = g + l2c * p;
+    if (l1) g = g + l1c * FO_FN(fo_sgn)(p);
+    return g;
+}
+
+#define FO_STREAM(k) ((FO_T *)s[k])
+#define FO_SMALL(w) ((w) < (FO_T)0.5 && (w) > (FO_T)-0.5)
+
+/* ---- Adam / AdamW ------------------------------------------------------------------------- */
+
+static FO_ALWAYS_INLINE void FO_FN(adam_body)(int64_t n, void *const *s, const fo_adam_hp *hp,
+                                               const int amsgrad, const int l2, const int small)
+{
+    FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
+    FO_T *FO_RESTRICT v = FO_STREAM(FO_S2);
+    FO_T *FO_RESTRICT vmax = FO_STREAM(FO_S3);
+    const FO_T sign = (FO_T)hp->sign, decay = (FO_T)hp->decay;
+    const FO_T l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
+    const int l1 = hp->l1 != 0.0;
+    const FO_T w = (FO_T)hp->lerp_weight, omw = (FO_T)1 - w;
+    const FO_T b2 = (FO_T)hp->beta2, omb2 = (FO_T)hp->one_minus_beta2;
+    const FO_T eps = (FO_T)hp->eps, nss = (FO_T)hp->neg_step_size;
     const FO_T inv_bc2s = (FO_T)hp->inv_bc2_sqrt;
     for (int64_t i = 0; i < n; i++) {
-        FO_T gi = g[i] * sign;
-        FO_T pi = p[i] * decay;
-        if (l2) gi = gi + wd * pi;
-        FO_T mi = m[i];
-        /* torch's lerp: self + w*(end - self) for |w| < 0.5, else end - (end - self)*(1 - w) */
-        mi = small_weight ? mi + w * (gi - mi) : gi - (gi - mi) * one_minus_w;
+        const FO_T pi = p[i] * decay;
+        const FO_T gi = FO_FN(fo_coupled)(g[i] * sign, pi, l2c, l1c, l2, l1);
+        const FO_T mi = FO_FN(fo_lerp)(m[i], gi, w, omw, small);
         FO_T vi = v[i] * b2 + omb2 * gi * gi;
         m[i] = mi;
         v[i] = vi;
@@ -68,44 +102,39 @@ static FO_ALWAYS_INLINE void FO_FN(adam_body)(
     }
 }
 
-static void FO_FN(adam)(int64_t n, FO_T *p, const FO_T *g, FO_T *m, FO_T *v, FO_T *vmax,
-                        const fo_adam_hp *hp)
+static void FO_FN(adam)(int64_t n, void *const *s, const void *hpv)
 {
+    const fo_adam_hp *hp = (const fo_adam_hp *)hpv;
     const FO_T w = (FO_T)hp->lerp_weight;
-    const int small = (w < (FO_T)0.5 && w > (FO_T)-0.5);
-    const int l2 = hp->l2 != 0.0;
-    if (vmax) {
-        if (l2) {
-            if (small) FO_FN(adam_body)(n, p, g, m, v, vmax, hp, 1, 1, 1);
-            else       FO_FN(adam_body)(n, p, g, m, v, vmax, hp, 1, 1, 0);
-        } else {
-            if (small) FO_FN(adam_body)(n, p, g, m, v, vmax, hp, 1, 0, 1);
-            else       FO_FN(adam_body)(n, p, g, m, v, vmax, hp, 1, 0, 0);
-        }
-    } else {
-        if (l2) {
-            if (small) FO_FN(adam_body)(n, p, g, m, v, vmax, hp, 0, 1, 1);
-            else       FO_FN(adam_body)(n, p, g, m, v, vmax, hp, 0, 1, 0);
-        } else {
-            if (small) FO_FN(adam_body)(n, p, g, m, v, vmax, hp, 0, 0, 1);
-            else       FO_FN(adam_body)(n, p, g, m, v, vmax, hp, 0, 0, 0);
-        }
+    const int sel = ((s[FO_S3] != 0) << 2) | ((hp->l2 != 0.0) << 1) | FO_SMALL(w);
+    switch (sel) {
+    case 0: FO_FN(adam_body)(n, s, hp, 0, 0, 0); break;
+    case 1: FO_FN(adam_body)(n, s, hp, 0, 0, 1); break;
+    case 2: FO_FN(adam_body)(n, s, hp, 0, 1, 0); break;
+    case 3: FO_FN(adam_body)(n, s, hp, 0, 1, 1); break;
+    case 4: FO_FN(adam_body)(n, s, hp, 1, 0, 0); break;
+    case 5: FO_FN(adam_body)(n, s, hp, 1, 0, 1); break;
+    case 6: FO_FN(adam_body)(n, s, hp, 1, 1, 0); break;
+    default: FO_FN(adam_body)(n, s, hp, 1, 1, 1); break;
     }
 }
 
-static FO_ALWAYS_INLINE void FO_FN(sgd_body)(
-    int64_t n, FO_T *FO_RESTRICT p, const FO_T *FO_RESTRICT g, FO_T *FO_RESTRICT buf,
-    const fo_sgd_hp *hp, const int l2, const int mom, const int init, const int nesterov)
+/* ---- SGD ---------------------------------------------------------------------------------- */
+
+static FO_ALWAYS_INLINE void FO_FN(sgd_body)(int64_t n, void *const *s, const fo_sgd_hp *hp,
+                                              const int l2, const int mom, const int init,
+                                              const int nesterov)
 {
-    const FO_T sign = (FO_T)hp->sign;
-    const FO_T wd = (FO_T)hp->l2;
-    const FO_T mu = (FO_T)hp->momentum;
-    const FO_T omd = (FO_T)hp->one_minus_dampening;
+    FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    FO_T *FO_RESTRICT buf = FO_STREAM(FO_S1);
+    const FO_T sign = (FO_T)hp->sign, l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
+    const int l1 = hp->l1 != 0.0;
+    const FO_T mu = (FO_T)hp->momentum, omd = (FO_T)hp->one_minus_dampening;
     const FO_T nlr = (FO_T)hp->neg_lr;
     for (int64_t i = 0; i < n; i++) {
         const FO_T pi = p[i];
-        FO_T gi = g[i] * sign;
-        if (l2) gi = gi + wd * pi;
+        FO_T gi = FO_FN(fo_coupled)(g[i] * sign, pi, l2c, l1c, l2, l1);
         if (mom) {
             const FO_T b = init ? gi : buf[i] * mu + omd * gi;
             buf[i] = b;
@@ -115,39 +144,39 @@ static FO_ALWAYS_INLINE void FO_FN(sgd_body)(
     }
 }
 
-#define FO_SGD_CASE(L2, MOM, INIT, NEST) \
-    FO_FN(sgd_body)(n, p, g, buf, hp, L2, MOM, INIT, NEST)
-
-static void FO_FN(sgd)(int64_t n, FO_T *p, const FO_T *g, FO_T *buf, const fo_sgd_hp *hp)
+static void FO_FN(sgd)(int64_t n, void *const *s, const void *hpv)
 {
+    const fo_sgd_hp *hp = (const fo_sgd_hp *)hpv;
     const int l2 = hp->l2 != 0.0;
-    if (!buf || hp->momentum == 0.0) {
-        if (l2) FO_SGD_CASE(1, 0, 0, 0); else FO_SGD_CASE(0, 0, 0, 0);
+    if (!s[FO_S1] || hp->momentum == 0.0) {
+        if (l2) FO_FN(sgd_body)(n, s, hp, 1, 0, 0, 0);
+        else FO_FN(sgd_body)(n, s, hp, 0, 0, 0, 0);
         return;
     }
-    /* selector bits: l2, init, nesterov */
     switch ((l2 << 2) | ((hp->init_buffer != 0) << 1) | (hp->nesterov != 0)) {
-    case 0: FO_SGD_CASE(0, 1, 0, 0); break;
-    case 1: FO_SGD_CASE(0, 1, 0, 1); break;
-    case 2: FO_SGD_CASE(0, 1, 1, 0); break;
-    case 3: FO_SGD_CASE(0, 1, 1, 1); break;
-    case 4: FO_SGD_CASE(1, 1, 0, 0); break;
-    case 5: FO_SGD_CASE(1, 1, 0, 1); break;
-    case 6: FO_SGD_CASE(1, 1, 1, 0); break;
-    default: FO_SGD_CASE(1, 1, 1, 1); break;
+    case 0: FO_FN(sgd_body)(n, s, hp, 0, 1, 0, 0); break;
+    case 1: FO_FN(sgd_body)(n, s, hp, 0, 1, 0, 1); break;
+    case 2: FO_FN(sgd_body)(n, s, hp, 0, 1, 1, 0); break;
+    case 3: FO_FN(sgd_body)(n, s, hp, 0, 1, 1, 1); break;
+    case 4: FO_FN(sgd_body)(n, s, hp, 1, 1, 0, 0); break;
+    case 5: FO_FN(sgd_body)(n, s, hp, 1, 1, 0, 1); break;
+    case 6: FO_FN(sgd_body)(n, s, hp, 1, 1, 1, 0); break;
+    default: FO_FN(sgd_body)(n, s, hp, 1, 1, 1, 1); break;
     }
 }
-#undef FO_SGD_CASE
 
-/* The probe: reads k streams and writes their sum to every stream but the gradient (stream 1).
- * The sum keeps every read live; its cost is negligible next to the memory traffic. */
-static void FO_FN(probe)(int64_t n, FO_T *const *s, const fo_probe_hp *hp)
+/* ---- the probe ---------------------------------------------------------------------------- */
+/* Reads k streams and writes their sum to every stream but the gradient (stream 1). The sum
+ * keeps every read live; its cost is negligible next to the memory traffic. */
+
+static void FO_FN(probe)(int64_t n, void *const *s, const void *hpv)
 {
-    FO_T *FO_RESTRICT a = s[0];
-    const FO_T *FO_RESTRICT b = s[1];
-    FO_T *FO_RESTRICT c = s[2];
-    FO_T *FO_RESTRICT d = s[3];
-    FO_T *FO_RESTRICT e = s[4];
+    const fo_probe_hp *hp = (const fo_probe_hp *)hpv;
+    FO_T *FO_RESTRICT a = FO_STREAM(0);
+    const FO_T *FO_RESTRICT b = FO_STREAM(1);
+    FO_T *FO_RESTRICT c = FO_STREAM(2);
+    FO_T *FO_RESTRICT d = FO_STREAM(3);
+    FO_T *FO_RESTRICT e = FO_STREAM(4);
     switch (hp->nstreams) {
     case 2:
         for (int64_t i = 0; i < n; i++) a[i] = a[i] + b[i];
@@ -173,6 +202,213 @@ static void FO_FN(probe)(int64_t n, FO_T *const *s, const fo_probe_hp *hp)
     }
 }
 
+/* ---- RMSprop ------------------------------------------------------------------------------ */
+
+static FO_ALWAYS_INLINE void FO_FN(rmsprop_body)(int64_t n, void *const *s,
+                                                  const fo_rmsprop_hp *hp, const int l2,
+                                                  const int mom, const int centered,
+                                                  const int small)
+{
+    FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    FO_T *FO_RESTRICT v = FO_STREAM(FO_S1);
+    FO_T *FO_RESTRICT buf = FO_STREAM(FO_S2);
+    FO_T *FO_RESTRICT ga = FO_STREAM(FO_S3);
+    const FO_T sign = (FO_T)hp->sign, l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
+    const int l1 = hp->l1 != 0.0;
+    const FO_T a = (FO_T)hp->alpha, oma = (FO_T)hp->one_minus_alpha, w = oma;
+    const FO_T omw = (FO_T)1 - w;
+    const FO_T eps = (FO_T)hp->eps, nlr = (FO_T)hp->neg_lr, mu = (FO_T)hp->momentum;
+    for (int64_t i = 0; i < n; i++) {
+        const FO_T pi = p[i];
+        const FO_T gi = FO_FN(fo_coupled)(g[i] * sign, pi, l2c, l1c, l2, l1);
+        const FO_T vi = v[i] * a + oma * gi * gi;
+        v[i] = vi;
+        FO_T avg;
+        if (centered) {
+            const FO_T gai = FO_FN(fo_lerp)(ga[i], gi, w, omw, small);
+            ga[i] = gai;
+            /* v - mean^2 >= 0 in exact arithmetic; clamp a rounding error below 0 at 0 (torch
+             * takes the square root of the negative number and returns NaN) */
+            avg = FO_SQRT(FO_FN(fo_max_nan)((FO_T)0, vi - gai * gai));
+        } else {
+            avg = FO_SQRT(vi);
+        }
+        avg = avg + eps;
+        if (mom) {
+            const FO_T b = buf[i] * mu + gi / avg;
+            buf[i] = b;
+            p[i] = pi + nlr * b;
+        } else {
+            p[i] = pi + (nlr * gi) / avg;
+        }
+    }
+}
+
+static void FO_FN(rmsprop)(int64_t n, void *const *s, const void *hpv)
+{
+    const fo_rmsprop_hp *hp = (const fo_rmsprop_hp *)hpv;
+    const FO_T w = (FO_T)hp->one_minus_alpha;
+    const int mom = s[FO_S2] != 0 && hp->momentum != 0.0;
+    const int centered = s[FO_S3] != 0 && hp->centered;
+    switch (((hp->l2 != 0.0) << 3) | (mom << 2) | (centered << 1) | FO_SMALL(w)) {
+    case 0: FO_FN(rmsprop_body)(n, s, hp, 0, 0, 0, 0); break;
+    case 1: FO_FN(rmsprop_body)(n, s, hp, 0, 0, 0, 1); break;
+    case 2: FO_FN(rmsprop_body)(n, s, hp, 0, 0, 1, 0); break;
+    case 3: FO_FN(rmsprop_body)(n, s, hp, 0, 0, 1, 1); break;
+    case 4: FO_FN(rmsprop_body)(n, s, hp, 0, 1, 0, 0); break;
+    case 5: FO_FN(rmsprop_body)(n, s, hp, 0, 1, 0, 1); break;
+    case 6: FO_FN(rmsprop_body)(n, s, hp, 0, 1, 1, 0); break;
+    case 7: FO_FN(rmsprop_body)(n, s, hp, 0, 1, 1, 1); break;
+    case 8: FO_FN(rmsprop_body)(n, s, hp, 1, 0, 0, 0); break;
+    case 9: FO_FN(rmsprop_body)(n, s, hp, 1, 0, 0, 1); break;
+    case 10: FO_FN(rmsprop_body)(n, s, hp, 1, 0, 1, 0); break;
+    case 11: FO_FN(rmsprop_body)(n, s, hp, 1, 0, 1, 1); break;
+    case 12: FO_FN(rmsprop_body)(n, s, hp, 1, 1, 0, 0); break;
+    case 13: FO_FN(rmsprop_body)(n, s, hp, 1, 1, 0, 1); break;
+    case 14: FO_FN(rmsprop_body)(n, s, hp, 1, 1, 1, 0); break;
+    default: FO_FN(rmsprop_body)(n, s, hp, 1, 1, 1, 1); break;
+    }
+}
+
+/* ---- Adagrad ------------------------------------------------------------------------------ */
+
+static FO_ALWAYS_INLINE void FO_FN(adagrad_body)(int64_t n, void *const *s,
+                                                  const fo_adagrad_hp *hp, const int l2)
+{
+    FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    FO_T *FO_RESTRICT sum = FO_STREAM(FO_S1);
+    const FO_T sign = (FO_T)hp->sign, l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
+    const int l1 = hp->l1 != 0.0;
+    const FO_T eps = (FO_T)hp->eps, nclr = (FO_T)hp->neg_clr;
+    for (int64_t i = 0; i < n; i++) {
+        const FO_T pi = p[i];
+        const FO_T gi = FO_FN(fo_coupled)(g[i] * sign, pi, l2c, l1c, l2, l1);
+        const FO_T si = sum[i] + gi * gi;
+        sum[i] = si;
+        p[i] = pi + (nclr * gi) / (FO_SQRT(si) + eps);
+    }
+}
+
+static void FO_FN(adagrad)(int64_t n, void *const *s, const void *hpv)
+{
+    const fo_adagrad_hp *hp = (const fo_adagrad_hp *)hpv;
+    if (hp->l2 != 0.0) FO_FN(adagrad_body)(n, s, hp, 1);
+    else FO_FN(adagrad_body)(n, s, hp, 0);
+}
+
+/* ---- Lion --------------------------------------------------------------------------------- */
+
+static void FO_FN(lion)(int64_t n, void *const *s, const void *hpv)
+{
+    const fo_lion_hp *hp = (const fo_lion_hp *)hpv;
+    FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
+    const FO_T sign = (FO_T)hp->sign, l1c = (FO_T)hp->l1, decay = (FO_T)hp->decay;
+    const int l1 = hp->l1 != 0.0;
+    const FO_T b1 = (FO_T)hp->beta1, omb1 = (FO_T)hp->one_minus_beta1;
+    const FO_T b2 = (FO_T)hp->beta2, omb2 = (FO_T)hp->one_minus_beta2;
+    const FO_T nlr = (FO_T)hp->neg_lr;
+    for (int64_t i = 0; i < n; i++) {
+        const FO_T pi = p[i] * decay;
+        const FO_T gi = FO_FN(fo_coupled)(g[i] * sign, pi, 0, l1c, 0, l1);
+        const FO_T mi = m[i];
+        const FO_T c = mi * b1 + omb1 * gi;
+        p[i] = pi + nlr * FO_FN(fo_sgn)(c);
+        m[i] = mi * b2 + omb2 * gi;
+    }
+}
+
+/* ---- Adamax ------------------------------------------------------------------------------- */
+
+static FO_ALWAYS_INLINE void FO_FN(adamax_body)(int64_t n, void *const *s,
+                                                 const fo_adamax_hp *hp, const int l2,
+                                                 const int small)
+{
+    FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
+    FO_T *FO_RESTRICT u = FO_STREAM(FO_S2);
+    const FO_T sign = (FO_T)hp->sign, l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
+    const int l1 = hp->l1 != 0.0;
+    const FO_T w = (FO_T)hp->lerp_weight, omw = (FO_T)1 - w;
+    const FO_T b2 = (FO_T)hp->beta2, eps = (FO_T)hp->eps, nclr = (FO_T)hp->neg_clr;
+    for (int64_t i = 0; i < n; i++) {
+        const FO_T pi = p[i];
+        const FO_T gi = FO_FN(fo_coupled)(g[i] * sign, pi, l2c, l1c, l2, l1);
+        const FO_T mi = FO_FN(fo_lerp)(m[i], gi, w, omw, small);
+        const FO_T ui = FO_FN(fo_max_nan)(u[i] * b2, FO_FABS(gi) + eps);
+        m[i] = mi;
+        u[i] = ui;
+        p[i] = pi + (nclr * mi) / ui;
+    }
+}
+
+static void FO_FN(adamax)(int64_t n, void *const *s, const void *hpv)
+{
+    const fo_adamax_hp *hp = (const fo_adamax_hp *)hpv;
+    const FO_T w = (FO_T)hp->lerp_weight;
+    switch (((hp->l2 != 0.0) << 1) | FO_SMALL(w)) {
+    case 0: FO_FN(adamax_body)(n, s, hp, 0, 0); break;
+    case 1: FO_FN(adamax_body)(n, s, hp, 0, 1); break;
+    case 2: FO_FN(adamax_body)(n, s, hp, 1, 0); break;
+    default: FO_FN(adamax_body)(n, s, hp, 1, 1); break;
+    }
+}
+
+/* ---- RAdam -------------------------------------------------------------------------------- */
+
+static FO_ALWAYS_INLINE void FO_FN(radam_body)(int64_t n, void *const *s, const fo_radam_hp *hp,
+                                                const int l2, const int small, const int rectify)
+{
+    FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
+    FO_T *FO_RESTRICT v = FO_STREAM(FO_S2);
+    const FO_T sign = (FO_T)hp->sign, decay = (FO_T)hp->decay;
+    const FO_T l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
+    const int l1 = hp->l1 != 0.0;
+    const FO_T w = (FO_T)hp->lerp_weight, omw = (FO_T)1 - w;
+    const FO_T b2 = (FO_T)hp->beta2, omb2 = (FO_T)hp->one_minus_beta2, eps = (FO_T)hp->eps;
+    const FO_T bc1 = (FO_T)hp->bias_correction1, lr = (FO_T)hp->lr;
+    const FO_T bc2s = (FO_T)hp->bc2_sqrt, rect = (FO_T)hp->rect;
+    for (int64_t i = 0; i < n; i++) {
+        const FO_T pi = p[i] * decay;
+        const FO_T gi = FO_FN(fo_coupled)(g[i] * sign, pi, l2c, l1c, l2, l1);
+        const FO_T mi = FO_FN(fo_lerp)(m[i], gi, w, omw, small);
+        const FO_T vi = v[i] * b2 + omb2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        const FO_T mb = mi / bc1;
+        if (rectify) {
+            const FO_T adaptive = ((FO_T)1 / (FO_SQRT(vi) + eps)) * bc2s;
+            p[i] = pi - ((mb * lr) * adaptive) * rect;
+        } else {
+            p[i] = pi - mb * lr;
+        }
+    }
+}
+
+static void FO_FN(radam)(int64_t n, void *const *s, const void *hpv)
+{
+    const fo_radam_hp *hp = (const fo_radam_hp *)hpv;
+    const FO_T w = (FO_T)hp->lerp_weight;
+    switch (((hp->l2 != 0.0) << 2) | (FO_SMALL(w) << 1) | (hp->rectify != 0)) {
+    case 0: FO_FN(radam_body)(n, s, hp, 0, 0, 0); break;
+    case 1: FO_FN(radam_body)(n, s, hp, 0, 0, 1); break;
+    case 2: FO_FN(radam_body)(n, s, hp, 0, 1, 0); break;
+    case 3: FO_FN(radam_body)(n, s, hp, 0, 1, 1); break;
+    case 4: FO_FN(radam_body)(n, s, hp, 1, 0, 0); break;
+    case 5: FO_FN(radam_body)(n, s, hp, 1, 0, 1); break;
+    case 6: FO_FN(radam_body)(n, s, hp, 1, 1, 0); break;
+    default: FO_FN(radam_body)(n, s, hp, 1, 1, 1); break;
+    }
+}
+
+#undef FO_STREAM
+#undef FO_SMALL
 #undef FO_FN
 #undef FO_CAT
 #undef FO_CAT_

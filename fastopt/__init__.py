@@ -9,17 +9,24 @@ from . import kernels, reference
 from ._config import _select_isa_from_env, config, set_isa, show_config
 from ._threading import get_num_threads, set_num_threads
 from ._version import __version__
-from .adam import Adam, AdamW
+from .adam import Adam, Adamax, AdamW, RAdam
 from .checkpoint import load, save
+from .lion import Lion
 from .optimizer import Optimizer
+from .rmsprop import Adagrad, RMSprop
 from .sgd import SGD
 
 _select_isa_from_env()
 
 __all__ = [
+    "Adagrad",
     "Adam",
     "AdamW",
+    "Adamax",
+    "Lion",
     "Optimizer",
+    "RAdam",
+    "RMSprop",
     "SGD",
     "__version__",
     "config",

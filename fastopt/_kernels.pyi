@@ -7,6 +7,11 @@ import numpy.typing as npt
 RULE_SGD: int
 RULE_ADAM: int
 RULE_PROBE: int
+RULE_RMSPROP: int
+RULE_ADAGRAD: int
+RULE_LION: int
+RULE_ADAMAX: int
+RULE_RADAM: int
 NARGS: dict[int, int]
 MAX_STREAMS: int
 OK: int

@@ -37,9 +37,12 @@ cdef extern from "fastopt.h" nogil:
         FO_RULE_SGD
         FO_RULE_ADAM
         FO_RULE_PROBE
-        FO_ADAM_NARGS
-        FO_SGD_NARGS
-        FO_PROBE_NARGS
+        FO_RULE_RMSPROP
+        FO_RULE_ADAGRAD
+        FO_RULE_LION
+        FO_RULE_ADAMAX
+        FO_RULE_RADAM
+        FO_NRULES
     const char *const *fo_isa_compiled(int *count)
     int fo_isa_supported(const char *name)
     int fo_isa_select(const char *name)
@@ -49,6 +52,7 @@ cdef extern from "fastopt.h" nogil:
     void fo_run_segment(int rule, int is_f64, int64_t off, int64_t n, void *const *ptrs,
                         const void *hp)
     size_t fo_hp_size(int rule)
+    int fo_nargs(int rule)
     void fo_scalars(int rule, void *hp, const double *args, int64_t step)
 
 cdef extern from "fo_omp.h" nogil:
@@ -59,7 +63,13 @@ cdef extern from "fo_omp.h" nogil:
 RULE_SGD = FO_RULE_SGD
 RULE_ADAM = FO_RULE_ADAM
 RULE_PROBE = FO_RULE_PROBE
-NARGS = {FO_RULE_SGD: FO_SGD_NARGS, FO_RULE_ADAM: FO_ADAM_NARGS, FO_RULE_PROBE: FO_PROBE_NARGS}
+RULE_RMSPROP = FO_RULE_RMSPROP
+RULE_ADAGRAD = FO_RULE_ADAGRAD
+RULE_LION = FO_RULE_LION
+RULE_ADAMAX = FO_RULE_ADAMAX
+RULE_RADAM = FO_RULE_RADAM
+# number of hyperparameters in a group's row, per rule (see csrc/fastopt.h)
+NARGS = {rule: fo_nargs(rule) for rule in range(FO_NRULES)}
 MAX_STREAMS = FO_MAX_STREAMS
 
 # Codes returned by Plan.step besides a bad gradient's index (>= 0).
@@ -217,7 +227,7 @@ cdef class Plan:
     def __init__(self, int rule, list streams, groups):
         cdef Py_ssize_t T = len(streams), i, k, w = 0
         cdef cnp.ndarray a
-        if rule not in (FO_RULE_SGD, FO_RULE_ADAM, FO_RULE_PROBE):
+        if not 0 <= rule < FO_NRULES:
             raise ValueError(f"unknown rule {rule}")
         if len(groups) != T:
             raise ValueError("groups must have one entry per tensor")
@@ -330,7 +340,7 @@ cdef class Plan:
                 or cnp.PyArray_DIM(steps, 0) != T or not cnp.PyArray_IS_C_CONTIGUOUS(steps)
                 or not cnp.PyArray_ISWRITEABLE(steps)):
             raise ValueError(f"steps: expected a writeable contiguous int64 array of {T}")
-        nargs = NARGS[self.rule]
+        nargs = fo_nargs(self.rule)
         if (cnp.PyArray_TYPE(args) != cnp.NPY_DOUBLE or cnp.PyArray_NDIM(args) != 2
                 or cnp.PyArray_DIM(args, 1) != nargs or not cnp.PyArray_IS_C_CONTIGUOUS(args)):
             raise ValueError(f"args: expected a contiguous float64 array of shape (groups, "

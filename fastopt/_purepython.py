@@ -12,8 +12,10 @@ import numpy as np
 
 from . import reference
 
-RULE_SGD, RULE_ADAM, RULE_PROBE = 0, 1, 2
-NARGS = {RULE_SGD: 6, RULE_ADAM: 7, RULE_PROBE: 1}
+RULE_SGD, RULE_ADAM, RULE_PROBE, RULE_RMSPROP = 0, 1, 2, 3
+RULE_ADAGRAD, RULE_LION, RULE_ADAMAX, RULE_RADAM = 4, 5, 6, 7
+NARGS = {RULE_SGD: 7, RULE_ADAM: 8, RULE_PROBE: 1, RULE_RMSPROP: 8, RULE_ADAGRAD: 6,
+         RULE_LION: 6, RULE_ADAMAX: 7, RULE_RADAM: 8}
 MAX_STREAMS = 5
 OK = -1
 NEEDS_STATE = -2
@@ -137,15 +139,35 @@ class Plan:
         return OK
 
     def _run(self, row, g, a, step):
+        """One tensor through fastopt.reference (the row layouts of csrc/fastopt.h)."""
         p, _, s1, s2, s3 = row
+        a = [float(x) for x in a]
         if self.rule == RULE_ADAM:
             reference.adam_step(p, g, s1, s2, s3, step=step, lr=a[0], beta1=a[1], beta2=a[2],
                                 eps=a[3], weight_decay=a[4], decoupled_weight_decay=bool(a[5]),
-                                maximize=bool(a[6]))
+                                maximize=bool(a[6]), l1=a[7])
         elif self.rule == RULE_SGD:
-            reference.sgd_step(p, g, s1, lr=a[0], momentum=a[1], dampening=a[2],
-                               weight_decay=a[3], nesterov=bool(a[4]), maximize=bool(a[5]),
-                               init_buffer=step <= 1)
+            reference.sgd_step(p, g, s1 if a[1] != 0 else None, lr=a[0], momentum=a[1],
+                               dampening=a[2], weight_decay=a[3], nesterov=bool(a[4]),
+                               maximize=bool(a[5]), l1=a[6], init_buffer=step <= 1)
+        elif self.rule == RULE_RMSPROP:
+            reference.rmsprop_step(p, g, s1, s2, s3, lr=a[0], alpha=a[1], eps=a[2],
+                                   weight_decay=a[3], momentum=a[4] if s2 is not None else 0.0,
+                                   centered=bool(a[5]) and s3 is not None,
+                                   maximize=bool(a[6]), l1=a[7])
+        elif self.rule == RULE_ADAGRAD:
+            reference.adagrad_step(p, g, s1, step=step, lr=a[0], lr_decay=a[1],
+                                   weight_decay=a[2], eps=a[3], maximize=bool(a[4]), l1=a[5])
+        elif self.rule == RULE_LION:
+            reference.lion_step(p, g, s1, lr=a[0], beta1=a[1], beta2=a[2], weight_decay=a[3],
+                                maximize=bool(a[4]), l1=a[5])
+        elif self.rule == RULE_ADAMAX:
+            reference.adamax_step(p, g, s1, s2, step=step, lr=a[0], beta1=a[1], beta2=a[2],
+                                  eps=a[3], weight_decay=a[4], maximize=bool(a[5]), l1=a[6])
+        elif self.rule == RULE_RADAM:
+            reference.radam_step(p, g, s1, s2, step=step, lr=a[0], beta1=a[1], beta2=a[2],
+                                 eps=a[3], weight_decay=a[4], decoupled_weight_decay=bool(a[5]),
+                                 maximize=bool(a[6]), l1=a[7])
         else:
             streams = [x for x in (p, g, s1, s2, s3)][:int(a[0])]
             total = streams[0] + streams[1]

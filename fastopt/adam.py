@@ -1,8 +1,10 @@
-"""Adam and AdamW, torch.optim's rules."""
+"""The Adam family: Adam, AdamW, Adamax and RAdam, torch.optim's rules."""
 from __future__ import annotations
 
-from . import _validation
+from . import _rules
 from ._backend import native as _native
+from ._validation import betas as _betas
+from ._validation import flag
 from .optimizer import Optimizer
 
 _ADAM_MATH = r"""
@@ -33,7 +35,7 @@ _ADAM_MATH = r"""
     does.
 """
 
-_PARAMS = """
+_PARAMS = r"""
     Parameters
     ----------
     params : iterable of arrays, or of dicts (param groups)
@@ -47,6 +49,9 @@ _PARAMS = """
         Keep the running maximum of :math:`v_t` (Reddi et al., 2018).
     maximize : bool, default False
         Maximize the objective instead of minimizing it.
+    l1 : float, default 0
+        L1 regularisation, coupled: :math:`g \leftarrow g + l_1\,\mathrm{sgn}(p)` after the L2
+        term (sgn(0) = 0). Not in torch: fastopt's addition, on every optimizer.
 
     State per param (torch's keys): ``step`` (a 0-d int64 array), ``exp_avg``, ``exp_avg_sq``,
     and ``max_exp_avg_sq`` with amsgrad, created on the param's first step.
@@ -76,25 +81,23 @@ class Adam(Optimizer):
     """)
 
     _rule = _native.RULE_ADAM
-    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
+    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "l1")
     _decoupled = False
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, l1: float = 0.0) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        amsgrad=amsgrad, maximize=maximize)
+                        amsgrad=amsgrad, maximize=maximize, l1=l1)
         self._check_group(defaults)
         super().__init__(params, defaults)
 
     def _check_group(self, group):
-        lr = _validation.lr(group["lr"])
-        beta1, beta2 = _validation.betas(group["betas"])
-        eps = _validation.real("eps", group["eps"], what="epsilon value")
-        weight_decay = _validation.real("weight_decay", group["weight_decay"])
-        _validation.flag("amsgrad", group["amsgrad"])
-        maximize = _validation.flag("maximize", group["maximize"])
-        return [lr, beta1, beta2, eps, weight_decay, float(self._decoupled), float(maximize)]
+        flag("amsgrad", group["amsgrad"])
+        beta1, beta2 = _betas(group["betas"])
+        return _rules.adam_row(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                               weight_decay=group["weight_decay"], decoupled=self._decoupled,
+                               maximize=group["maximize"], l1=group["l1"])
 
     def _buffers(self, group):
         bufs = [(2, "exp_avg"), (3, "exp_avg_sq")]
@@ -128,6 +131,95 @@ class AdamW(Adam):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, l1: float = 0.0) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize)
+                         amsgrad=amsgrad, maximize=maximize, l1=l1)
+
+
+class Adamax(Optimizer):
+    r"""Adamax (Kingma & Ba, 2015, section 7): Adam with the infinity norm (torch's rule).
+
+    For each param :math:`p` with gradient :math:`g` at step :math:`t` (per param, from 1):
+
+    .. math::
+
+        g &\leftarrow -g \ \text{if maximize}; \quad
+            g \leftarrow g + \lambda p \ \text{if } \lambda \ne 0 \ \text{(L2)} \\
+        m_t &\leftarrow m_{t-1} + (1 - \beta_1)(g - m_{t-1}) \\
+        u_t &\leftarrow \max(\beta_2 u_{t-1}, |g| + \epsilon) \\
+        p &\leftarrow p - \frac{\gamma}{1 - \beta_1^t} \frac{m_t}{u_t}
+
+    Parameters: ``lr=2e-3``, ``betas=(0.9, 0.999)``, ``eps=1e-8``, ``weight_decay=0``,
+    ``maximize=False``, ``l1=0`` (as in ``Adam``). State (torch's keys): ``step``, ``exp_avg``,
+    ``exp_inf``. Note that eps enters inside the max, as torch does (the paper has no eps).
+    """
+
+    _rule = _native.RULE_ADAMAX
+    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "maximize", "l1")
+
+    def __init__(self, params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
+                 l1: float = 0.0) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        maximize=maximize, l1=l1)
+        self._check_group(defaults)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group):
+        beta1, beta2 = _betas(group["betas"])
+        return _rules.adamax_row(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                                 weight_decay=group["weight_decay"], maximize=group["maximize"],
+                                 l1=group["l1"])
+
+    def _buffers(self, group):
+        return [(2, "exp_avg"), (3, "exp_inf")]
+
+
+class RAdam(Optimizer):
+    r"""RAdam (Liu et al., 2020): Adam with a rectified adaptive learning rate (torch's rule).
+
+    For each param :math:`p` with gradient :math:`g` at step :math:`t` (per param, from 1), after
+    the maximize sign and the weight decay (L2, or decoupled
+    :math:`p \leftarrow p(1 - \gamma\lambda)` with ``decoupled_weight_decay=True``):
+
+    .. math::
+
+        m_t &\leftarrow m_{t-1} + (1 - \beta_1)(g - m_{t-1}), \quad
+            v_t \leftarrow \beta_2 v_{t-1} + (1 - \beta_2) g^2 \\
+        \rho_\infty &= \frac{2}{1 - \beta_2} - 1, \quad
+            \rho_t = \rho_\infty - \frac{2 t \beta_2^t}{1 - \beta_2^t} \\
+        p &\leftarrow p - \gamma \frac{m_t}{1 - \beta_1^t} \cdot
+            \frac{\sqrt{1 - \beta_2^t}}{\sqrt{v_t} + \epsilon} \cdot r_t
+            \quad \text{if } \rho_t > 5, \text{ with }
+            r_t = \sqrt{\frac{(\rho_t - 4)(\rho_t - 2)\rho_\infty}
+                             {(\rho_\infty - 4)(\rho_\infty - 2)\rho_t}} \\
+        p &\leftarrow p - \gamma \frac{m_t}{1 - \beta_1^t}
+            \quad \text{otherwise (SGD with momentum)}
+
+    Parameters: ``lr=1e-3``, ``betas=(0.9, 0.999)``, ``eps=1e-8``, ``weight_decay=0``,
+    ``decoupled_weight_decay=False``, ``maximize=False``, ``l1=0``. State (torch's keys):
+    ``step``, ``exp_avg``, ``exp_avg_sq``. The element-wise order is torch's exactly.
+    """
+
+    _rule = _native.RULE_RADAM
+    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize",
+                   "l1")
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0,
+                 decoupled_weight_decay: bool = False, *, maximize: bool = False,
+                 l1: float = 0.0) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, l1=l1)
+        self._check_group(defaults)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group):
+        beta1, beta2 = _betas(group["betas"])
+        return _rules.radam_row(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                                weight_decay=group["weight_decay"],
+                                decoupled=group["decoupled_weight_decay"],
+                                maximize=group["maximize"], l1=group["l1"])
+
+    def _buffers(self, group):
+        return [(2, "exp_avg"), (3, "exp_avg_sq")]

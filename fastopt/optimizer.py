@@ -29,8 +29,9 @@ from ._threading import get_num_threads
 class Optimizer:
     """Base class of fastopt's optimizers (torch.optim.Optimizer's interface, NumPy arrays).
 
-    Subclasses set ``_rule`` (the native rule), ``_hyper_keys`` (the group keys, in the order of
-    the native argument row) and implement ``_check_group`` and ``_buffers``.
+    Subclasses set ``_rule`` (the native rule) and ``_hyper_keys`` (the group keys whose change
+    triggers revalidation), and implement ``_check_group`` (validate a group, return its native
+    argument row; see fastopt._rules) and ``_buffers`` (the state buffers a group needs).
     """
 
     _rule: int
@@ -201,11 +202,16 @@ class Optimizer:
             self._steps[i] = 0
             if self._has_step_state:
                 st["step"] = self._steps[i:i + 1].reshape(())
+        group = self.param_groups[self._group_of[i]]
         for _, key in bufs:
             if key not in st:
-                st[key] = np.zeros_like(p)
+                st[key] = self._new_buffer(key, p, group)
                 self._on_new_buffer(i, key)
         return st
+
+    def _new_buffer(self, key: str, p: np.ndarray, group: dict) -> np.ndarray:
+        """A state buffer's initial value (zeros; Adagrad starts its sum elsewhere)."""
+        return np.zeros_like(p)
 
     def _on_new_buffer(self, i: int, key: str) -> None:
         """Hook: a state buffer was just created for param i."""

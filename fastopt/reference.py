@@ -5,17 +5,42 @@ with the same operations in the same order, in the array's own dtype, so the fus
 be compared with it bitwise. It is written for reading, not for speed: every line is one NumPy
 pass over memory, most with a temporary.
 
-The formulas are torch.optim's (single-tensor implementation); see the docstrings of
-``fastopt.SGD``, ``fastopt.Adam`` and ``fastopt.AdamW``.
+The formulas are torch.optim's (single-tensor implementations; Lion after Chen et al., 2023);
+see the docstrings of the optimizer classes. Every rule takes ``maximize`` (negate the gradient)
+and ``l1`` (add ``l1 * sgn(param)`` to the gradient, after any L2 term); ``sgn`` is 1, -1, or
+the value itself for +-0 and NaN.
 """
 from __future__ import annotations
 
 import numpy as np
 
 
+def _sgn(x):
+    """1, -1, or x itself for +-0 and NaN (a zero stays put, a NaN propagates)."""
+    return np.where(x > 0, 1, np.where(x < 0, -1, x)).astype(x.dtype, copy=False)
+
+
+def _coupled(g, param, weight_decay, l1):
+    """The gradient with L2 (``weight_decay * param``) and L1 (``l1 * sgn(param)``) added."""
+    t = param.dtype.type
+    if weight_decay != 0:
+        g = g + t(weight_decay) * param
+    if l1 != 0:
+        g = g + t(l1) * _sgn(param)
+    return g
+
+
+def _lerp_(x, end, w):
+    """x.lerp_(end, w) with torch's two-sided formula, in place (w in x's dtype)."""
+    if abs(w) < 0.5:
+        x += w * (end - x)
+    else:
+        x[...] = end - (end - x) * (type(w)(1) - w)
+
+
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
               beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-              decoupled_weight_decay=False, maximize=False):
+              decoupled_weight_decay=False, maximize=False, l1=0.0):
     """One Adam/AdamW step on one tensor; param and state modified in place.
 
     ``step`` is the count of this step, starting at 1. With ``max_exp_avg_sq`` (AMSGrad) the
@@ -25,14 +50,10 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr
     g = -grad if maximize else grad
     if decoupled_weight_decay:
         param *= t(1 - lr * weight_decay)
-    elif weight_decay != 0:
-        g = g + t(weight_decay) * param
-    # exp_avg.lerp_(g, 1 - beta1), with torch's two-sided lerp formula
-    w = t(1 - beta1)
-    if abs(w) < 0.5:
-        exp_avg += w * (g - exp_avg)
+        g = _coupled(g, param, 0, l1)
     else:
-        exp_avg[...] = g - (g - exp_avg) * (t(1) - w)
+        g = _coupled(g, param, weight_decay, l1)
+    _lerp_(exp_avg, g, t(1 - beta1))
     exp_avg_sq *= t(beta2)
     exp_avg_sq += t(1 - beta2) * g * g
     bias_correction1 = 1 - beta1 ** step
@@ -51,16 +72,14 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr
 
 
 def sgd_step(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0.0,
-             weight_decay=0.0, nesterov=False, maximize=False, init_buffer=False):
+             weight_decay=0.0, nesterov=False, maximize=False, l1=0.0, init_buffer=False):
     """One SGD step on one tensor; param and momentum_buffer modified in place.
 
     ``init_buffer`` marks the buffer's first step: it is then set to the gradient (torch creates
     the buffer as a copy of the gradient) instead of being decayed.
     """
     t = param.dtype.type
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        g = g + t(weight_decay) * param
+    g = _coupled(-grad if maximize else grad, param, weight_decay, l1)
     if momentum != 0:
         buf = momentum_buffer
         if init_buffer:
@@ -72,20 +91,141 @@ def sgd_step(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampen
     param += t(-lr) * g
 
 
-def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, **hyper):
-    """adam_step over lists; a None gradient skips its tensor; steps[i] is tensor i's count."""
+def rmsprop_step(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr=1e-2,
+                 alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                 maximize=False, l1=0.0):
+    """One RMSprop step on one tensor; param and state modified in place.
+
+    ``momentum_buffer`` is needed when momentum > 0, ``grad_avg`` when centered.
+    """
+    t = param.dtype.type
+    g = _coupled(-grad if maximize else grad, param, weight_decay, l1)
+    square_avg *= t(alpha)
+    square_avg += t(1 - alpha) * g * g
+    if centered:
+        _lerp_(grad_avg, g, t(1 - alpha))
+        # v - mean^2 >= 0 in exact arithmetic; fastopt clamps rounding errors below 0 at 0
+        avg = np.sqrt(np.maximum(t(0), square_avg - grad_avg * grad_avg))
+    else:
+        avg = np.sqrt(square_avg)
+    avg = avg + t(eps)
+    if momentum > 0:
+        momentum_buffer *= t(momentum)
+        momentum_buffer += g / avg
+        param += t(-lr) * momentum_buffer
+    else:
+        param += (t(-lr) * g) / avg
+
+
+def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                 eps=1e-10, maximize=False, l1=0.0):
+    """One Adagrad step on one tensor; param and state_sum modified in place."""
+    t = param.dtype.type
+    g = _coupled(-grad if maximize else grad, param, weight_decay, l1)
+    clr = lr / (1 + (step - 1) * lr_decay)
+    state_sum += g * g
+    std = np.sqrt(state_sum) + t(eps)
+    param += (t(-clr) * g) / std
+
+
+def lion_step(param, grad, exp_avg, *, lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0,
+              maximize=False, l1=0.0):
+    """One Lion step on one tensor (decoupled weight decay); param and exp_avg in place."""
+    t = param.dtype.type
+    g = -grad if maximize else grad
+    param *= t(1 - lr * weight_decay)
+    g = _coupled(g, param, 0, l1)
+    c = exp_avg * t(beta1) + t(1 - beta1) * g
+    param += t(-lr) * _sgn(c)
+    exp_avg *= t(beta2)
+    exp_avg += t(1 - beta2) * g
+
+
+def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.999,
+                eps=1e-8, weight_decay=0.0, maximize=False, l1=0.0):
+    """One Adamax step on one tensor; param and state modified in place."""
+    t = param.dtype.type
+    g = _coupled(-grad if maximize else grad, param, weight_decay, l1)
+    _lerp_(exp_avg, g, t(1 - beta1))
+    np.maximum(exp_inf * t(beta2), np.abs(g) + t(eps), out=exp_inf)
+    clr = lr / (1 - beta1 ** step)
+    param += (t(-clr) * exp_avg) / exp_inf
+
+
+def radam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999,
+               eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, maximize=False,
+               l1=0.0):
+    """One RAdam step on one tensor; param and state modified in place."""
+    t = param.dtype.type
+    g = -grad if maximize else grad
+    if decoupled_weight_decay:
+        param *= t(1 - lr * weight_decay)
+        g = _coupled(g, param, 0, l1)
+    else:
+        g = _coupled(g, param, weight_decay, l1)
+    _lerp_(exp_avg, g, t(1 - beta1))
+    exp_avg_sq *= t(beta2)
+    exp_avg_sq += t(1 - beta2) * g * g
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    bias_corrected_exp_avg = exp_avg / t(bias_correction1)
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * (beta2 ** step) / bias_correction2
+    if rho_t > 5.0:
+        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf
+                / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        adaptive = (t(1) / (np.sqrt(exp_avg_sq) + t(eps))) * t(bias_correction2 ** 0.5)
+        param -= ((bias_corrected_exp_avg * t(lr)) * adaptive) * t(rect)
+    else:
+        param -= bias_corrected_exp_avg * t(lr)
+
+
+# ---- many tensors: the step functions over lists, a None gradient skipping its tensor --------
+
+def _each(step_fn, params, grads, states, steps=None, **hyper):
     for i, (p, g) in enumerate(zip(params, grads)):
         if g is None:
             continue
-        vmax = None if max_exp_avg_sqs is None else max_exp_avg_sqs[i]
-        adam_step(p, g, exp_avgs[i], exp_avg_sqs[i], vmax, step=int(steps[i]), **hyper)
+        bufs = [None if s is None else s[i] for s in states]
+        extra = {} if steps is None else {"step": int(steps[i])}
+        step_fn(p, g, *bufs, **extra, **hyper)
+
+
+def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, **hyper):
+    """adam_step over lists; steps[i] is tensor i's count."""
+    _each(adam_step, params, grads, [exp_avgs, exp_avg_sqs, max_exp_avg_sqs], steps, **hyper)
 
 
 def sgd(params, grads, momentum_buffers, *, init_buffers=False, **hyper):
-    """sgd_step over lists; a None gradient skips its tensor."""
+    """sgd_step over lists; ``init_buffers`` is one bool or one per tensor."""
     for i, (p, g) in enumerate(zip(params, grads)):
         if g is None:
             continue
         buf = None if momentum_buffers is None else momentum_buffers[i]
         init = init_buffers if isinstance(init_buffers, bool) else bool(init_buffers[i])
         sgd_step(p, g, buf, init_buffer=init, **hyper)
+
+
+def rmsprop(params, grads, square_avgs, momentum_buffers=None, grad_avgs=None, **hyper):
+    """rmsprop_step over lists."""
+    _each(rmsprop_step, params, grads, [square_avgs, momentum_buffers, grad_avgs], **hyper)
+
+
+def adagrad(params, grads, state_sums, steps, **hyper):
+    """adagrad_step over lists; steps[i] is tensor i's count."""
+    _each(adagrad_step, params, grads, [state_sums], steps, **hyper)
+
+
+def lion(params, grads, exp_avgs, **hyper):
+    """lion_step over lists."""
+    _each(lion_step, params, grads, [exp_avgs], **hyper)
+
+
+def adamax(params, grads, exp_avgs, exp_infs, steps, **hyper):
+    """adamax_step over lists; steps[i] is tensor i's count."""
+    _each(adamax_step, params, grads, [exp_avgs, exp_infs], steps, **hyper)
+
+
+def radam(params, grads, exp_avgs, exp_avg_sqs, steps, **hyper):
+    """radam_step over lists; steps[i] is tensor i's count."""
+    _each(radam_step, params, grads, [exp_avgs, exp_avg_sqs], steps, **hyper)

@@ -1,7 +1,7 @@
 """Stochastic gradient descent with momentum, torch.optim.SGD's rule."""
 from __future__ import annotations
 
-from . import _validation
+from . import _rules
 from ._backend import native as _native
 from .optimizer import Optimizer
 
@@ -39,6 +39,9 @@ class SGD(Optimizer):
         Requires momentum > 0 and dampening == 0.
     maximize : bool, default False
         Maximize the objective instead of minimizing it.
+    l1 : float, default 0
+        L1 regularisation, coupled like weight_decay: :math:`g \leftarrow g + l_1\,\mathrm{sgn}(p)`
+        after the L2 term (sgn(0) = 0). Not in torch: fastopt's addition, on every optimizer.
 
     State per param (torch's key): ``momentum_buffer``, created on the param's first step when
     momentum != 0. All arithmetic is in the param's dtype, one fused pass per step.
@@ -54,27 +57,19 @@ class SGD(Optimizer):
     """
 
     _rule = _native.RULE_SGD
-    _hyper_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+    _hyper_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "l1")
     _has_step_state = False
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, l1: float = 0.0) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
-                        weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
+                        weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, l1=l1)
         self._check_group(defaults)
         super().__init__(params, defaults)
 
     def _check_group(self, group):
-        lr = _validation.lr(group["lr"])
-        momentum = _validation.real("momentum", group["momentum"])
-        dampening = _validation.real("dampening", group["dampening"], low=None)
-        weight_decay = _validation.real("weight_decay", group["weight_decay"])
-        nesterov = _validation.flag("nesterov", group["nesterov"])
-        maximize = _validation.flag("maximize", group["maximize"])
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        return [lr, momentum, dampening, weight_decay, float(nesterov), float(maximize)]
+        return _rules.sgd_row(**{k: group[k] for k in self._hyper_keys})
 
     def _buffers(self, group):
         return [(2, "momentum_buffer")] if group["momentum"] != 0 else []

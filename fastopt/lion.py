@@ -1,0 +1,48 @@
+"""Lion (Chen et al., 2023). torch has no Lion; fastopt follows the paper's Algorithm 2."""
+from __future__ import annotations
+
+from . import _rules
+from ._backend import native as _native
+from ._validation import betas as _betas
+from .optimizer import Optimizer
+
+
+class Lion(Optimizer):
+    r"""Lion, "EvoLved Sign Momentum" (Chen et al., 2023, Algorithm 2).
+
+    For each param :math:`p` with gradient :math:`g` (negated when maximizing, plus
+    :math:`l_1\,\mathrm{sgn}(p)` with l1):
+
+    .. math::
+
+        p &\leftarrow p\,(1 - \gamma\lambda) \quad \text{(decoupled weight decay)} \\
+        c &= \beta_1 m + (1 - \beta_1) g \\
+        p &\leftarrow p - \gamma\,\mathrm{sgn}(c) \\
+        m &\leftarrow \beta_2 m + (1 - \beta_2) g
+
+    :math:`\mathrm{sgn}(0) = 0`: a zero interpolation does not move the param (an
+    implementation that uses ``x >= 0`` or ``copysign`` moves it by lr; fastopt does not), and a
+    NaN propagates. Every step moves each param by exactly lr (or 0), so Lion wants a learning
+    rate 3-10x smaller than AdamW's and a weight decay 3-10x larger.
+
+    Parameters: ``lr=1e-4``, ``betas=(0.9, 0.99)``, ``weight_decay=0``, ``maximize=False``,
+    ``l1=0``. State: ``step`` and ``exp_avg``.
+    """
+
+    _rule = _native.RULE_LION
+    _hyper_keys = ("lr", "betas", "weight_decay", "maximize", "l1")
+
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0, *, maximize: bool = False, l1: float = 0.0) -> None:
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, l1=l1)
+        self._check_group(defaults)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group):
+        beta1, beta2 = _betas(group["betas"])
+        return _rules.lion_row(lr=group["lr"], beta1=beta1, beta2=beta2,
+                               weight_decay=group["weight_decay"], maximize=group["maximize"],
+                               l1=group["l1"])
+
+    def _buffers(self, group):
+        return [(2, "exp_avg")]
