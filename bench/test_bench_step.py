@@ -34,7 +34,7 @@ import fastopt
 from fastopt import _kernels
 from fastopt import bench as fb
 
-OPTIMIZERS = ["adam", "sgd"]
+OPTIMIZERS = list(fb.OPTIMIZERS)     # every rule fastopt has
 DTYPES = ["float32", "float64"]
 SIZES = [10**3, 10**5, 10**6]
 THREADS = ["1", "all"]

@@ -5,7 +5,7 @@
 >>> opt = fastopt.Adam([w], lr=1e-3)
 >>> opt.step([np.ones(10, np.float32)])
 """
-from . import kernels, reference
+from . import kernels, reference, schedules
 from ._config import _select_isa_from_env, config, set_isa, show_config
 from ._threading import get_num_threads, set_num_threads
 from ._version import __version__
@@ -35,6 +35,7 @@ __all__ = [
     "load",
     "reference",
     "save",
+    "schedules",
     "set_isa",
     "set_num_threads",
     "show_config",

@@ -93,10 +93,10 @@ class OptSpec:
     """One optimizer setting, described once for every system."""
     key: str             # command-line name
     title: str           # for the table
-    family: str          # "adam" or "sgd"
+    family: str          # the fastopt.kernels / fastopt.reference function: "adam", "sgd", ...
     nstate: int          # state buffers per param (probe streams = 2 + nstate)
     fastopt_cls: str     # class in fastopt
-    torch_cls: str       # class in torch.optim
+    torch_cls: str | None  # class in torch.optim (None: torch has no such rule)
     kwargs: dict         # constructor keywords, shared by fastopt and torch
     functional: dict     # keywords of fastopt.kernels / fastopt.reference
 
@@ -121,6 +121,15 @@ OPTIMIZERS = {
                    dict(lr=1e-3, momentum=0.9), dict(lr=1e-3, momentum=0.9)),
     "sgd-plain": OptSpec("sgd-plain", "SGD (no momentum)", "sgd", 0, "SGD", "SGD",
                          dict(lr=1e-3), dict(lr=1e-3)),
+    "rmsprop": OptSpec("rmsprop", "RMSprop", "rmsprop", 1, "RMSprop", "RMSprop",
+                       dict(lr=1e-2), dict(lr=1e-2)),
+    "adagrad": OptSpec("adagrad", "Adagrad", "adagrad", 1, "Adagrad", "Adagrad",
+                       dict(lr=1e-2), dict(lr=1e-2)),
+    "lion": OptSpec("lion", "Lion", "lion", 1, "Lion", None, dict(lr=1e-4), dict(lr=1e-4)),
+    "adamax": OptSpec("adamax", "Adamax", "adamax", 2, "Adamax", "Adamax",
+                      dict(lr=2e-3), dict(lr=2e-3)),
+    "radam": OptSpec("radam", "RAdam", "radam", 2, "RAdam", "RAdam",
+                     dict(lr=1e-3), dict(lr=1e-3)),
 }
 DEFAULT_OPTIMIZERS = ("adam", "sgd")
 
@@ -253,12 +262,17 @@ def _functional_step(module, spec, params, grads):
     p, state = _functional_state(spec, params)
     g = list(grads)
     kw = spec.functional
+    steps = [1] * len(p)
     if spec.family == "adam":
         vmax = state[2] if spec.nstate == 3 else None
-        steps = [1] * len(p)
         return lambda: module.adam(p, g, state[0], state[1], vmax, steps, **kw)
-    bufs = state[0] if spec.nstate else None
-    return lambda: module.sgd(p, g, bufs, **kw)
+    if spec.family == "sgd":
+        bufs = state[0] if spec.nstate else None
+        return lambda: module.sgd(p, g, bufs, **kw)
+    fn = getattr(module, spec.family)
+    if spec.family in ("adagrad", "adamax", "radam"):      # rules that take step counts
+        return lambda: fn(p, g, *state, steps, **kw)
+    return lambda: fn(p, g, *state, **kw)
 
 
 def kernels_system(spec, params, grads):
@@ -305,7 +319,7 @@ def torch_systems(torch, spec, params, grads, notes):
 def build_systems(spec, params, grads, torch, notes):
     systems = [probe_system(spec, params, grads), fastopt_system(spec, params, grads),
                kernels_system(spec, params, grads), numpy_system(spec, params, grads)]
-    if torch is not None:
+    if torch is not None and spec.torch_cls is not None:
         systems += torch_systems(torch, spec, params, grads, notes)
     return systems
 
