@@ -186,7 +186,8 @@ const fo_kernel_table *fo_isa_active(void) { return fo_active; }
 
 /* ---- per-step scalars: everything that depends only on the group and the step ---------- */
 
-static double fo_sign_of(double maximize) { return maximize != 0.0 ? -1.0 : 1.0; }
+/* The gradient's factor: the norm-clipping coefficient, negated when maximizing. */
+static double fo_gscale(double maximize, double scale) { return maximize != 0.0 ? -scale : scale; }
 
 static void fo_adam_scalars(fo_adam_hp *hp, const double *a, int64_t step)
 {
@@ -195,7 +196,8 @@ static void fo_adam_scalars(fo_adam_hp *hp, const double *a, int64_t step)
     const int decoupled = a[FO_ADAM_DECOUPLED] != 0.0;
     const double bias_correction1 = 1.0 - pow(beta1, (double)step);
     const double bias_correction2 = 1.0 - pow(beta2, (double)step);
-    hp->sign = fo_sign_of(a[FO_ADAM_MAXIMIZE]);
+    hp->gscale = fo_gscale(a[FO_ADAM_MAXIMIZE], a[FO_ADAM_GSCALE]);
+    hp->clip = a[FO_ADAM_CLIP];
     hp->l2 = decoupled ? 0.0 : wd;
     hp->l1 = a[FO_ADAM_L1];
     hp->decay = decoupled ? 1.0 - lr * wd : 1.0;
@@ -209,7 +211,8 @@ static void fo_adam_scalars(fo_adam_hp *hp, const double *a, int64_t step)
 
 static void fo_sgd_scalars(fo_sgd_hp *hp, const double *a, int64_t step)
 {
-    hp->sign = fo_sign_of(a[FO_SGD_MAXIMIZE]);
+    hp->gscale = fo_gscale(a[FO_SGD_MAXIMIZE], a[FO_SGD_GSCALE]);
+    hp->clip = a[FO_SGD_CLIP];
     hp->l2 = a[FO_SGD_WD];
     hp->l1 = a[FO_SGD_L1];
     hp->neg_lr = -a[FO_SGD_LR];
@@ -226,7 +229,8 @@ static void fo_probe_scalars(fo_probe_hp *hp, const double *a)
 
 static void fo_rmsprop_scalars(fo_rmsprop_hp *hp, const double *a)
 {
-    hp->sign = fo_sign_of(a[FO_RMSPROP_MAXIMIZE]);
+    hp->gscale = fo_gscale(a[FO_RMSPROP_MAXIMIZE], a[FO_RMSPROP_GSCALE]);
+    hp->clip = a[FO_RMSPROP_CLIP];
     hp->l2 = a[FO_RMSPROP_WD];
     hp->l1 = a[FO_RMSPROP_L1];
     hp->alpha = a[FO_RMSPROP_ALPHA];
@@ -239,7 +243,8 @@ static void fo_rmsprop_scalars(fo_rmsprop_hp *hp, const double *a)
 
 static void fo_adagrad_scalars(fo_adagrad_hp *hp, const double *a, int64_t step)
 {
-    hp->sign = fo_sign_of(a[FO_ADAGRAD_MAXIMIZE]);
+    hp->gscale = fo_gscale(a[FO_ADAGRAD_MAXIMIZE], a[FO_ADAGRAD_GSCALE]);
+    hp->clip = a[FO_ADAGRAD_CLIP];
     hp->l2 = a[FO_ADAGRAD_WD];
     hp->l1 = a[FO_ADAGRAD_L1];
     hp->eps = a[FO_ADAGRAD_EPS];
@@ -249,7 +254,8 @@ static void fo_adagrad_scalars(fo_adagrad_hp *hp, const double *a, int64_t step)
 static void fo_lion_scalars(fo_lion_hp *hp, const double *a)
 {
     const double lr = a[FO_LION_LR];
-    hp->sign = fo_sign_of(a[FO_LION_MAXIMIZE]);
+    hp->gscale = fo_gscale(a[FO_LION_MAXIMIZE], a[FO_LION_GSCALE]);
+    hp->clip = a[FO_LION_CLIP];
     hp->l1 = a[FO_LION_L1];
     hp->decay = 1.0 - lr * a[FO_LION_WD];
     hp->beta1 = a[FO_LION_BETA1];
@@ -261,7 +267,8 @@ static void fo_lion_scalars(fo_lion_hp *hp, const double *a)
 
 static void fo_adamax_scalars(fo_adamax_hp *hp, const double *a, int64_t step)
 {
-    hp->sign = fo_sign_of(a[FO_ADAMAX_MAXIMIZE]);
+    hp->gscale = fo_gscale(a[FO_ADAMAX_MAXIMIZE], a[FO_ADAMAX_GSCALE]);
+    hp->clip = a[FO_ADAMAX_CLIP];
     hp->l2 = a[FO_ADAMAX_WD];
     hp->l1 = a[FO_ADAMAX_L1];
     hp->lerp_weight = 1.0 - a[FO_ADAMAX_BETA1];
@@ -281,7 +288,8 @@ static void fo_radam_scalars(fo_radam_hp *hp, const double *a, int64_t step)
     /* torch's expressions, in its order */
     const double rho_inf = 2.0 / (1.0 - beta2) - 1.0;
     const double rho_t = rho_inf - 2.0 * t * pow(beta2, t) / bias_correction2;
-    hp->sign = fo_sign_of(a[FO_RADAM_MAXIMIZE]);
+    hp->gscale = fo_gscale(a[FO_RADAM_MAXIMIZE], a[FO_RADAM_GSCALE]);
+    hp->clip = a[FO_RADAM_CLIP];
     hp->l2 = decoupled ? 0.0 : wd;
     hp->l1 = a[FO_RADAM_L1];
     hp->decay = decoupled ? 1.0 - lr * wd : 1.0;
@@ -373,4 +381,54 @@ void fo_run_segment(int rule, int is_f64, int64_t off, int64_t n, void *const *p
         n -= head;
     }
     fo_run_one(rule, is_f64, off, n, ptrs, hp);
+}
+
+/* ---- gradient norms ----------------------------------------------------------------------- */
+/* Reductions of one block of a gradient, accumulated in double in a fixed order, so the norm
+ * of a set of gradients is the same whatever the thread count: element i goes to accumulator
+ * i % 8 and the eight are combined pairwise. (The compiler may hold the accumulators in vector
+ * registers; that keeps each lane's order, so the result does not change.) These are compiled
+ * once, for the baseline, so they also do not depend on the instruction set. */
+
+#define FO_NORM_BLOCK(NAME, T, TERM, COMBINE, INIT)                                      \
+    static double NAME(int64_t n, const T *x)                                            \
+    {                                                                                    \
+        double acc[8] = {INIT, INIT, INIT, INIT, INIT, INIT, INIT, INIT};                \
+        int64_t i = 0;                                                                   \
+        for (; i + 8 <= n; i += 8)                                                       \
+            for (int k = 0; k < 8; k++) {                                                \
+                const double v = (double)x[i + k];                                       \
+                acc[k] = COMBINE(acc[k], TERM(v));                                       \
+            }                                                                            \
+        for (int k = 0; i < n; i++, k++) {                                               \
+            const double v = (double)x[i];                                               \
+            acc[k] = COMBINE(acc[k], TERM(v));                                           \
+        }                                                                                \
+        return COMBINE(COMBINE(COMBINE(acc[0], acc[1]), COMBINE(acc[2], acc[3])),        \
+                       COMBINE(COMBINE(acc[4], acc[5]), COMBINE(acc[6], acc[7])));       \
+    }
+
+#define FO_SQ(v) ((v) * (v))
+#define FO_ABS(v) fabs(v)
+#define FO_ADD(a, b) ((a) + (b))
+/* NaN-propagating maximum */
+#define FO_MAXN(a, b) (((b) > (a) || (b) != (b)) ? (b) : (a))
+
+FO_NORM_BLOCK(fo_sumsq_f32, float, FO_SQ, FO_ADD, 0.0)
+FO_NORM_BLOCK(fo_sumsq_f64, double, FO_SQ, FO_ADD, 0.0)
+FO_NORM_BLOCK(fo_sumabs_f32, float, FO_ABS, FO_ADD, 0.0)
+FO_NORM_BLOCK(fo_sumabs_f64, double, FO_ABS, FO_ADD, 0.0)
+FO_NORM_BLOCK(fo_maxabs_f32, float, FO_ABS, FO_MAXN, 0.0)
+FO_NORM_BLOCK(fo_maxabs_f64, double, FO_ABS, FO_MAXN, 0.0)
+
+double fo_norm_block(int kind, int is_f64, int64_t n, const void *x)
+{
+    switch (kind) {
+    case FO_NORM_L1:
+        return is_f64 ? fo_sumabs_f64(n, (const double *)x) : fo_sumabs_f32(n, (const float *)x);
+    case FO_NORM_INF:
+        return is_f64 ? fo_maxabs_f64(n, (const double *)x) : fo_maxabs_f32(n, (const float *)x);
+    default:
+        return is_f64 ? fo_sumsq_f64(n, (const double *)x) : fo_sumsq_f32(n, (const float *)x);
+    }
 }

@@ -53,27 +53,38 @@ enum { FO_RULE_SGD = 0, FO_RULE_ADAM = 1, FO_RULE_PROBE = 2, FO_RULE_RMSPROP = 3
 /* ---- hyperparameters as the Python layer passes them: one row of doubles per group ------- */
 
 enum { FO_ADAM_LR, FO_ADAM_BETA1, FO_ADAM_BETA2, FO_ADAM_EPS, FO_ADAM_WD, FO_ADAM_DECOUPLED,
-       FO_ADAM_MAXIMIZE, FO_ADAM_L1, FO_ADAM_NARGS };
+       FO_ADAM_MAXIMIZE, FO_ADAM_L1,
+       FO_ADAM_CLIP, FO_ADAM_GSCALE, FO_ADAM_NARGS };
 enum { FO_SGD_LR, FO_SGD_MOMENTUM, FO_SGD_DAMPENING, FO_SGD_WD, FO_SGD_NESTEROV,
-       FO_SGD_MAXIMIZE, FO_SGD_L1, FO_SGD_NARGS };
+       FO_SGD_MAXIMIZE, FO_SGD_L1,
+       FO_SGD_CLIP, FO_SGD_GSCALE, FO_SGD_NARGS };
 enum { FO_PROBE_NSTREAMS, FO_PROBE_NARGS };
 enum { FO_RMSPROP_LR, FO_RMSPROP_ALPHA, FO_RMSPROP_EPS, FO_RMSPROP_WD, FO_RMSPROP_MOMENTUM,
-       FO_RMSPROP_CENTERED, FO_RMSPROP_MAXIMIZE, FO_RMSPROP_L1, FO_RMSPROP_NARGS };
+       FO_RMSPROP_CENTERED, FO_RMSPROP_MAXIMIZE, FO_RMSPROP_L1,
+       FO_RMSPROP_CLIP, FO_RMSPROP_GSCALE, FO_RMSPROP_NARGS };
 enum { FO_ADAGRAD_LR, FO_ADAGRAD_LR_DECAY, FO_ADAGRAD_WD, FO_ADAGRAD_EPS, FO_ADAGRAD_MAXIMIZE,
-       FO_ADAGRAD_L1, FO_ADAGRAD_NARGS };
+       FO_ADAGRAD_L1,
+       FO_ADAGRAD_CLIP, FO_ADAGRAD_GSCALE, FO_ADAGRAD_NARGS };
 enum { FO_LION_LR, FO_LION_BETA1, FO_LION_BETA2, FO_LION_WD, FO_LION_MAXIMIZE, FO_LION_L1,
-       FO_LION_NARGS };
+       FO_LION_CLIP, FO_LION_GSCALE, FO_LION_NARGS };
 enum { FO_ADAMAX_LR, FO_ADAMAX_BETA1, FO_ADAMAX_BETA2, FO_ADAMAX_EPS, FO_ADAMAX_WD,
-       FO_ADAMAX_MAXIMIZE, FO_ADAMAX_L1, FO_ADAMAX_NARGS };
+       FO_ADAMAX_MAXIMIZE, FO_ADAMAX_L1,
+       FO_ADAMAX_CLIP, FO_ADAMAX_GSCALE, FO_ADAMAX_NARGS };
 enum { FO_RADAM_LR, FO_RADAM_BETA1, FO_RADAM_BETA2, FO_RADAM_EPS, FO_RADAM_WD,
-       FO_RADAM_DECOUPLED, FO_RADAM_MAXIMIZE, FO_RADAM_L1, FO_RADAM_NARGS };
+       FO_RADAM_DECOUPLED, FO_RADAM_MAXIMIZE, FO_RADAM_L1,
+       FO_RADAM_CLIP, FO_RADAM_GSCALE, FO_RADAM_NARGS };
+
+/* Every rule's row ends with l1, clip and gscale: clip is the clip_value (0 disables), gscale
+ * the gradient's scale for this step (1, or the coefficient of gradient-norm clipping). */
 
 /* ---- per-step scalars ------------------------------------------------------------------- */
-/* Common to every rule: sign (-1 when maximizing), l2 (grad += l2*param; 0 disables),
- * l1 (grad += l1*sign(param); 0 disables), decay (decoupled weight decay: param *= decay). */
+/* Common to every rule: gscale (the gradient's factor: -1 when maximizing, times the
+ * norm-clipping coefficient), clip (clamp the scaled gradient to [-clip, clip]; 0 disables),
+ * l2 (grad += l2*param; 0 disables), l1 (grad += l1*sgn(param); 0 disables), decay (decoupled
+ * weight decay: param *= decay). */
 
 typedef struct fo_adam_hp {
-    double sign, l2, l1, decay;
+    double gscale, clip, l2, l1, decay;
     double lerp_weight;   /* 1 - beta1: exp_avg.lerp_(grad, 1 - beta1) */
     double beta2;
     double one_minus_beta2;
@@ -83,7 +94,7 @@ typedef struct fo_adam_hp {
 } fo_adam_hp;
 
 typedef struct fo_sgd_hp {
-    double sign, l2, l1;
+    double gscale, clip, l2, l1;
     double neg_lr;
     double momentum;            /* 0: plain SGD, no buffer */
     double one_minus_dampening;
@@ -96,7 +107,7 @@ typedef struct fo_probe_hp {
 } fo_probe_hp;
 
 typedef struct fo_rmsprop_hp {
-    double sign, l2, l1;
+    double gscale, clip, l2, l1;
     double alpha, one_minus_alpha;   /* square_avg = alpha*square_avg + (1-alpha)*g*g */
     double eps;
     double neg_lr;
@@ -105,25 +116,25 @@ typedef struct fo_rmsprop_hp {
 } fo_rmsprop_hp;
 
 typedef struct fo_adagrad_hp {
-    double sign, l2, l1;
+    double gscale, clip, l2, l1;
     double eps;
     double neg_clr;             /* -lr / (1 + (step - 1) * lr_decay) */
 } fo_adagrad_hp;
 
 typedef struct fo_lion_hp {
-    double sign, l1, decay;
+    double gscale, clip, l1, decay;
     double beta1, one_minus_beta1, beta2, one_minus_beta2;
     double neg_lr;
 } fo_lion_hp;
 
 typedef struct fo_adamax_hp {
-    double sign, l2, l1;
+    double gscale, clip, l2, l1;
     double lerp_weight, beta2, eps;
     double neg_clr;             /* -lr / (1 - beta1^step) */
 } fo_adamax_hp;
 
 typedef struct fo_radam_hp {
-    double sign, l2, l1, decay;
+    double gscale, clip, l2, l1, decay;
     double lerp_weight, beta2, one_minus_beta2, eps;
     double bias_correction1, lr, bc2_sqrt, rect;
     int rectify;                /* rho_t > 5: use the adaptive, rectified step */
@@ -161,6 +172,14 @@ const fo_kernel_table *fo_isa_active(void);
  * `ptrs` (FO_MAX_STREAMS pointers to element 0, unused ones NULL), with per-step scalars `hp`. */
 void fo_run_segment(int rule, int is_f64, int64_t off, int64_t n, void *const *ptrs,
                     const void *hp);
+
+/* ---- gradient norms ----------------------------------------------------------------------- */
+
+/* The partial reduction of n elements for a gradient norm: the sum of squares (FO_NORM_L2), of
+ * absolute values (FO_NORM_L1), or the largest absolute value (FO_NORM_INF, NaN-propagating),
+ * accumulated in double in an order that depends on n alone. */
+enum { FO_NORM_L2 = 0, FO_NORM_L1 = 1, FO_NORM_INF = 2 };
+double fo_norm_block(int kind, int is_f64, int64_t n, const void *x);
 
 #ifdef __cplusplus
 }

@@ -9,7 +9,8 @@
  * -fno-math-errno (sqrt) and -ffp-contract=off (no FMA, so every path rounds identically).
  *
  * Per element, in torch.optim's order of operations (its single-tensor implementations); every
- * rule starts with  g = sign*g;  [p = p*decay (decoupled)];  [g = g + l2*p];  [g = g + l1*sgn(p)]
+ * rule starts with  g = gscale*g;  [g = clamp(g, -clip, clip)];  [p = p*decay (decoupled)];
+ *   [g = g + l2*p];  [g = g + l1*sgn(p)]   (gscale: -1 to maximize, times a norm-clipping factor)
  *   Adam     m = lerp(m, g, 1-b1); v = v*b2 + (1-b2)*g*g; [vmax = max(vmax, v)];
  *            p = p + (-ss*m) / (sqrt(v or vmax)*(1/bc2_sqrt) + eps)
  *            The one deliberate departure from torch's order: torch divides sqrt(v) by bc2_sqrt;
@@ -57,6 +58,15 @@ static FO_ALWAYS_INLINE FO_T FO_FN(fo_lerp)(FO_T self, FO_T end, FO_T w, FO_T on
     return small ? self + w * (end - self) : end - (end - self) * one_minus_w;
 }
 
+/* The gradient as the rule sees it: scaled (sign and norm clipping), then clamped when clipping
+ * by value; a NaN stays NaN. */
+static FO_ALWAYS_INLINE FO_T FO_FN(fo_grad)(FO_T g, FO_T gscale, FO_T c, const int clip)
+{
+    g = g * gscale;
+    if (clip) g = g > c ? c : (g < -c ? -c : g);
+    return g;
+}
+
 /* The coupled regularisation terms: g + l2*p (when l2) + l1*sgn(p) (when l1). */
 static FO_ALWAYS_INLINE FO_T FO_FN(fo_coupled)(FO_T g, FO_T p, FO_T l2c, FO_T l1c, const int l2,
                                                 const int l1)
@@ -79,16 +89,16 @@ static FO_ALWAYS_INLINE void FO_FN(adam_body)(int64_t n, void *const *s, const f
     FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
     FO_T *FO_RESTRICT v = FO_STREAM(FO_S2);
     FO_T *FO_RESTRICT vmax = FO_STREAM(FO_S3);
-    const FO_T sign = (FO_T)hp->sign, decay = (FO_T)hp->decay;
+    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, decay = (FO_T)hp->decay;
     const FO_T l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
-    const int l1 = hp->l1 != 0.0;
+    const int l1 = hp->l1 != 0.0, clip = hp->clip != 0.0;
     const FO_T w = (FO_T)hp->lerp_weight, omw = (FO_T)1 - w;
     const FO_T b2 = (FO_T)hp->beta2, omb2 = (FO_T)hp->one_minus_beta2;
     const FO_T eps = (FO_T)hp->eps, nss = (FO_T)hp->neg_step_size;
     const FO_T inv_bc2s = (FO_T)hp->inv_bc2_sqrt;
     for (int64_t i = 0; i < n; i++) {
         const FO_T pi = p[i] * decay;
-        const FO_T gi = FO_FN(fo_coupled)(g[i] * sign, pi, l2c, l1c, l2, l1);
+        const FO_T gi = FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pi, l2c, l1c, l2, l1);
         const FO_T mi = FO_FN(fo_lerp)(m[i], gi, w, omw, small);
         FO_T vi = v[i] * b2 + omb2 * gi * gi;
         m[i] = mi;
@@ -128,13 +138,13 @@ static FO_ALWAYS_INLINE void FO_FN(sgd_body)(int64_t n, void *const *s, const fo
     FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
     const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
     FO_T *FO_RESTRICT buf = FO_STREAM(FO_S1);
-    const FO_T sign = (FO_T)hp->sign, l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
-    const int l1 = hp->l1 != 0.0;
+    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
+    const int l1 = hp->l1 != 0.0, clip = hp->clip != 0.0;
     const FO_T mu = (FO_T)hp->momentum, omd = (FO_T)hp->one_minus_dampening;
     const FO_T nlr = (FO_T)hp->neg_lr;
     for (int64_t i = 0; i < n; i++) {
         const FO_T pi = p[i];
-        FO_T gi = FO_FN(fo_coupled)(g[i] * sign, pi, l2c, l1c, l2, l1);
+        FO_T gi = FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pi, l2c, l1c, l2, l1);
         if (mom) {
             const FO_T b = init ? gi : buf[i] * mu + omd * gi;
             buf[i] = b;
@@ -214,14 +224,14 @@ static FO_ALWAYS_INLINE void FO_FN(rmsprop_body)(int64_t n, void *const *s,
     FO_T *FO_RESTRICT v = FO_STREAM(FO_S1);
     FO_T *FO_RESTRICT buf = FO_STREAM(FO_S2);
     FO_T *FO_RESTRICT ga = FO_STREAM(FO_S3);
-    const FO_T sign = (FO_T)hp->sign, l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
-    const int l1 = hp->l1 != 0.0;
+    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
+    const int l1 = hp->l1 != 0.0, clip = hp->clip != 0.0;
     const FO_T a = (FO_T)hp->alpha, oma = (FO_T)hp->one_minus_alpha, w = oma;
     const FO_T omw = (FO_T)1 - w;
     const FO_T eps = (FO_T)hp->eps, nlr = (FO_T)hp->neg_lr, mu = (FO_T)hp->momentum;
     for (int64_t i = 0; i < n; i++) {
         const FO_T pi = p[i];
-        const FO_T gi = FO_FN(fo_coupled)(g[i] * sign, pi, l2c, l1c, l2, l1);
+        const FO_T gi = FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pi, l2c, l1c, l2, l1);
         const FO_T vi = v[i] * a + oma * gi * gi;
         v[i] = vi;
         FO_T avg;
@@ -279,12 +289,12 @@ static FO_ALWAYS_INLINE void FO_FN(adagrad_body)(int64_t n, void *const *s,
     FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
     const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
     FO_T *FO_RESTRICT sum = FO_STREAM(FO_S1);
-    const FO_T sign = (FO_T)hp->sign, l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
-    const int l1 = hp->l1 != 0.0;
+    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
+    const int l1 = hp->l1 != 0.0, clip = hp->clip != 0.0;
     const FO_T eps = (FO_T)hp->eps, nclr = (FO_T)hp->neg_clr;
     for (int64_t i = 0; i < n; i++) {
         const FO_T pi = p[i];
-        const FO_T gi = FO_FN(fo_coupled)(g[i] * sign, pi, l2c, l1c, l2, l1);
+        const FO_T gi = FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pi, l2c, l1c, l2, l1);
         const FO_T si = sum[i] + gi * gi;
         sum[i] = si;
         p[i] = pi + (nclr * gi) / (FO_SQRT(si) + eps);
@@ -306,14 +316,14 @@ static void FO_FN(lion)(int64_t n, void *const *s, const void *hpv)
     FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
     const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
     FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
-    const FO_T sign = (FO_T)hp->sign, l1c = (FO_T)hp->l1, decay = (FO_T)hp->decay;
-    const int l1 = hp->l1 != 0.0;
+    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, l1c = (FO_T)hp->l1, decay = (FO_T)hp->decay;
+    const int l1 = hp->l1 != 0.0, clip = hp->clip != 0.0;
     const FO_T b1 = (FO_T)hp->beta1, omb1 = (FO_T)hp->one_minus_beta1;
     const FO_T b2 = (FO_T)hp->beta2, omb2 = (FO_T)hp->one_minus_beta2;
     const FO_T nlr = (FO_T)hp->neg_lr;
     for (int64_t i = 0; i < n; i++) {
         const FO_T pi = p[i] * decay;
-        const FO_T gi = FO_FN(fo_coupled)(g[i] * sign, pi, 0, l1c, 0, l1);
+        const FO_T gi = FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pi, 0, l1c, 0, l1);
         const FO_T mi = m[i];
         const FO_T c = mi * b1 + omb1 * gi;
         p[i] = pi + nlr * FO_FN(fo_sgn)(c);
@@ -331,13 +341,13 @@ static FO_ALWAYS_INLINE void FO_FN(adamax_body)(int64_t n, void *const *s,
     const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
     FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
     FO_T *FO_RESTRICT u = FO_STREAM(FO_S2);
-    const FO_T sign = (FO_T)hp->sign, l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
-    const int l1 = hp->l1 != 0.0;
+    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
+    const int l1 = hp->l1 != 0.0, clip = hp->clip != 0.0;
     const FO_T w = (FO_T)hp->lerp_weight, omw = (FO_T)1 - w;
     const FO_T b2 = (FO_T)hp->beta2, eps = (FO_T)hp->eps, nclr = (FO_T)hp->neg_clr;
     for (int64_t i = 0; i < n; i++) {
         const FO_T pi = p[i];
-        const FO_T gi = FO_FN(fo_coupled)(g[i] * sign, pi, l2c, l1c, l2, l1);
+        const FO_T gi = FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pi, l2c, l1c, l2, l1);
         const FO_T mi = FO_FN(fo_lerp)(m[i], gi, w, omw, small);
         const FO_T ui = FO_FN(fo_max_nan)(u[i] * b2, FO_FABS(gi) + eps);
         m[i] = mi;
@@ -367,16 +377,16 @@ static FO_ALWAYS_INLINE void FO_FN(radam_body)(int64_t n, void *const *s, const 
     const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
     FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
     FO_T *FO_RESTRICT v = FO_STREAM(FO_S2);
-    const FO_T sign = (FO_T)hp->sign, decay = (FO_T)hp->decay;
+    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, decay = (FO_T)hp->decay;
     const FO_T l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
-    const int l1 = hp->l1 != 0.0;
+    const int l1 = hp->l1 != 0.0, clip = hp->clip != 0.0;
     const FO_T w = (FO_T)hp->lerp_weight, omw = (FO_T)1 - w;
     const FO_T b2 = (FO_T)hp->beta2, omb2 = (FO_T)hp->one_minus_beta2, eps = (FO_T)hp->eps;
     const FO_T bc1 = (FO_T)hp->bias_correction1, lr = (FO_T)hp->lr;
     const FO_T bc2s = (FO_T)hp->bc2_sqrt, rect = (FO_T)hp->rect;
     for (int64_t i = 0; i < n; i++) {
         const FO_T pi = p[i] * decay;
-        const FO_T gi = FO_FN(fo_coupled)(g[i] * sign, pi, l2c, l1c, l2, l1);
+        const FO_T gi = FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pi, l2c, l1c, l2, l1);
         const FO_T mi = FO_FN(fo_lerp)(m[i], gi, w, omw, small);
         const FO_T vi = v[i] * b2 + omb2 * gi * gi;
         m[i] = mi;

@@ -11,6 +11,7 @@ from ._threading import get_num_threads, set_num_threads
 from ._version import __version__
 from .adam import Adam, Adamax, AdamW, RAdam
 from .checkpoint import load, save
+from .clip import clip_grad_norm_, clip_grad_value_, grad_norm
 from .lion import Lion
 from .optimizer import Optimizer
 from .rmsprop import Adagrad, RMSprop
@@ -29,8 +30,11 @@ __all__ = [
     "RMSprop",
     "SGD",
     "__version__",
+    "clip_grad_norm_",
+    "clip_grad_value_",
     "config",
     "get_num_threads",
+    "grad_norm",
     "kernels",
     "load",
     "reference",

@@ -23,6 +23,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uintptr_t
 from libc.stdlib cimport malloc, free, qsort
+from libc.math cimport sqrt
 from libc.string cimport memset
 
 import numpy as np
@@ -53,6 +54,11 @@ cdef extern from "fastopt.h" nogil:
                         const void *hp)
     size_t fo_hp_size(int rule)
     int fo_nargs(int rule)
+    enum:
+        FO_NORM_L2
+        FO_NORM_L1
+        FO_NORM_INF
+    double fo_norm_block(int kind, int is_f64, int64_t n, const void *x)
     void fo_scalars(int rule, void *hp, const double *args, int64_t step)
 
 cdef extern from "fo_omp.h" nogil:
@@ -316,6 +322,22 @@ cdef class Plan:
             return False
         return not self._overlaps_write(_start(ga), _end(ga))
 
+    def check(self, grads):
+        """The gradient checks of ``step`` alone: OK, NEEDS_STATE or a bad gradient's index."""
+        cdef Py_ssize_t i
+        cdef object seq = grads if type(grads) is list or type(grads) is tuple else list(grads)
+        if len(seq) != self.ntensors:
+            raise ValueError(f"expected {self.ntensors} gradients, got {len(seq)}")
+        for i in range(self.ntensors):
+            g = seq[i]
+            if g is None:
+                continue
+            if not self._grad_ok(i, g):
+                return i
+            if not self.ready[i]:
+                return NEEDS_STATE
+        return OK
+
     def step(self, grads, cnp.ndarray args not None, cnp.ndarray steps not None,
              bint increment, int nthreads):
         """Check, then run one step. Returns OK, NEEDS_STATE, or the index of a bad gradient.
@@ -423,6 +445,72 @@ cdef class Plan:
                 fo_run_segment(self.rule, self.is_f64[i], off, end - off,
                                &self.ptrs[i * FO_MAX_STREAMS], self.hp_of[i])
             i += 1
+
+
+# ---- gradient norms -------------------------------------------------------------------------
+
+DEF NORM_BLOCK = 8192
+
+
+def grad_norm(list arrays, double norm_type, int nthreads):
+    """The norm of all arrays together (as one vector), accumulated in float64: norm_type 2, 1
+    or inf. Each array is cut into fixed blocks of NORM_BLOCK elements whose partial results
+    are combined in a fixed order, so the result is bitwise the same for any thread count.
+    The arrays must be float32/float64, C-contiguous and aligned (checked by the caller)."""
+    cdef int kind
+    cdef Py_ssize_t T = len(arrays), i, nblocks = 0, b, k
+    cdef int64_t n
+    cdef cnp.ndarray a
+    if norm_type == 2.0:
+        kind = FO_NORM_L2
+    elif norm_type == 1.0:
+        kind = FO_NORM_L1
+    elif norm_type == float("inf"):
+        kind = FO_NORM_INF
+    else:
+        raise ValueError(f"native norm_type must be 1, 2 or inf, got {norm_type}")
+    for i in range(T):
+        a = <cnp.ndarray?>arrays[i]
+        nblocks += (cnp.PyArray_SIZE(a) + NORM_BLOCK - 1) // NORM_BLOCK
+    cdef char **ptr = <char **>malloc(max(nblocks, 1) * sizeof(char *))
+    cdef int64_t *cnt = <int64_t *>malloc(max(nblocks, 1) * sizeof(int64_t))
+    cdef unsigned char *f64 = <unsigned char *>malloc(max(nblocks, 1))
+    cdef double *part = <double *>malloc(max(nblocks, 1) * sizeof(double))
+    cdef double total = 0.0
+    cdef int nt = nthreads
+    if not ptr or not cnt or not f64 or not part:
+        free(ptr); free(cnt); free(f64); free(part)
+        raise MemoryError()
+    try:
+        k = 0
+        for i in range(T):
+            a = <cnp.ndarray>arrays[i]
+            n = cnp.PyArray_SIZE(a)
+            b = 0
+            while b * NORM_BLOCK < n:
+                ptr[k] = <char *>cnp.PyArray_DATA(a) + b * NORM_BLOCK * cnp.PyArray_ITEMSIZE(a)
+                cnt[k] = min(<int64_t>NORM_BLOCK, n - b * NORM_BLOCK)
+                f64[k] = cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE
+                k += 1
+                b += 1
+        if nblocks * NORM_BLOCK // 2 < _grain * nt:
+            nt = max(1, <int>(nblocks * NORM_BLOCK // 2 // _grain))
+        with nogil:
+            if nt <= 1:
+                for b in range(nblocks):
+                    part[b] = fo_norm_block(kind, f64[b], cnt[b], ptr[b])
+            else:
+                for b in prange(nblocks, num_threads=nt, schedule='static'):
+                    part[b] = fo_norm_block(kind, f64[b], cnt[b], ptr[b])
+            for b in range(nblocks):
+                if kind == FO_NORM_INF:
+                    if part[b] > total or part[b] != part[b]:
+                        total = part[b]
+                else:
+                    total = total + part[b]
+    finally:
+        free(ptr); free(cnt); free(f64); free(part)
+    return sqrt(total) if kind == FO_NORM_L2 else total
 
 
 cdef inline int64_t _chunk_edge(int64_t total, int t, int nt) noexcept nogil:

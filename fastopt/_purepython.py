@@ -14,8 +14,8 @@ from . import reference
 
 RULE_SGD, RULE_ADAM, RULE_PROBE, RULE_RMSPROP = 0, 1, 2, 3
 RULE_ADAGRAD, RULE_LION, RULE_ADAMAX, RULE_RADAM = 4, 5, 6, 7
-NARGS = {RULE_SGD: 7, RULE_ADAM: 8, RULE_PROBE: 1, RULE_RMSPROP: 8, RULE_ADAGRAD: 6,
-         RULE_LION: 6, RULE_ADAMAX: 7, RULE_RADAM: 8}
+NARGS = {RULE_SGD: 9, RULE_ADAM: 10, RULE_PROBE: 1, RULE_RMSPROP: 10, RULE_ADAGRAD: 8,
+         RULE_LION: 8, RULE_ADAMAX: 9, RULE_RADAM: 10}
 MAX_STREAMS = 5
 OK = -1
 NEEDS_STATE = -2
@@ -70,6 +70,19 @@ def active_steps():
     return 0
 
 
+def grad_norm(arrays, norm_type, nthreads):
+    """See fastopt._kernels.grad_norm (float64 accumulation; here NumPy's summation)."""
+    if norm_type not in (1.0, 2.0, float("inf")):
+        raise ValueError(f"native norm_type must be 1, 2 or inf, got {norm_type}")
+    parts = [np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays]
+    x = np.concatenate(parts) if parts else np.zeros(0)
+    if norm_type == float("inf"):
+        return float(np.max(np.abs(x))) if x.size else 0.0
+    if norm_type == 1.0:
+        return float(np.sum(np.abs(x)))
+    return float(np.sum(x * x)) ** 0.5
+
+
 def address(a):
     return a.__array_interface__["data"][0]
 
@@ -110,6 +123,19 @@ class Plan:
                 and g.shape == p.shape and g.flags.c_contiguous and g.flags.aligned
                 and not self._overlaps_write(g))
 
+    def check(self, grads):
+        seq = grads if isinstance(grads, (list, tuple)) else list(grads)
+        if len(seq) != self.ntensors:
+            raise ValueError(f"expected {self.ntensors} gradients, got {len(seq)}")
+        for i, g in enumerate(seq):
+            if g is None:
+                continue
+            if not self._grad_ok(i, g):
+                return i
+            if not self._ready[i]:
+                return NEEDS_STATE
+        return OK
+
     def step(self, grads, args, steps, increment, nthreads):
         seq = grads if isinstance(grads, (list, tuple)) else list(grads)
         T = self.ntensors
@@ -142,32 +168,41 @@ class Plan:
         """One tensor through fastopt.reference (the row layouts of csrc/fastopt.h)."""
         p, _, s1, s2, s3 = row
         a = [float(x) for x in a]
+        common = ({} if self.rule == RULE_PROBE
+                  else dict(clip_value=a[-2] or None, grad_scale=a[-1]))
         if self.rule == RULE_ADAM:
             reference.adam_step(p, g, s1, s2, s3, step=step, lr=a[0], beta1=a[1], beta2=a[2],
                                 eps=a[3], weight_decay=a[4], decoupled_weight_decay=bool(a[5]),
-                                maximize=bool(a[6]), l1=a[7])
+                                maximize=bool(a[6]), l1=a[7],
+                                **common)
         elif self.rule == RULE_SGD:
             reference.sgd_step(p, g, s1 if a[1] != 0 else None, lr=a[0], momentum=a[1],
                                dampening=a[2], weight_decay=a[3], nesterov=bool(a[4]),
-                               maximize=bool(a[5]), l1=a[6], init_buffer=step <= 1)
+                               maximize=bool(a[5]), l1=a[6], init_buffer=step <= 1,
+                               **common)
         elif self.rule == RULE_RMSPROP:
             reference.rmsprop_step(p, g, s1, s2, s3, lr=a[0], alpha=a[1], eps=a[2],
                                    weight_decay=a[3], momentum=a[4] if s2 is not None else 0.0,
                                    centered=bool(a[5]) and s3 is not None,
-                                   maximize=bool(a[6]), l1=a[7])
+                                   maximize=bool(a[6]), l1=a[7],
+                                   **common)
         elif self.rule == RULE_ADAGRAD:
             reference.adagrad_step(p, g, s1, step=step, lr=a[0], lr_decay=a[1],
-                                   weight_decay=a[2], eps=a[3], maximize=bool(a[4]), l1=a[5])
+                                   weight_decay=a[2], eps=a[3], maximize=bool(a[4]), l1=a[5],
+                                   **common)
         elif self.rule == RULE_LION:
             reference.lion_step(p, g, s1, lr=a[0], beta1=a[1], beta2=a[2], weight_decay=a[3],
-                                maximize=bool(a[4]), l1=a[5])
+                                maximize=bool(a[4]), l1=a[5],
+                                **common)
         elif self.rule == RULE_ADAMAX:
             reference.adamax_step(p, g, s1, s2, step=step, lr=a[0], beta1=a[1], beta2=a[2],
-                                  eps=a[3], weight_decay=a[4], maximize=bool(a[5]), l1=a[6])
+                                  eps=a[3], weight_decay=a[4], maximize=bool(a[5]), l1=a[6],
+                                  **common)
         elif self.rule == RULE_RADAM:
             reference.radam_step(p, g, s1, s2, step=step, lr=a[0], beta1=a[1], beta2=a[2],
                                  eps=a[3], weight_decay=a[4], decoupled_weight_decay=bool(a[5]),
-                                 maximize=bool(a[6]), l1=a[7])
+                                 maximize=bool(a[6]), l1=a[7],
+                                 **common)
         else:
             streams = [x for x in (p, g, s1, s2, s3)][:int(a[0])]
             total = streams[0] + streams[1]

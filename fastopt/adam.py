@@ -86,9 +86,12 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
-                 maximize: bool = False, l1: float = 0.0) -> None:
+                 maximize: bool = False, l1: float = 0.0,
+                 max_grad_norm: float | None = None,
+                 clip_value: float | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        amsgrad=amsgrad, maximize=maximize, l1=l1)
+                        amsgrad=amsgrad, maximize=maximize, l1=l1,
+                        max_grad_norm=max_grad_norm, clip_value=clip_value)
         self._check_group(defaults)
         super().__init__(params, defaults)
 
@@ -131,9 +134,12 @@ class AdamW(Adam):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
-                 maximize: bool = False, l1: float = 0.0) -> None:
+                 maximize: bool = False, l1: float = 0.0,
+                 max_grad_norm: float | None = None,
+                 clip_value: float | None = None) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize, l1=l1)
+                         amsgrad=amsgrad, maximize=maximize, l1=l1,
+                         max_grad_norm=max_grad_norm, clip_value=clip_value)
 
 
 class Adamax(Optimizer):
@@ -159,9 +165,12 @@ class Adamax(Optimizer):
 
     def __init__(self, params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
-                 l1: float = 0.0) -> None:
+                 l1: float = 0.0,
+                 max_grad_norm: float | None = None,
+                 clip_value: float | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        maximize=maximize, l1=l1)
+                        maximize=maximize, l1=l1,
+                        max_grad_norm=max_grad_norm, clip_value=clip_value)
         self._check_group(defaults)
         super().__init__(params, defaults)
 
@@ -208,9 +217,12 @@ class RAdam(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0,
                  decoupled_weight_decay: bool = False, *, maximize: bool = False,
-                 l1: float = 0.0) -> None:
+                 l1: float = 0.0,
+                 max_grad_norm: float | None = None,
+                 clip_value: float | None = None) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, l1=l1)
+                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, l1=l1,
+                        max_grad_norm=max_grad_norm, clip_value=clip_value)
         self._check_group(defaults)
         super().__init__(params, defaults)
 

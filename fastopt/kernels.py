@@ -108,13 +108,16 @@ def adam(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
          exp_avg_sqs: Arrays, max_exp_avg_sqs: Arrays | None, steps, *, lr: float = 1e-3,
          beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
          decoupled_weight_decay: bool = False, maximize: bool = False,
-         l1: float = 0.0) -> None:
+         l1: float = 0.0, clip_value: float | None = None,
+         grad_scale: float = 1.0) -> None:
     """Adam/AdamW on many tensors in one native call; params and state modified in place.
 
     ``max_exp_avg_sqs`` is a list (AMSGrad) or None. See ``fastopt.Adam`` for the formula.
     """
     row = _rules.adam_row(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                          decoupled=decoupled_weight_decay, maximize=maximize, l1=l1)
+                          decoupled=decoupled_weight_decay, maximize=maximize, l1=l1,
+                          clip_value=clip_value,
+                          grad_scale=grad_scale)
     _call(_native.RULE_ADAM, ["params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], params,
           grads, [exp_avgs, exp_avg_sqs, max_exp_avg_sqs], row, steps)
 
@@ -123,7 +126,8 @@ def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_
               max_exp_avg_sq: np.ndarray | None = None, *, step: int, lr: float = 1e-3,
               beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
               weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
-              maximize: bool = False, l1: float = 0.0) -> None:
+              maximize: bool = False, l1: float = 0.0, clip_value: float | None = None,
+              grad_scale: float = 1.0) -> None:
     """One fused Adam/AdamW step on one tensor; param and state modified in place.
 
     ``step`` is the count of this step, starting at 1 (bias correction uses it). Pass
@@ -138,7 +142,9 @@ def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_
     """
     adam([param], [grad], [exp_avg], [exp_avg_sq], _one(max_exp_avg_sq), [step], lr=lr,
          beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, l1=l1)
+         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, l1=l1,
+         clip_value=clip_value,
+         grad_scale=grad_scale)
 
 
 # ---- SGD -----------------------------------------------------------------------------------
@@ -147,7 +153,8 @@ def sgd(params: Arrays, grads: Sequence[np.ndarray | None],
         momentum_buffers: Arrays | None = None, *, lr: float = 1e-3, momentum: float = 0.0,
         dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
         maximize: bool = False, l1: float = 0.0,
-        init_buffers: bool | Sequence[bool] = False) -> None:
+        init_buffers: bool | Sequence[bool] = False, clip_value: float | None = None,
+        grad_scale: float = 1.0) -> None:
     """SGD on many tensors in one native call; params and buffers modified in place.
 
     ``momentum_buffers`` is required when momentum != 0. ``init_buffers`` (a bool, or one per
@@ -155,7 +162,9 @@ def sgd(params: Arrays, grads: Sequence[np.ndarray | None],
     See ``fastopt.SGD`` for the formula.
     """
     row = _rules.sgd_row(lr=lr, momentum=momentum, dampening=dampening,
-                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, l1=l1)
+                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, l1=l1,
+                         clip_value=clip_value,
+                         grad_scale=grad_scale)
     n = len(params)
     if momentum != 0:
         if momentum_buffers is None:
@@ -175,7 +184,8 @@ def sgd(params: Arrays, grads: Sequence[np.ndarray | None],
 def sgd_step(param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray | None = None, *,
              lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
              weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,
-             l1: float = 0.0, init_buffer: bool = False) -> None:
+             l1: float = 0.0, init_buffer: bool = False, clip_value: float | None = None,
+             grad_scale: float = 1.0) -> None:
     """One fused SGD step on one tensor; param and momentum_buffer modified in place.
 
     >>> import numpy as np, fastopt
@@ -186,7 +196,8 @@ def sgd_step(param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray | 
     """
     sgd([param], [grad], _one(momentum_buffer), lr=lr, momentum=momentum, dampening=dampening,
         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, l1=l1,
-        init_buffers=init_buffer)
+        init_buffers=init_buffer, clip_value=clip_value,
+        grad_scale=grad_scale)
 
 
 # ---- RMSprop -------------------------------------------------------------------------------
@@ -195,14 +206,17 @@ def rmsprop(params: Arrays, grads: Sequence[np.ndarray | None], square_avgs: Arr
             momentum_buffers: Arrays | None = None, grad_avgs: Arrays | None = None, *,
             lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
             momentum: float = 0.0, centered: bool = False, maximize: bool = False,
-            l1: float = 0.0) -> None:
+            l1: float = 0.0, clip_value: float | None = None,
+            grad_scale: float = 1.0) -> None:
     """RMSprop on many tensors in one native call; params and state modified in place.
 
     ``momentum_buffers`` is required when momentum > 0, ``grad_avgs`` when centered.
     See ``fastopt.RMSprop`` for the formula.
     """
     row = _rules.rmsprop_row(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                             momentum=momentum, centered=centered, maximize=maximize, l1=l1)
+                             momentum=momentum, centered=centered, maximize=maximize, l1=l1,
+                             clip_value=clip_value,
+                             grad_scale=grad_scale)
     if momentum > 0 and momentum_buffers is None:
         raise ValueError("momentum_buffers: required when momentum > 0")
     if centered and grad_avgs is None:
@@ -216,50 +230,62 @@ def rmsprop_step(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray,
                  momentum_buffer: np.ndarray | None = None, grad_avg: np.ndarray | None = None,
                  *, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
-                 maximize: bool = False, l1: float = 0.0) -> None:
+                 maximize: bool = False, l1: float = 0.0, clip_value: float | None = None,
+                 grad_scale: float = 1.0) -> None:
     """One fused RMSprop step on one tensor; param and state modified in place."""
     rmsprop([param], [grad], [square_avg], _one(momentum_buffer), _one(grad_avg), lr=lr,
             alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-            centered=centered, maximize=maximize, l1=l1)
+            centered=centered, maximize=maximize, l1=l1, clip_value=clip_value,
+            grad_scale=grad_scale)
 
 
 # ---- Adagrad -------------------------------------------------------------------------------
 
 def adagrad(params: Arrays, grads: Sequence[np.ndarray | None], state_sums: Arrays, steps, *,
             lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
-            eps: float = 1e-10, maximize: bool = False, l1: float = 0.0) -> None:
+            eps: float = 1e-10, maximize: bool = False, l1: float = 0.0,
+            clip_value: float | None = None,
+            grad_scale: float = 1.0) -> None:
     """Adagrad on many tensors in one native call; params and sums modified in place."""
     row = _rules.adagrad_row(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
-                             maximize=maximize, l1=l1)
+                             maximize=maximize, l1=l1, clip_value=clip_value,
+                             grad_scale=grad_scale)
     _call(_native.RULE_ADAGRAD, ["params", "state_sums"], params, grads, [state_sums], row,
           steps)
 
 
 def adagrad_step(param: np.ndarray, grad: np.ndarray, state_sum: np.ndarray, *, step: int,
                  lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
-                 eps: float = 1e-10, maximize: bool = False, l1: float = 0.0) -> None:
+                 eps: float = 1e-10, maximize: bool = False, l1: float = 0.0,
+                 clip_value: float | None = None,
+                 grad_scale: float = 1.0) -> None:
     """One fused Adagrad step on one tensor; param and state_sum modified in place."""
     adagrad([param], [grad], [state_sum], [step], lr=lr, lr_decay=lr_decay,
-            weight_decay=weight_decay, eps=eps, maximize=maximize, l1=l1)
+            weight_decay=weight_decay, eps=eps, maximize=maximize, l1=l1, clip_value=clip_value,
+            grad_scale=grad_scale)
 
 
 # ---- Lion ----------------------------------------------------------------------------------
 
 def lion(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays, *,
          lr: float = 1e-4, beta1: float = 0.9, beta2: float = 0.99, weight_decay: float = 0.0,
-         maximize: bool = False, l1: float = 0.0) -> None:
+         maximize: bool = False, l1: float = 0.0, clip_value: float | None = None,
+         grad_scale: float = 1.0) -> None:
     """Lion on many tensors in one native call; params and exp_avgs modified in place."""
     row = _rules.lion_row(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
-                          maximize=maximize, l1=l1)
+                          maximize=maximize, l1=l1, clip_value=clip_value,
+                          grad_scale=grad_scale)
     _call(_native.RULE_LION, ["params", "exp_avgs"], params, grads, [exp_avgs], row)
 
 
 def lion_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, *, lr: float = 1e-4,
               beta1: float = 0.9, beta2: float = 0.99, weight_decay: float = 0.0,
-              maximize: bool = False, l1: float = 0.0) -> None:
+              maximize: bool = False, l1: float = 0.0, clip_value: float | None = None,
+              grad_scale: float = 1.0) -> None:
     """One fused Lion step on one tensor; param and exp_avg modified in place."""
     lion([param], [grad], [exp_avg], lr=lr, beta1=beta1, beta2=beta2,
-         weight_decay=weight_decay, maximize=maximize, l1=l1)
+         weight_decay=weight_decay, maximize=maximize, l1=l1, clip_value=clip_value,
+         grad_scale=grad_scale)
 
 
 # ---- Adamax --------------------------------------------------------------------------------
@@ -267,10 +293,13 @@ def lion_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, *, lr: f
 def adamax(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
            exp_infs: Arrays, steps, *, lr: float = 2e-3, beta1: float = 0.9,
            beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
-           maximize: bool = False, l1: float = 0.0) -> None:
+           maximize: bool = False, l1: float = 0.0, clip_value: float | None = None,
+           grad_scale: float = 1.0) -> None:
     """Adamax on many tensors in one native call; params and state modified in place."""
     row = _rules.adamax_row(lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                            weight_decay=weight_decay, maximize=maximize, l1=l1)
+                            weight_decay=weight_decay, maximize=maximize, l1=l1,
+                            clip_value=clip_value,
+                            grad_scale=grad_scale)
     _call(_native.RULE_ADAMAX, ["params", "exp_avgs", "exp_infs"], params, grads,
           [exp_avgs, exp_infs], row, steps)
 
@@ -278,10 +307,12 @@ def adamax(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
 def adamax_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_inf: np.ndarray,
                 *, step: int, lr: float = 2e-3, beta1: float = 0.9, beta2: float = 0.999,
                 eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False,
-                l1: float = 0.0) -> None:
+                l1: float = 0.0, clip_value: float | None = None,
+                grad_scale: float = 1.0) -> None:
     """One fused Adamax step on one tensor; param and state modified in place."""
     adamax([param], [grad], [exp_avg], [exp_inf], [step], lr=lr, beta1=beta1, beta2=beta2,
-           eps=eps, weight_decay=weight_decay, maximize=maximize, l1=l1)
+           eps=eps, weight_decay=weight_decay, maximize=maximize, l1=l1, clip_value=clip_value,
+           grad_scale=grad_scale)
 
 
 # ---- RAdam ---------------------------------------------------------------------------------
@@ -290,10 +321,13 @@ def radam(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
           exp_avg_sqs: Arrays, steps, *, lr: float = 1e-3, beta1: float = 0.9,
           beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
           decoupled_weight_decay: bool = False, maximize: bool = False,
-          l1: float = 0.0) -> None:
+          l1: float = 0.0, clip_value: float | None = None,
+          grad_scale: float = 1.0) -> None:
     """RAdam on many tensors in one native call; params and state modified in place."""
     row = _rules.radam_row(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                           decoupled=decoupled_weight_decay, maximize=maximize, l1=l1)
+                           decoupled=decoupled_weight_decay, maximize=maximize, l1=l1,
+                           clip_value=clip_value,
+                           grad_scale=grad_scale)
     _call(_native.RULE_RADAM, ["params", "exp_avgs", "exp_avg_sqs"], params, grads,
           [exp_avgs, exp_avg_sqs], row, steps)
 
@@ -302,11 +336,13 @@ def radam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg
                *, step: int, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
                eps: float = 1e-8, weight_decay: float = 0.0,
                decoupled_weight_decay: bool = False, maximize: bool = False,
-               l1: float = 0.0) -> None:
+               l1: float = 0.0, clip_value: float | None = None,
+               grad_scale: float = 1.0) -> None:
     """One fused RAdam step on one tensor; param and state modified in place."""
     radam([param], [grad], [exp_avg], [exp_avg_sq], [step], lr=lr, beta1=beta1, beta2=beta2,
           eps=eps, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
-          maximize=maximize, l1=l1)
+          maximize=maximize, l1=l1, clip_value=clip_value,
+          grad_scale=grad_scale)
 
 
 # ---- the probe -----------------------------------------------------------------------------

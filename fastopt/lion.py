@@ -33,8 +33,11 @@ class Lion(Optimizer):
     _hyper_keys = ("lr", "betas", "weight_decay", "maximize", "l1")
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0, *, maximize: bool = False, l1: float = 0.0) -> None:
-        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, l1=l1)
+                 weight_decay: float = 0.0, *, maximize: bool = False, l1: float = 0.0,
+                 max_grad_norm: float | None = None,
+                 clip_value: float | None = None) -> None:
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, l1=l1,
+                        max_grad_norm=max_grad_norm, clip_value=clip_value)
         self._check_group(defaults)
         super().__init__(params, defaults)
 

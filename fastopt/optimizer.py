@@ -21,9 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from . import _validation
+from . import _rules, _validation
 from ._backend import native as _native
 from ._threading import get_num_threads
+
+# Hyperparameters every optimizer has besides its rule's own (handled here, not by subclasses):
+# gradient clipping by global norm (per group) and by value.
+_COMMON_KEYS = ("max_grad_norm", "clip_value")
 
 
 class Optimizer:
@@ -50,7 +54,9 @@ class Optimizer:
         self._args_key: Any = None      # the raw group values it was made from
         self._signature: Any = None     # which state buffers each group needs
         self._lock = threading.Lock()   # steps of one optimizer from several threads serialize
-        self._get_hyper = operator.itemgetter(*self._hyper_keys)
+        self._get_hyper = operator.itemgetter(*self._hyper_keys, *_COMMON_KEYS)
+        self._clipped_groups: list[int] = []    # groups with max_grad_norm
+        self.last_grad_norms: list[float | None] = []
         if isinstance(params, np.ndarray) or not isinstance(params, Iterable):
             raise TypeError("params argument given to the optimizer should be an iterable of "
                             f"NumPy arrays or dicts, but got {type(params).__name__}")
@@ -74,6 +80,18 @@ class Optimizer:
     def _check_group(self, group: dict) -> list[float]:
         """Validate a group's hyperparameters; return the native argument row."""
         raise NotImplementedError
+
+    def _row(self, group: Mapping) -> list[float]:
+        """The group's native argument row, its own and the common hyperparameters checked."""
+        row = self._check_group(dict(group))
+        max_norm = group.get("max_grad_norm")
+        if max_norm is not None:
+            _validation.real("max_grad_norm", max_norm, low=0.0)
+            if max_norm <= 0:
+                raise ValueError(f"Invalid max_grad_norm value: {max_norm} (use None for no "
+                                 "clipping)")
+        row[-2:] = _rules.tail(group.get("clip_value"))
+        return row
 
     def _buffers(self, group: dict) -> list[tuple[int, str]]:
         """(stream slot, state key) of each state buffer the group's settings need."""
@@ -103,7 +121,7 @@ class Optimizer:
             _validation.check_param(f"params[{first + j}]", p)
         for key, value in self.defaults.items():
             group.setdefault(key, value)
-        self._check_group(group)
+        self._row(group)
         everything = [(f"params[{i}]", p) for i, p in enumerate(self._params + params)]
         everything += [(f"state[{i}][{k!r}]", a) for i, st in self.state.items()
                        for k, a in st.items() if k != "step"]
@@ -131,7 +149,10 @@ class Optimizer:
         key = (self._get_hyper(groups[0]) if len(groups) == 1
                else tuple(map(self._get_hyper, groups)))
         if key != self._args_key:
-            rows = [self._check_group(g) for g in self.param_groups]
+            rows = [self._row(g) for g in self.param_groups]
+            self._clipped_groups = [k for k, g in enumerate(self.param_groups)
+                                    if g.get("max_grad_norm") is not None]
+            self.last_grad_norms = [None] * len(self.param_groups)
             signature = [tuple(self._buffers(g)) for g in self.param_groups]
             if self._args is not None and signature != self._signature:
                 self._plan = None   # e.g. amsgrad switched on: the streams change
@@ -161,12 +182,31 @@ class Optimizer:
                 _validation.check_grads_sequence(grads, len(self._params))
             args = self._hyper_args()
             plan = self._plan if self._plan is not None else self._build_plan()
+            if self._clipped_groups:
+                self._clip_by_norm(plan, grads, args)
             rc = plan.step(grads, args, self._steps, True, get_num_threads())
             if rc == _native.NEEDS_STATE:
                 plan = self._build_plan(grads)
                 rc = plan.step(grads, args, self._steps, True, get_num_threads())
             if rc != _native.OK:
                 self._raise_bad_grad(rc, grads)
+
+    def _clip_by_norm(self, plan, grads, args) -> None:
+        """Gradient-norm clipping of each group with max_grad_norm: one native pass over its
+        gradients (float64 accumulation, the same bits for any thread count), then the
+        coefficient min(1, max_norm / (norm + 1e-6)) goes into the group's gradient scale, which
+        the fused step applies as it reads each gradient (torch.nn.utils.clip_grad_norm_'s
+        formula, with the norm over the group's gradients)."""
+        rc = plan.check(grads)                  # never read an invalid gradient
+        if rc >= 0:
+            self._raise_bad_grad(rc, grads)
+        for k in self._clipped_groups:
+            group = self.param_groups[k]
+            first = sum(len(g["params"]) for g in self.param_groups[:k])
+            mine = [g for g in grads[first:first + len(group["params"])] if g is not None]
+            norm = _native.grad_norm(mine, 2.0, get_num_threads())
+            self.last_grad_norms[k] = norm
+            args[k, _rules.GSCALE] = min(1.0, group["max_grad_norm"] / (norm + 1e-6))
 
     def _raise_bad_grad(self, i: int, grads) -> None:
         written = [(f"params[{j}]", p) for j, p in enumerate(self._params)]
@@ -283,7 +323,7 @@ class Optimizer:
             for key, value in self.defaults.items():
                 new.setdefault(key, value)
             try:
-                self._check_group(new)
+                self._row(new)
             except (TypeError, ValueError) as e:
                 raise type(e)(f"state_dict: param_groups[{gi}]: {e}") from None
             new["params"] = group["params"]

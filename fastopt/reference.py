@@ -6,9 +6,10 @@ be compared with it bitwise. It is written for reading, not for speed: every lin
 pass over memory, most with a temporary.
 
 The formulas are torch.optim's (single-tensor implementations; Lion after Chen et al., 2023);
-see the docstrings of the optimizer classes. Every rule takes ``maximize`` (negate the gradient)
-and ``l1`` (add ``l1 * sgn(param)`` to the gradient, after any L2 term); ``sgn`` is 1, -1, or
-the value itself for +-0 and NaN.
+see the docstrings of the optimizer classes. Every rule also takes ``maximize`` (negate the
+gradient), ``grad_scale`` (multiply it), ``clip_value`` (clamp it to +-clip_value, after the
+scale) and ``l1`` (add ``l1 * sgn(param)``, after any L2 term); ``sgn`` is 1, -1, or the value
+itself for +-0 and NaN.
 """
 from __future__ import annotations
 
@@ -18,6 +19,17 @@ import numpy as np
 def _sgn(x):
     """1, -1, or x itself for +-0 and NaN (a zero stays put, a NaN propagates)."""
     return np.where(x > 0, 1, np.where(x < 0, -1, x)).astype(x.dtype, copy=False)
+
+
+def _grad(grad, param, maximize, grad_scale, clip_value):
+    """The gradient as the rule sees it: times grad_scale (negated to maximize; the optimizers
+    pass the gradient-norm clipping coefficient here), then clamped to +-clip_value."""
+    t = param.dtype.type
+    s = -grad_scale if maximize else grad_scale
+    g = grad if s == 1 else grad * t(s)
+    if clip_value is not None:
+        g = np.clip(g, t(-clip_value), t(clip_value))
+    return g
 
 
 def _coupled(g, param, weight_decay, l1):
@@ -40,14 +52,15 @@ def _lerp_(x, end, w):
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
               beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-              decoupled_weight_decay=False, maximize=False, l1=0.0):
+              decoupled_weight_decay=False, maximize=False, l1=0.0, clip_value=None,
+              grad_scale=1.0):
     """One Adam/AdamW step on one tensor; param and state modified in place.
 
     ``step`` is the count of this step, starting at 1. With ``max_exp_avg_sq`` (AMSGrad) the
     running maximum of ``exp_avg_sq`` is kept and used in the denominator.
     """
     t = param.dtype.type
-    g = -grad if maximize else grad
+    g = _grad(grad, param, maximize, grad_scale, clip_value)
     if decoupled_weight_decay:
         param *= t(1 - lr * weight_decay)
         g = _coupled(g, param, 0, l1)
@@ -72,14 +85,15 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr
 
 
 def sgd_step(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0.0,
-             weight_decay=0.0, nesterov=False, maximize=False, l1=0.0, init_buffer=False):
+             weight_decay=0.0, nesterov=False, maximize=False, l1=0.0, init_buffer=False,
+             clip_value=None, grad_scale=1.0):
     """One SGD step on one tensor; param and momentum_buffer modified in place.
 
     ``init_buffer`` marks the buffer's first step: it is then set to the gradient (torch creates
     the buffer as a copy of the gradient) instead of being decayed.
     """
     t = param.dtype.type
-    g = _coupled(-grad if maximize else grad, param, weight_decay, l1)
+    g = _coupled(_grad(grad, param, maximize, grad_scale, clip_value), param, weight_decay, l1)
     if momentum != 0:
         buf = momentum_buffer
         if init_buffer:
@@ -93,13 +107,14 @@ def sgd_step(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampen
 
 def rmsprop_step(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr=1e-2,
                  alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                 maximize=False, l1=0.0):
+                 maximize=False, l1=0.0, clip_value=None,
+                 grad_scale=1.0):
     """One RMSprop step on one tensor; param and state modified in place.
 
     ``momentum_buffer`` is needed when momentum > 0, ``grad_avg`` when centered.
     """
     t = param.dtype.type
-    g = _coupled(-grad if maximize else grad, param, weight_decay, l1)
+    g = _coupled(_grad(grad, param, maximize, grad_scale, clip_value), param, weight_decay, l1)
     square_avg *= t(alpha)
     square_avg += t(1 - alpha) * g * g
     if centered:
@@ -118,10 +133,11 @@ def rmsprop_step(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *
 
 
 def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-                 eps=1e-10, maximize=False, l1=0.0):
+                 eps=1e-10, maximize=False, l1=0.0, clip_value=None,
+                 grad_scale=1.0):
     """One Adagrad step on one tensor; param and state_sum modified in place."""
     t = param.dtype.type
-    g = _coupled(-grad if maximize else grad, param, weight_decay, l1)
+    g = _coupled(_grad(grad, param, maximize, grad_scale, clip_value), param, weight_decay, l1)
     clr = lr / (1 + (step - 1) * lr_decay)
     state_sum += g * g
     std = np.sqrt(state_sum) + t(eps)
@@ -129,10 +145,11 @@ def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_
 
 
 def lion_step(param, grad, exp_avg, *, lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0,
-              maximize=False, l1=0.0):
+              maximize=False, l1=0.0, clip_value=None,
+              grad_scale=1.0):
     """One Lion step on one tensor (decoupled weight decay); param and exp_avg in place."""
     t = param.dtype.type
-    g = -grad if maximize else grad
+    g = _grad(grad, param, maximize, grad_scale, clip_value)
     param *= t(1 - lr * weight_decay)
     g = _coupled(g, param, 0, l1)
     c = exp_avg * t(beta1) + t(1 - beta1) * g
@@ -142,10 +159,11 @@ def lion_step(param, grad, exp_avg, *, lr=1e-4, beta1=0.9, beta2=0.99, weight_de
 
 
 def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.999,
-                eps=1e-8, weight_decay=0.0, maximize=False, l1=0.0):
+                eps=1e-8, weight_decay=0.0, maximize=False, l1=0.0, clip_value=None,
+                grad_scale=1.0):
     """One Adamax step on one tensor; param and state modified in place."""
     t = param.dtype.type
-    g = _coupled(-grad if maximize else grad, param, weight_decay, l1)
+    g = _coupled(_grad(grad, param, maximize, grad_scale, clip_value), param, weight_decay, l1)
     _lerp_(exp_avg, g, t(1 - beta1))
     np.maximum(exp_inf * t(beta2), np.abs(g) + t(eps), out=exp_inf)
     clr = lr / (1 - beta1 ** step)
@@ -154,10 +172,11 @@ def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta
 
 def radam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999,
                eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, maximize=False,
-               l1=0.0):
+               l1=0.0, clip_value=None,
+               grad_scale=1.0):
     """One RAdam step on one tensor; param and state modified in place."""
     t = param.dtype.type
-    g = -grad if maximize else grad
+    g = _grad(grad, param, maximize, grad_scale, clip_value)
     if decoupled_weight_decay:
         param *= t(1 - lr * weight_decay)
         g = _coupled(g, param, 0, l1)

@@ -45,9 +45,12 @@ class RMSprop(Optimizer):
 
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
-                 maximize: bool = False, l1: float = 0.0) -> None:
+                 maximize: bool = False, l1: float = 0.0,
+                 max_grad_norm: float | None = None,
+                 clip_value: float | None = None) -> None:
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                        momentum=momentum, centered=centered, maximize=maximize, l1=l1)
+                        momentum=momentum, centered=centered, maximize=maximize, l1=l1,
+                        max_grad_norm=max_grad_norm, clip_value=clip_value)
         self._check_group(defaults)
         super().__init__(params, defaults)
 
@@ -86,10 +89,13 @@ class Adagrad(Optimizer):
 
     def __init__(self, params, lr: float = 1e-2, lr_decay: float = 0.0,
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
-                 eps: float = 1e-10, *, maximize: bool = False, l1: float = 0.0) -> None:
+                 eps: float = 1e-10, *, maximize: bool = False, l1: float = 0.0,
+                 max_grad_norm: float | None = None,
+                 clip_value: float | None = None) -> None:
         defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, eps=eps,
-                        maximize=maximize, l1=l1)
+                        maximize=maximize, l1=l1,
+                        max_grad_norm=max_grad_norm, clip_value=clip_value)
         self._check_group(defaults)
         super().__init__(params, defaults)
 

@@ -300,7 +300,10 @@ def _one_cycle_value(phases: list[dict], strategy: str, values: Mapping, step: i
     for i, phase in enumerate(phases):
         end_step = phase["end_step"]
         if step <= end_step or i == len(phases) - 1:
-            pct = (step - start_step) / (end_step - start_step)
+            # a phase of zero length (e.g. total_steps=2, pct_start=0.5) is already complete;
+            # torch divides by zero here
+            pct = ((step - start_step) / (end_step - start_step)
+                   if end_step > start_step else 1.0)
             return _anneal(strategy, values[phase["start_" + kind]], values[phase["end_" + kind]],
                            pct)
         start_step = end_step

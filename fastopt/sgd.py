@@ -62,9 +62,12 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
-                 maximize: bool = False, l1: float = 0.0) -> None:
+                 maximize: bool = False, l1: float = 0.0,
+                 max_grad_norm: float | None = None,
+                 clip_value: float | None = None) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
-                        weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, l1=l1)
+                        weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, l1=l1,
+                        max_grad_norm=max_grad_norm, clip_value=clip_value)
         self._check_group(defaults)
         super().__init__(params, defaults)
 

@@ -147,23 +147,24 @@ def test_adamw_decouples_and_adam_couples_weight_decay():
 
 def test_defaults_follow_the_spec():
     p = np.zeros(1)
+    common = dict(l1=0.0, max_grad_norm=None, clip_value=None)   # fastopt's additions
     assert fastopt.SGD([p]).defaults == dict(lr=1e-3, momentum=0.0, dampening=0.0,
                                              weight_decay=0.0, nesterov=False, maximize=False,
-                                             l1=0.0)
+                                             **common)
     assert fastopt.Adam([p]).defaults == dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                                               weight_decay=0.0, amsgrad=False, maximize=False,
-                                              l1=0.0)
+                                              **common)
     # torch's defaults for the other rules (Lion: the paper's)
     assert fastopt.RMSprop([p]).defaults == dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
                                                  momentum=0.0, centered=False, maximize=False,
-                                                 l1=0.0)
+                                                 **common)
     assert fastopt.Adagrad([p]).defaults == dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                                                  initial_accumulator_value=0.0, eps=1e-10,
-                                                 maximize=False, l1=0.0)
+                                                 maximize=False, **common)
     assert fastopt.Adamax([p]).defaults["lr"] == 2e-3
     assert fastopt.RAdam([p]).defaults["decoupled_weight_decay"] is False
     assert fastopt.Lion([p]).defaults == dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,
-                                              maximize=False, l1=0.0)
+                                              maximize=False, **common)
     assert fastopt.AdamW([p]).defaults["weight_decay"] == 1e-2
     assert "Parameter Group 0" in repr(fastopt.AdamW([p]))
 

@@ -73,5 +73,6 @@ def test_state_dict_keys_match_torch():
     t.grad = torch.ones(3, dtype=torch.float64)
     theirs.step()
     assert set(ours.state_dict()["state"][0]) == set(theirs.state_dict()["state"][0])
-    ours_keys = set(ours.state_dict()["param_groups"][0]) - {"l1"}   # l1: fastopt's addition
+    # l1, max_grad_norm and clip_value: fastopt's additions
+    ours_keys = set(ours.state_dict()["param_groups"][0]) - {"l1", "max_grad_norm", "clip_value"}
     assert ours_keys <= set(theirs.state_dict()["param_groups"][0])
