@@ -119,7 +119,7 @@
     {                                                                                      \
         sgd_##dt##_##isa, adam_##dt##_##isa, probe_##dt##_##isa, rmsprop_##dt##_##isa,     \
             adagrad_##dt##_##isa, lion_##dt##_##isa, adamax_##dt##_##isa,                  \
-            radam_##dt##_##isa                                                             \
+            radam_##dt##_##isa, ema_##dt##_##isa                                           \
     }
 #define FO_TABLE(isa) {#isa, FO_RULES(f32, isa), FO_RULES(f64, isa)}
 
@@ -307,9 +307,15 @@ static void fo_radam_scalars(fo_radam_hp *hp, const double *a, int64_t step)
         : 1.0;
 }
 
+static void fo_ema_scalars(fo_ema_hp *hp, const double *a)
+{
+    hp->lerp_weight = 1.0 - a[FO_EMA_DECAY];
+}
+
 size_t fo_hp_size(int rule)
 {
     switch (rule) {
+    case FO_RULE_EMA: return sizeof(fo_ema_hp);
     case FO_RULE_SGD: return sizeof(fo_sgd_hp);
     case FO_RULE_ADAM: return sizeof(fo_adam_hp);
     case FO_RULE_RMSPROP: return sizeof(fo_rmsprop_hp);
@@ -324,6 +330,7 @@ size_t fo_hp_size(int rule)
 int fo_nargs(int rule)
 {
     switch (rule) {
+    case FO_RULE_EMA: return FO_EMA_NARGS;
     case FO_RULE_SGD: return FO_SGD_NARGS;
     case FO_RULE_ADAM: return FO_ADAM_NARGS;
     case FO_RULE_RMSPROP: return FO_RMSPROP_NARGS;
@@ -345,6 +352,7 @@ void fo_scalars(int rule, void *hp, const double *args, int64_t step)
     case FO_RULE_LION: fo_lion_scalars((fo_lion_hp *)hp, args); break;
     case FO_RULE_ADAMAX: fo_adamax_scalars((fo_adamax_hp *)hp, args, step); break;
     case FO_RULE_RADAM: fo_radam_scalars((fo_radam_hp *)hp, args, step); break;
+    case FO_RULE_EMA: fo_ema_scalars((fo_ema_hp *)hp, args); break;
     default: fo_probe_scalars((fo_probe_hp *)hp, args); break;
     }
 }

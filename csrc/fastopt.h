@@ -45,10 +45,11 @@ enum { FO_P = 0, FO_G = 1, FO_S1 = 2, FO_S2 = 3, FO_S3 = 4, FO_MAX_STREAMS = 5 }
  *   ADAGRAD  sum
  *   LION     exp_avg
  *   ADAMAX   exp_avg, exp_inf
- *   RADAM    exp_avg, exp_avg_sq                              */
+ *   RADAM    exp_avg, exp_avg_sq
+ *   EMA      none: stream P is the average (written), stream G the param (read)   */
 enum { FO_RULE_SGD = 0, FO_RULE_ADAM = 1, FO_RULE_PROBE = 2, FO_RULE_RMSPROP = 3,
        FO_RULE_ADAGRAD = 4, FO_RULE_LION = 5, FO_RULE_ADAMAX = 6, FO_RULE_RADAM = 7,
-       FO_NRULES = 8 };
+       FO_RULE_EMA = 8, FO_NRULES = 9 };
 
 /* ---- hyperparameters as the Python layer passes them: one row of doubles per group ------- */
 
@@ -59,6 +60,7 @@ enum { FO_SGD_LR, FO_SGD_MOMENTUM, FO_SGD_DAMPENING, FO_SGD_WD, FO_SGD_NESTEROV,
        FO_SGD_MAXIMIZE, FO_SGD_L1,
        FO_SGD_CLIP, FO_SGD_GSCALE, FO_SGD_NARGS };
 enum { FO_PROBE_NSTREAMS, FO_PROBE_NARGS };
+enum { FO_EMA_DECAY, FO_EMA_NARGS };
 enum { FO_RMSPROP_LR, FO_RMSPROP_ALPHA, FO_RMSPROP_EPS, FO_RMSPROP_WD, FO_RMSPROP_MOMENTUM,
        FO_RMSPROP_CENTERED, FO_RMSPROP_MAXIMIZE, FO_RMSPROP_L1,
        FO_RMSPROP_CLIP, FO_RMSPROP_GSCALE, FO_RMSPROP_NARGS };
@@ -132,6 +134,10 @@ typedef struct fo_adamax_hp {
     double lerp_weight, beta2, eps;
     double neg_clr;             /* -lr / (1 - beta1^step) */
 } fo_adamax_hp;
+
+typedef struct fo_ema_hp {
+    double lerp_weight;         /* 1 - decay: average.lerp_(param, 1 - decay) */
+} fo_ema_hp;
 
 typedef struct fo_radam_hp {
     double gscale, clip, l2, l1, decay;

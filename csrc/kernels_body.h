@@ -24,6 +24,7 @@
  *   Adagrad  s = s + g*g; p = p + (-clr*g)/(sqrt(s) + eps)
  *   Lion     c = m*b1 + (1-b1)*g; p = p + (-lr)*sgn(c); m = m*b2 + (1-b2)*g
  *   Adamax   m = lerp(m, g, 1-b1); u = max(u*b2, |g| + eps); p = p + (-clr*m)/u
+ *   EMA      average = lerp(average, param, 1 - decay)  (param in the gradient's slot)
  *   RAdam    m = lerp(m, g, 1-b1); v = v*b2 + (1-b2)*g*g; mb = m/bc1;
  *            p = p - ((mb*lr) * ((1/(sqrt(v)+eps))*bc2_sqrt)) * rect   if rho_t > 5
  *            p = p - mb*lr                                             otherwise
@@ -415,6 +416,25 @@ static void FO_FN(radam)(int64_t n, void *const *s, const void *hpv)
     case 6: FO_FN(radam_body)(n, s, hp, 1, 1, 0); break;
     default: FO_FN(radam_body)(n, s, hp, 1, 1, 1); break;
     }
+}
+
+/* ---- EMA of parameters: average = lerp(average, param, 1 - decay) -------------------------- */
+
+static FO_ALWAYS_INLINE void FO_FN(ema_body)(int64_t n, void *const *s, const fo_ema_hp *hp,
+                                              const int small)
+{
+    FO_T *FO_RESTRICT avg = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT p = FO_STREAM(FO_G);
+    const FO_T w = (FO_T)hp->lerp_weight, omw = (FO_T)1 - w;
+    for (int64_t i = 0; i < n; i++) avg[i] = FO_FN(fo_lerp)(avg[i], p[i], w, omw, small);
+}
+
+static void FO_FN(ema)(int64_t n, void *const *s, const void *hpv)
+{
+    const fo_ema_hp *hp = (const fo_ema_hp *)hpv;
+    const FO_T w = (FO_T)hp->lerp_weight;
+    if (FO_SMALL(w)) FO_FN(ema_body)(n, s, hp, 1);
+    else FO_FN(ema_body)(n, s, hp, 0);
 }
 
 #undef FO_STREAM

@@ -10,6 +10,7 @@ from ._config import _select_isa_from_env, config, set_isa, show_config
 from ._threading import get_num_threads, set_num_threads
 from ._version import __version__
 from .adam import Adam, Adamax, AdamW, RAdam
+from .averaging import EMA, GradientAccumulator
 from .checkpoint import load, save
 from .clip import clip_grad_norm_, clip_grad_value_, grad_norm
 from .lion import Lion
@@ -24,6 +25,8 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "EMA",
+    "GradientAccumulator",
     "Lion",
     "Optimizer",
     "RAdam",

@@ -12,6 +12,7 @@ RULE_ADAGRAD: int
 RULE_LION: int
 RULE_ADAMAX: int
 RULE_RADAM: int
+RULE_EMA: int
 NARGS: dict[int, int]
 MAX_STREAMS: int
 OK: int

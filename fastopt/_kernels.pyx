@@ -43,6 +43,7 @@ cdef extern from "fastopt.h" nogil:
         FO_RULE_LION
         FO_RULE_ADAMAX
         FO_RULE_RADAM
+        FO_RULE_EMA
         FO_NRULES
     const char *const *fo_isa_compiled(int *count)
     int fo_isa_supported(const char *name)
@@ -74,6 +75,7 @@ RULE_ADAGRAD = FO_RULE_ADAGRAD
 RULE_LION = FO_RULE_LION
 RULE_ADAMAX = FO_RULE_ADAMAX
 RULE_RADAM = FO_RULE_RADAM
+RULE_EMA = FO_RULE_EMA
 # number of hyperparameters in a group's row, per rule (see csrc/fastopt.h)
 NARGS = {rule: fo_nargs(rule) for rule in range(FO_NRULES)}
 MAX_STREAMS = FO_MAX_STREAMS

@@ -13,9 +13,9 @@ import numpy as np
 from . import reference
 
 RULE_SGD, RULE_ADAM, RULE_PROBE, RULE_RMSPROP = 0, 1, 2, 3
-RULE_ADAGRAD, RULE_LION, RULE_ADAMAX, RULE_RADAM = 4, 5, 6, 7
+RULE_ADAGRAD, RULE_LION, RULE_ADAMAX, RULE_RADAM, RULE_EMA = 4, 5, 6, 7, 8
 NARGS = {RULE_SGD: 9, RULE_ADAM: 10, RULE_PROBE: 1, RULE_RMSPROP: 10, RULE_ADAGRAD: 8,
-         RULE_LION: 8, RULE_ADAMAX: 9, RULE_RADAM: 10}
+         RULE_LION: 8, RULE_ADAMAX: 9, RULE_RADAM: 10, RULE_EMA: 1}
 MAX_STREAMS = 5
 OK = -1
 NEEDS_STATE = -2
@@ -168,7 +168,7 @@ class Plan:
         """One tensor through fastopt.reference (the row layouts of csrc/fastopt.h)."""
         p, _, s1, s2, s3 = row
         a = [float(x) for x in a]
-        common = ({} if self.rule == RULE_PROBE
+        common = ({} if self.rule in (RULE_PROBE, RULE_EMA)
                   else dict(clip_value=a[-2] or None, grad_scale=a[-1]))
         if self.rule == RULE_ADAM:
             reference.adam_step(p, g, s1, s2, s3, step=step, lr=a[0], beta1=a[1], beta2=a[2],
@@ -203,6 +203,8 @@ class Plan:
                                  eps=a[3], weight_decay=a[4], decoupled_weight_decay=bool(a[5]),
                                  maximize=bool(a[6]), l1=a[7],
                                  **common)
+        elif self.rule == RULE_EMA:
+            reference.ema_update(p, g, decay=a[0])
         else:
             streams = [x for x in (p, g, s1, s2, s3)][:int(a[0])]
             total = streams[0] + streams[1]

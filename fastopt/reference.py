@@ -199,6 +199,11 @@ def radam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, be
         param -= bias_corrected_exp_avg * t(lr)
 
 
+def ema_update(average, param, *, decay):
+    """average.lerp_(param, 1 - decay) in place: the exponential moving average of a param."""
+    _lerp_(average, param, average.dtype.type(1 - decay))
+
+
 # ---- many tensors: the step functions over lists, a None gradient skipping its tensor --------
 
 def _each(step_fn, params, grads, states, steps=None, **hyper):
