@@ -7,11 +7,13 @@ import pytest
 
 import fastopt
 import fastopt.adam
+import fastopt.averaging
 import fastopt.kernels
 import fastopt.sgd
 
 
-@pytest.mark.parametrize("module", [fastopt, fastopt.kernels, fastopt.adam, fastopt.sgd],
+@pytest.mark.parametrize("module", [fastopt, fastopt.kernels, fastopt.adam, fastopt.sgd,
+                                    fastopt.averaging],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
