@@ -119,7 +119,7 @@
     {                                                                                      \
         sgd_##dt##_##isa, adam_##dt##_##isa, probe_##dt##_##isa, rmsprop_##dt##_##isa,     \
             adagrad_##dt##_##isa, lion_##dt##_##isa, adamax_##dt##_##isa,                  \
-            radam_##dt##_##isa, ema_##dt##_##isa                                           \
+            radam_##dt##_##isa, ema_##dt##_##isa, nadam_##dt##_##isa                       \
     }
 #define FO_TABLE(isa) {#isa, FO_RULES(f32, isa), FO_RULES(f64, isa)}
 
@@ -307,6 +307,36 @@ static void fo_radam_scalars(fo_radam_hp *hp, const double *a, int64_t step)
         : 1.0;
 }
 
+/* NAdam: torch's expressions in its order. mu_product is torch's float32 scalar tensor:
+ * `mu_product *= mu` is a float32 multiplication, kept here bit for bit (it changes the
+ * result by more than float64's rounding). */
+static void fo_nadam_scalars(fo_nadam_hp *hp, const double *a, int64_t step, double *aux)
+{
+    const double lr = a[FO_NADAM_LR], beta1 = a[FO_NADAM_BETA1], beta2 = a[FO_NADAM_BETA2];
+    const double wd = a[FO_NADAM_WD], md = a[FO_NADAM_MOMENTUM_DECAY];
+    const int decoupled = a[FO_NADAM_DECOUPLED] != 0.0;
+    const double t = (double)step;
+    const double mu = beta1 * (1.0 - 0.5 * pow(0.96, t * md));
+    const double mu_next = beta1 * (1.0 - 0.5 * pow(0.96, (t + 1.0) * md));
+    const float mu_product = (float)*aux * (float)mu;
+    const double mu_product_next = (double)mu_product * mu_next;
+    *aux = (double)mu_product;
+    hp->gscale = fo_gscale(a[FO_NADAM_MAXIMIZE], a[FO_NADAM_GSCALE]);
+    hp->clip = a[FO_NADAM_CLIP];
+    hp->l2 = decoupled ? 0.0 : wd;
+    hp->l1 = a[FO_NADAM_L1];
+    hp->decay = decoupled ? 1.0 - lr * wd : 1.0;
+    hp->lerp_weight = 1.0 - beta1;
+    hp->beta2 = beta2;
+    hp->one_minus_beta2 = 1.0 - beta2;
+    hp->eps = a[FO_NADAM_EPS];
+    hp->bias_correction2 = 1.0 - pow(beta2, t);
+    hp->coef_grad = -lr * (1.0 - mu) / (1.0 - (double)mu_product);
+    hp->coef_avg = (-lr * mu_next) / (1.0 - mu_product_next);
+}
+
+int fo_has_aux(int rule) { return rule == FO_RULE_NADAM; }
+
 static void fo_ema_scalars(fo_ema_hp *hp, const double *a)
 {
     hp->lerp_weight = 1.0 - a[FO_EMA_DECAY];
@@ -316,6 +346,7 @@ size_t fo_hp_size(int rule)
 {
     switch (rule) {
     case FO_RULE_EMA: return sizeof(fo_ema_hp);
+    case FO_RULE_NADAM: return sizeof(fo_nadam_hp);
     case FO_RULE_SGD: return sizeof(fo_sgd_hp);
     case FO_RULE_ADAM: return sizeof(fo_adam_hp);
     case FO_RULE_RMSPROP: return sizeof(fo_rmsprop_hp);
@@ -331,6 +362,7 @@ int fo_nargs(int rule)
 {
     switch (rule) {
     case FO_RULE_EMA: return FO_EMA_NARGS;
+    case FO_RULE_NADAM: return FO_NADAM_NARGS;
     case FO_RULE_SGD: return FO_SGD_NARGS;
     case FO_RULE_ADAM: return FO_ADAM_NARGS;
     case FO_RULE_RMSPROP: return FO_RMSPROP_NARGS;
@@ -342,7 +374,7 @@ int fo_nargs(int rule)
     }
 }
 
-void fo_scalars(int rule, void *hp, const double *args, int64_t step)
+void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *aux)
 {
     switch (rule) {
     case FO_RULE_SGD: fo_sgd_scalars((fo_sgd_hp *)hp, args, step); break;
@@ -353,6 +385,7 @@ void fo_scalars(int rule, void *hp, const double *args, int64_t step)
     case FO_RULE_ADAMAX: fo_adamax_scalars((fo_adamax_hp *)hp, args, step); break;
     case FO_RULE_RADAM: fo_radam_scalars((fo_radam_hp *)hp, args, step); break;
     case FO_RULE_EMA: fo_ema_scalars((fo_ema_hp *)hp, args); break;
+    case FO_RULE_NADAM: fo_nadam_scalars((fo_nadam_hp *)hp, args, step, aux); break;
     default: fo_probe_scalars((fo_probe_hp *)hp, args); break;
     }
 }

@@ -46,10 +46,11 @@ enum { FO_P = 0, FO_G = 1, FO_S1 = 2, FO_S2 = 3, FO_S3 = 4, FO_MAX_STREAMS = 5 }
  *   LION     exp_avg
  *   ADAMAX   exp_avg, exp_inf
  *   RADAM    exp_avg, exp_avg_sq
- *   EMA      none: stream P is the average (written), stream G the param (read)   */
+ *   EMA      none: stream P is the average (written), stream G the param (read)
+ *   NADAM    exp_avg, exp_avg_sq (and a per-tensor scalar: mu_product, see fo_scalars)   */
 enum { FO_RULE_SGD = 0, FO_RULE_ADAM = 1, FO_RULE_PROBE = 2, FO_RULE_RMSPROP = 3,
        FO_RULE_ADAGRAD = 4, FO_RULE_LION = 5, FO_RULE_ADAMAX = 6, FO_RULE_RADAM = 7,
-       FO_RULE_EMA = 8, FO_NRULES = 9 };
+       FO_RULE_EMA = 8, FO_RULE_NADAM = 9, FO_NRULES = 10 };
 
 /* ---- hyperparameters as the Python layer passes them: one row of doubles per group ------- */
 
@@ -61,6 +62,9 @@ enum { FO_SGD_LR, FO_SGD_MOMENTUM, FO_SGD_DAMPENING, FO_SGD_WD, FO_SGD_NESTEROV,
        FO_SGD_CLIP, FO_SGD_GSCALE, FO_SGD_NARGS };
 enum { FO_PROBE_NSTREAMS, FO_PROBE_NARGS };
 enum { FO_EMA_DECAY, FO_EMA_NARGS };
+enum { FO_NADAM_LR, FO_NADAM_BETA1, FO_NADAM_BETA2, FO_NADAM_EPS, FO_NADAM_WD,
+       FO_NADAM_MOMENTUM_DECAY, FO_NADAM_DECOUPLED, FO_NADAM_MAXIMIZE, FO_NADAM_L1,
+       FO_NADAM_CLIP, FO_NADAM_GSCALE, FO_NADAM_NARGS };
 enum { FO_RMSPROP_LR, FO_RMSPROP_ALPHA, FO_RMSPROP_EPS, FO_RMSPROP_WD, FO_RMSPROP_MOMENTUM,
        FO_RMSPROP_CENTERED, FO_RMSPROP_MAXIMIZE, FO_RMSPROP_L1,
        FO_RMSPROP_CLIP, FO_RMSPROP_GSCALE, FO_RMSPROP_NARGS };
@@ -135,6 +139,14 @@ typedef struct fo_adamax_hp {
     double neg_clr;             /* -lr / (1 - beta1^step) */
 } fo_adamax_hp;
 
+typedef struct fo_nadam_hp {
+    double gscale, clip, l2, l1, decay;
+    double lerp_weight, beta2, one_minus_beta2, eps;
+    double bias_correction2;
+    double coef_grad;           /* -lr * (1 - mu_t) / (1 - mu_product_t) */
+    double coef_avg;            /* -lr * mu_{t+1} / (1 - mu_product_t * mu_{t+1}) */
+} fo_nadam_hp;
+
 typedef struct fo_ema_hp {
     double lerp_weight;         /* 1 - decay: average.lerp_(param, 1 - decay) */
 } fo_ema_hp;
@@ -146,8 +158,11 @@ typedef struct fo_radam_hp {
     int rectify;                /* rho_t > 5: use the adaptive, rectified step */
 } fo_radam_hp;
 
-/* Fill the per-step scalars of a rule from a row of group arguments and the step count. */
-void fo_scalars(int rule, void *hp, const double *args, int64_t step);
+/* Fill the per-step scalars of a rule from a row of group arguments and the step count.
+ * `aux` is the tensor's own scalar state, read and updated (NAdam's mu_product; NULL for the
+ * rules without one); fo_has_aux tells which rules use it. */
+void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *aux);
+int fo_has_aux(int rule);
 /* Size in bytes of the per-step scalar struct of a rule; number of arguments in its row. */
 size_t fo_hp_size(int rule);
 int fo_nargs(int rule);

@@ -24,6 +24,8 @@
  *   Adagrad  s = s + g*g; p = p + (-clr*g)/(sqrt(s) + eps)
  *   Lion     c = m*b1 + (1-b1)*g; p = p + (-lr)*sgn(c); m = m*b2 + (1-b2)*g
  *   Adamax   m = lerp(m, g, 1-b1); u = max(u*b2, |g| + eps); p = p + (-clr*m)/u
+ *   NAdam    m = lerp(m, g, 1-b1); v = v*b2 + (1-b2)*g*g; d = sqrt(v/bc2) + eps;
+ *            p = p + (cg*g)/d; p = p + (cm*m)/d   (cg, cm from mu_t and mu_product: fo_scalars)
  *   EMA      average = lerp(average, param, 1 - decay)  (param in the gradient's slot)
  *   RAdam    m = lerp(m, g, 1-b1); v = v*b2 + (1-b2)*g*g; mb = m/bc1;
  *            p = p - ((mb*lr) * ((1/(sqrt(v)+eps))*bc2_sqrt)) * rect   if rho_t > 5
@@ -415,6 +417,48 @@ static void FO_FN(radam)(int64_t n, void *const *s, const void *hpv)
     case 5: FO_FN(radam_body)(n, s, hp, 1, 0, 1); break;
     case 6: FO_FN(radam_body)(n, s, hp, 1, 1, 0); break;
     default: FO_FN(radam_body)(n, s, hp, 1, 1, 1); break;
+    }
+}
+
+/* ---- NAdam ------------------------------------------------------------------------------- */
+
+static FO_ALWAYS_INLINE void FO_FN(nadam_body)(int64_t n, void *const *s, const fo_nadam_hp *hp,
+                                                const int l2, const int small)
+{
+    FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
+    FO_T *FO_RESTRICT v = FO_STREAM(FO_S2);
+    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, decay = (FO_T)hp->decay;
+    const FO_T l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
+    const int l1 = hp->l1 != 0.0, clip = hp->clip != 0.0;
+    const FO_T w = (FO_T)hp->lerp_weight, omw = (FO_T)1 - w;
+    const FO_T b2 = (FO_T)hp->beta2, omb2 = (FO_T)hp->one_minus_beta2, eps = (FO_T)hp->eps;
+    const FO_T bc2 = (FO_T)hp->bias_correction2;
+    const FO_T cg = (FO_T)hp->coef_grad, cm = (FO_T)hp->coef_avg;
+    for (int64_t i = 0; i < n; i++) {
+        const FO_T pi = p[i] * decay;
+        const FO_T gi = FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pi, l2c,
+                                          l1c, l2, l1);
+        const FO_T mi = FO_FN(fo_lerp)(m[i], gi, w, omw, small);
+        const FO_T vi = v[i] * b2 + omb2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        const FO_T denom = FO_SQRT(vi / bc2) + eps;
+        const FO_T q = pi + (cg * gi) / denom;
+        p[i] = q + (cm * mi) / denom;
+    }
+}
+
+static void FO_FN(nadam)(int64_t n, void *const *s, const void *hpv)
+{
+    const fo_nadam_hp *hp = (const fo_nadam_hp *)hpv;
+    const FO_T w = (FO_T)hp->lerp_weight;
+    switch (((hp->l2 != 0.0) << 1) | FO_SMALL(w)) {
+    case 0: FO_FN(nadam_body)(n, s, hp, 0, 0); break;
+    case 1: FO_FN(nadam_body)(n, s, hp, 0, 1); break;
+    case 2: FO_FN(nadam_body)(n, s, hp, 1, 0); break;
+    default: FO_FN(nadam_body)(n, s, hp, 1, 1); break;
     }
 }
 

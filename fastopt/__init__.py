@@ -9,7 +9,7 @@ from . import kernels, reference, schedules
 from ._config import _select_isa_from_env, config, set_isa, show_config
 from ._threading import get_num_threads, set_num_threads
 from ._version import __version__
-from .adam import Adam, Adamax, AdamW, RAdam
+from .adam import Adam, Adamax, AdamW, NAdam, RAdam
 from .averaging import EMA, GradientAccumulator
 from .checkpoint import load, save
 from .clip import clip_grad_norm_, clip_grad_value_, grad_norm
@@ -28,6 +28,7 @@ __all__ = [
     "EMA",
     "GradientAccumulator",
     "Lion",
+    "NAdam",
     "Optimizer",
     "RAdam",
     "RMSprop",

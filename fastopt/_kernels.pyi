@@ -13,6 +13,7 @@ RULE_LION: int
 RULE_ADAMAX: int
 RULE_RADAM: int
 RULE_EMA: int
+RULE_NADAM: int
 NARGS: dict[int, int]
 MAX_STREAMS: int
 OK: int
@@ -45,4 +46,5 @@ class Plan:
         steps: npt.NDArray[np.int64],
         increment: bool,
         nthreads: int,
+        aux: npt.NDArray[np.float64] | None = None,
     ) -> int: ...

@@ -44,6 +44,7 @@ cdef extern from "fastopt.h" nogil:
         FO_RULE_ADAMAX
         FO_RULE_RADAM
         FO_RULE_EMA
+        FO_RULE_NADAM
         FO_NRULES
     const char *const *fo_isa_compiled(int *count)
     int fo_isa_supported(const char *name)
@@ -60,7 +61,8 @@ cdef extern from "fastopt.h" nogil:
         FO_NORM_L1
         FO_NORM_INF
     double fo_norm_block(int kind, int is_f64, int64_t n, const void *x)
-    void fo_scalars(int rule, void *hp, const double *args, int64_t step)
+    void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *aux)
+    int fo_has_aux(int rule)
 
 cdef extern from "fo_omp.h" nogil:
     int fo_omp_enabled()
@@ -76,6 +78,7 @@ RULE_LION = FO_RULE_LION
 RULE_ADAMAX = FO_RULE_ADAMAX
 RULE_RADAM = FO_RULE_RADAM
 RULE_EMA = FO_RULE_EMA
+RULE_NADAM = FO_RULE_NADAM
 # number of hyperparameters in a group's row, per rule (see csrc/fastopt.h)
 NARGS = {rule: fo_nargs(rule) for rule in range(FO_NRULES)}
 MAX_STREAMS = FO_MAX_STREAMS
@@ -341,14 +344,15 @@ cdef class Plan:
         return OK
 
     def step(self, grads, cnp.ndarray args not None, cnp.ndarray steps not None,
-             bint increment, int nthreads):
+             bint increment, int nthreads, cnp.ndarray aux=None):
         """Check, then run one step. Returns OK, NEEDS_STATE, or the index of a bad gradient.
 
         ``grads`` has one entry per tensor (None skips it). ``args`` holds one row of
         hyperparameters per group. ``steps`` holds one step count per tensor: with
         ``increment`` the counts of the tensors that step are incremented first (the
-        optimizer's bookkeeping); without, they are this step's counts as given. Nothing is
-        modified unless OK is returned.
+        optimizer's bookkeeping); without, they are this step's counts as given. ``aux``
+        holds each tensor's scalar state (float64) for the rules that have one (NAdam's
+        mu_product), updated in place. Nothing is modified unless OK is returned.
         """
         cdef Py_ssize_t T = self.ntensors, i, ngroups, nargs
         cdef int64_t total = 0
@@ -357,6 +361,8 @@ cdef class Plan:
         cdef const double *a
         cdef int64_t *st
         cdef Py_ssize_t last = -1
+        cdef double *ax = NULL
+        cdef bint shared = not fo_has_aux(self.rule)
         if len(seq) != T:
             raise ValueError(f"expected {T} gradients, got {len(seq)}")
         # raw arrays, checked here instead of through memoryviews (cheaper per call)
@@ -369,6 +375,12 @@ cdef class Plan:
                 or cnp.PyArray_DIM(args, 1) != nargs or not cnp.PyArray_IS_C_CONTIGUOUS(args)):
             raise ValueError(f"args: expected a contiguous float64 array of shape (groups, "
                              f"{nargs})")
+        if fo_has_aux(self.rule):
+            if (aux is None or cnp.PyArray_TYPE(aux) != cnp.NPY_DOUBLE
+                    or cnp.PyArray_NDIM(aux) != 1 or cnp.PyArray_DIM(aux, 0) != T
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(aux) or not cnp.PyArray_ISWRITEABLE(aux)):
+                raise ValueError(f"aux: expected a writeable contiguous float64 array of {T}")
+            ax = <double *>cnp.PyArray_DATA(aux)
         ngroups = cnp.PyArray_DIM(args, 0)
         a = <const double *>cnp.PyArray_DATA(args)
         st = <int64_t *>cnp.PyArray_DATA(steps)
@@ -396,11 +408,13 @@ cdef class Plan:
                 if increment:
                     st[i] += 1
                 # tensors of one group at one step share their scalars: derive them once
-                if last >= 0 and self.group[i] == self.group[last] and st[i] == st[last]:
+                if (shared and last >= 0 and self.group[i] == self.group[last]
+                        and st[i] == st[last]):
                     self.hp_of[i] = self.hp_of[last]
                 else:
                     self.hp_of[i] = self.hps + i * self.hp_size
-                    fo_scalars(self.rule, self.hp_of[i], a + self.group[i] * nargs, st[i])
+                    fo_scalars(self.rule, self.hp_of[i], a + self.group[i] * nargs, st[i],
+                               ax + i if ax != NULL else NULL)
                     last = i
             total += self.active[i]
             self.prefix[i + 1] = total

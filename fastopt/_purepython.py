@@ -13,9 +13,10 @@ import numpy as np
 from . import reference
 
 RULE_SGD, RULE_ADAM, RULE_PROBE, RULE_RMSPROP = 0, 1, 2, 3
-RULE_ADAGRAD, RULE_LION, RULE_ADAMAX, RULE_RADAM, RULE_EMA = 4, 5, 6, 7, 8
+RULE_ADAGRAD, RULE_LION, RULE_ADAMAX, RULE_RADAM, RULE_EMA, RULE_NADAM = 4, 5, 6, 7, 8, 9
 NARGS = {RULE_SGD: 9, RULE_ADAM: 10, RULE_PROBE: 1, RULE_RMSPROP: 10, RULE_ADAGRAD: 8,
-         RULE_LION: 8, RULE_ADAMAX: 9, RULE_RADAM: 10, RULE_EMA: 1}
+         RULE_LION: 8, RULE_ADAMAX: 9, RULE_RADAM: 10, RULE_EMA: 1,
+         RULE_NADAM: 11}
 MAX_STREAMS = 5
 OK = -1
 NEEDS_STATE = -2
@@ -136,7 +137,7 @@ class Plan:
                 return NEEDS_STATE
         return OK
 
-    def step(self, grads, args, steps, increment, nthreads):
+    def step(self, grads, args, steps, increment, nthreads, aux=None):
         seq = grads if isinstance(grads, (list, tuple)) else list(grads)
         T = self.ntensors
         if len(seq) != T:
@@ -161,10 +162,11 @@ class Plan:
                 continue
             if increment:
                 steps[i] += 1
-            self._run(self._rows[i], g, args[self._groups[i]], int(steps[i]))
+            mu = None if aux is None else aux[i:i + 1]
+            self._run(self._rows[i], g, args[self._groups[i]], int(steps[i]), mu)
         return OK
 
-    def _run(self, row, g, a, step):
+    def _run(self, row, g, a, step, mu_product=None):
         """One tensor through fastopt.reference (the row layouts of csrc/fastopt.h)."""
         p, _, s1, s2, s3 = row
         a = [float(x) for x in a]
@@ -203,6 +205,11 @@ class Plan:
                                  eps=a[3], weight_decay=a[4], decoupled_weight_decay=bool(a[5]),
                                  maximize=bool(a[6]), l1=a[7],
                                  **common)
+        elif self.rule == RULE_NADAM:
+            reference.nadam_step(p, g, s1, s2, mu_product, step=step, lr=a[0], beta1=a[1],
+                                 beta2=a[2], eps=a[3], weight_decay=a[4], momentum_decay=a[5],
+                                 decoupled_weight_decay=bool(a[6]), maximize=bool(a[7]),
+                                 l1=a[8], **common)
         elif self.rule == RULE_EMA:
             reference.ema_update(p, g, decay=a[0])
         else:

@@ -85,3 +85,13 @@ def radam_row(*, lr, beta1, beta2, eps, weight_decay, decoupled, maximize, l1, c
     return adam_row(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                     decoupled=decoupled, maximize=maximize, l1=l1, clip_value=clip_value,
                     grad_scale=grad_scale)
+
+
+def nadam_row(*, lr, beta1, beta2, eps, weight_decay, momentum_decay, decoupled, maximize, l1,
+              clip_value=None, grad_scale=1.0) -> list[float]:
+    beta1, beta2 = v.betas((beta1, beta2))
+    wd, mx, l1 = _common(weight_decay, maximize, l1)
+    return [v.lr(lr), beta1, beta2, v.real("eps", eps, what="epsilon value"), wd,
+            v.real("momentum_decay", momentum_decay),
+            float(v.flag("decoupled_weight_decay", decoupled)), mx, l1,
+            *tail(clip_value, grad_scale)]

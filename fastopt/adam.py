@@ -235,3 +235,57 @@ class RAdam(Optimizer):
 
     def _buffers(self, group):
         return [(2, "exp_avg"), (3, "exp_avg_sq")]
+
+
+class NAdam(Optimizer):
+    r"""NAdam (Dozat, 2016): Adam with Nesterov momentum, torch.optim.NAdam's rule.
+
+    For each param :math:`p` with gradient :math:`g` at step :math:`t` (per param, from 1), after
+    the maximize sign and the weight decay (L2, or decoupled
+    :math:`p \leftarrow p(1 - \gamma\lambda)` with ``decoupled_weight_decay=True``, NAdamW):
+
+    .. math::
+
+        \mu_t &= \beta_1 (1 - \tfrac12\, 0.96^{t \psi}), \quad
+            \Pi_t = \prod_{k \le t} \mu_k \quad \text{(momentum decay } \psi) \\
+        m_t &\leftarrow m_{t-1} + (1 - \beta_1)(g - m_{t-1}), \quad
+            v_t \leftarrow \beta_2 v_{t-1} + (1 - \beta_2) g^2 \\
+        d &= \sqrt{v_t / (1 - \beta_2^t)} + \epsilon \\
+        p &\leftarrow p - \gamma \frac{1 - \mu_t}{1 - \Pi_t} \frac{g}{d}
+              - \gamma \frac{\mu_{t+1}}{1 - \Pi_t \mu_{t+1}} \frac{m_t}{d}
+
+    As in torch, the running product :math:`\Pi_t` (state ``mu_product``) is kept in float32
+    whatever the params' dtype, and the two terms are added to the param one after the other.
+
+    Parameters: ``lr=2e-3``, ``betas=(0.9, 0.999)``, ``eps=1e-8``, ``weight_decay=0``,
+    ``momentum_decay=4e-3``, ``decoupled_weight_decay=False``, ``maximize=False``, ``l1=0``.
+    State (torch's keys): ``step``, ``mu_product`` (a 0-d array), ``exp_avg``, ``exp_avg_sq``.
+    """
+
+    _rule = _native.RULE_NADAM
+    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "momentum_decay",
+                   "decoupled_weight_decay", "maximize", "l1")
+    _aux_key = "mu_product"
+
+    def __init__(self, params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, *, maximize: bool = False,
+                 l1: float = 0.0, max_grad_norm: float | None = None,
+                 clip_value: float | None = None) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        momentum_decay=momentum_decay,
+                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, l1=l1,
+                        max_grad_norm=max_grad_norm, clip_value=clip_value)
+        self._check_group(defaults)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group):
+        beta1, beta2 = _betas(group["betas"])
+        return _rules.nadam_row(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                                weight_decay=group["weight_decay"],
+                                momentum_decay=group["momentum_decay"],
+                                decoupled=group["decoupled_weight_decay"],
+                                maximize=group["maximize"], l1=group["l1"])
+
+    def _buffers(self, group):
+        return [(2, "exp_avg"), (3, "exp_avg_sq")]

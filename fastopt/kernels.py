@@ -26,6 +26,7 @@ from ._threading import get_num_threads
 
 __all__ = ["adam_step", "adam", "sgd_step", "sgd", "rmsprop_step", "rmsprop", "adagrad_step",
            "adagrad", "lion_step", "lion", "adamax_step", "adamax", "radam_step", "radam",
+           "nadam_step", "nadam",
            "probe"]
 
 Arrays = Sequence[np.ndarray]
@@ -55,7 +56,7 @@ def _steps(steps, grads, n):
     return steps
 
 
-def _call(rule, names, params, grads, buffers, row, steps=None):
+def _call(rule, names, params, grads, buffers, row, steps=None, aux=None):
     """Check everything, then run ``rule`` over all tensors in one native call.
 
     ``names``: the name of params and of each buffer list (for messages); ``buffers``: one list
@@ -93,7 +94,7 @@ def _call(rule, names, params, grads, buffers, row, steps=None):
         s.extend([None] * (_native.MAX_STREAMS - len(s)))
     plan = _native.Plan(rule, streams, [0] * n)
     rc = plan.step(grads, np.array([row], dtype=np.float64), np.array(steps, dtype=np.int64),
-                   False, get_num_threads())
+                   False, get_num_threads(), aux)
     if rc != _native.OK:  # unreachable after the checks above; kept as a guard
         raise RuntimeError(f"fastopt: internal error, plan refused tensor {rc}")
 
@@ -343,6 +344,47 @@ def radam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg
           eps=eps, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
           maximize=maximize, l1=l1, clip_value=clip_value,
           grad_scale=grad_scale)
+
+
+# ---- NAdam ---------------------------------------------------------------------------------
+
+def nadam(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
+          exp_avg_sqs: Arrays, mu_products: np.ndarray, steps, *, lr: float = 2e-3,
+          beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+          weight_decay: float = 0.0, momentum_decay: float = 4e-3,
+          decoupled_weight_decay: bool = False, maximize: bool = False, l1: float = 0.0,
+          clip_value: float | None = None, grad_scale: float = 1.0) -> None:
+    """NAdam on many tensors in one native call; params, state and ``mu_products`` (a float64
+    array with one running product per tensor, starting at 1) modified in place."""
+    row = _rules.nadam_row(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                           momentum_decay=momentum_decay, decoupled=decoupled_weight_decay,
+                           maximize=maximize, l1=l1, clip_value=clip_value,
+                           grad_scale=grad_scale)
+    if (not isinstance(mu_products, np.ndarray) or mu_products.dtype != np.float64
+            or mu_products.shape != (len(params),) or not mu_products.flags.c_contiguous
+            or not mu_products.flags.writeable):
+        raise TypeError(f"mu_products: expected a writeable float64 array of shape "
+                        f"({len(params)},)")
+    _call(_native.RULE_NADAM, ["params", "exp_avgs", "exp_avg_sqs"], params, grads,
+          [exp_avgs, exp_avg_sqs], row, steps, mu_products)
+
+
+def nadam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray,
+               mu_product: np.ndarray, *, step: int, lr: float = 2e-3, beta1: float = 0.9,
+               beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+               momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False,
+               maximize: bool = False, l1: float = 0.0, clip_value: float | None = None,
+               grad_scale: float = 1.0) -> None:
+    """One fused NAdam step on one tensor; ``mu_product`` is a float64 array of one element."""
+    if not isinstance(mu_product, np.ndarray) or mu_product.size != 1:
+        raise TypeError("mu_product: expected a float64 array of one element")
+    mp = mu_product.reshape(1)
+    nadam([param], [grad], [exp_avg], [exp_avg_sq], mp, [step], lr=lr, beta1=beta1,
+          beta2=beta2, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
+          decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, l1=l1,
+          clip_value=clip_value, grad_scale=grad_scale)
+    if not np.shares_memory(mp, mu_product):
+        mu_product[...] = mp[0]
 
 
 # ---- the probe -----------------------------------------------------------------------------

@@ -41,6 +41,8 @@ class Optimizer:
     _rule: int
     _hyper_keys: tuple[str, ...]
     _has_step_state = True    # whether state holds "step" (torch's SGD has none)
+    _aux_key: str | None = None   # a per-param scalar state kept natively (NAdam: mu_product)
+    _aux_init = 1.0
 
     def __init__(self, params: Iterable[np.ndarray] | Iterable[dict], defaults: dict):
         self.defaults = dict(defaults)
@@ -49,6 +51,7 @@ class Optimizer:
         self._params: list[np.ndarray] = []
         self._group_of: list[int] = []
         self._steps = np.zeros(0, dtype=np.int64)
+        self._aux = np.zeros(0, dtype=np.float64)
         self._plan: Any = None          # fastopt._kernels.Plan, rebuilt when params/state change
         self._args: Any = None          # float64 (groups, nargs) table of the last validated values
         self._args_key: Any = None      # the raw group values it was made from
@@ -130,16 +133,19 @@ class Optimizer:
         self.param_groups.append(group)
         self._params.extend(params)
         self._group_of.extend([len(self.param_groups) - 1] * len(params))
-        self._set_steps(np.concatenate([self._steps, np.zeros(len(params), np.int64)]))
+        self._set_steps(np.concatenate([self._steps, np.zeros(len(params), np.int64)]),
+                        np.concatenate([self._aux, np.full(len(params), self._aux_init)]))
         self._plan = None
         self._args_key = None
 
-    def _set_steps(self, steps: np.ndarray) -> None:
-        """Install a new step table and point every state's "step" view into it."""
-        self._steps = steps
-        if self._has_step_state:
-            for i, st in self.state.items():
+    def _set_steps(self, steps: np.ndarray, aux: np.ndarray) -> None:
+        """Install new step and scalar-state tables; point every state's views into them."""
+        self._steps, self._aux = steps, aux
+        for i, st in self.state.items():
+            if self._has_step_state:
                 st["step"] = steps[i:i + 1].reshape(())
+            if self._aux_key is not None:
+                st[self._aux_key] = aux[i:i + 1].reshape(())
 
     # ---- stepping ----------------------------------------------------------------------------
 
@@ -184,10 +190,11 @@ class Optimizer:
             plan = self._plan if self._plan is not None else self._build_plan()
             if self._clipped_groups:
                 self._clip_by_norm(plan, grads, args)
-            rc = plan.step(grads, args, self._steps, True, get_num_threads())
+            aux = self._aux if self._aux_key is not None else None
+            rc = plan.step(grads, args, self._steps, True, get_num_threads(), aux)
             if rc == _native.NEEDS_STATE:
                 plan = self._build_plan(grads)
-                rc = plan.step(grads, args, self._steps, True, get_num_threads())
+                rc = plan.step(grads, args, self._steps, True, get_num_threads(), aux)
             if rc != _native.OK:
                 self._raise_bad_grad(rc, grads)
 
@@ -242,6 +249,9 @@ class Optimizer:
             self._steps[i] = 0
             if self._has_step_state:
                 st["step"] = self._steps[i:i + 1].reshape(())
+            if self._aux_key is not None:
+                self._aux[i] = self._aux_init
+                st[self._aux_key] = self._aux[i:i + 1].reshape(())
         group = self.param_groups[self._group_of[i]]
         for _, key in bufs:
             if key not in st:
@@ -277,7 +287,8 @@ class Optimizer:
             groups.append(packed)
         state = {}
         for i, st in sorted(self.state.items()):
-            packed = {k: (int(v) if k == "step" else v.copy()) for k, v in st.items()}
+            packed = {k: (int(v) if k == "step" else float(v) if k == self._aux_key
+                          else v.copy()) for k, v in st.items()}
             if packed:
                 state[i] = packed
         return {"state": state, "param_groups": groups}
@@ -329,6 +340,7 @@ class Optimizer:
             new["params"] = group["params"]
             new_groups.append(new)
         new_state, new_steps = {}, np.zeros(len(self._params), np.int64)
+        new_aux = np.full(len(self._params), self._aux_init)
         for pid, saved in saved_state.items():
             if pid not in index_map:
                 raise ValueError(f"state_dict: state for param id {pid!r}, which no group lists")
@@ -347,9 +359,17 @@ class Optimizer:
                     new_steps[i] = _validation.step_count(f"state_dict: state[{pid!r}]['step']",
                                                           value)
                     continue
+                if key == self._aux_key:
+                    scalar = value.item() if isinstance(value, np.ndarray) and value.size == 1 \
+                        else value
+                    new_aux[i] = _validation.real(key, scalar, low=None,
+                                                  what=f"state_dict: state[{pid!r}][{key!r}]")
+                    continue
                 _validation.check_like(f"state_dict: state[{pid!r}][{key!r}]", value, p,
                                        f"params[{i}]", writeable=False)
                 st[key] = np.array(value, copy=True, order="C")
+            if self._aux_key is not None and self._aux_key not in saved:
+                raise ValueError(f"state_dict: state[{pid!r}] lacks {self._aux_key!r}")
             if self._has_step_state:
                 if "step" not in saved:
                     raise ValueError(f"state_dict: state[{pid!r}] lacks 'step'")
@@ -361,7 +381,7 @@ class Optimizer:
             group.clear()
             group.update(new)
         self.state = new_state
-        self._set_steps(new_steps)
+        self._set_steps(new_steps, new_aux)
         self._plan = None
         self._args = None
         self._args_key = None

@@ -199,6 +199,34 @@ def radam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, be
         param -= bias_corrected_exp_avg * t(lr)
 
 
+def nadam_step(param, grad, exp_avg, exp_avg_sq, mu_product, *, step, lr=2e-3, beta1=0.9,
+               beta2=0.999, eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+               decoupled_weight_decay=False, maximize=False, l1=0.0, clip_value=None,
+               grad_scale=1.0):
+    """One NAdam step on one tensor; param, state and ``mu_product`` (a float64 array of one
+    element, the running product of the momentum schedule) modified in place."""
+    t = param.dtype.type
+    g = _grad(grad, param, maximize, grad_scale, clip_value)
+    if decoupled_weight_decay:
+        param *= t(1 - lr * weight_decay)
+        g = _coupled(g, param, 0, l1)
+    else:
+        g = _coupled(g, param, weight_decay, l1)
+    bias_correction2 = 1 - beta2 ** step
+    mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+    mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
+    # torch keeps mu_product as a float32 scalar: the product is rounded to float32
+    product = float(np.float32(mu_product.reshape(-1)[0]) * np.float32(mu))
+    mu_product[...] = product
+    mu_product_next = product * mu_next
+    _lerp_(exp_avg, g, t(1 - beta1))
+    exp_avg_sq *= t(beta2)
+    exp_avg_sq += t(1 - beta2) * g * g
+    denom = np.sqrt(exp_avg_sq / t(bias_correction2)) + t(eps)
+    param += (t(-lr * (1.0 - mu) / (1.0 - product)) * g) / denom
+    param += (t((-lr * mu_next) / (1.0 - mu_product_next)) * exp_avg) / denom
+
+
 def ema_update(average, param, *, decay):
     """average.lerp_(param, 1 - decay) in place: the exponential moving average of a param."""
     _lerp_(average, param, average.dtype.type(1 - decay))
@@ -248,6 +276,14 @@ def lion(params, grads, exp_avgs, **hyper):
 def adamax(params, grads, exp_avgs, exp_infs, steps, **hyper):
     """adamax_step over lists; steps[i] is tensor i's count."""
     _each(adamax_step, params, grads, [exp_avgs, exp_infs], steps, **hyper)
+
+
+def nadam(params, grads, exp_avgs, exp_avg_sqs, mu_products, steps, **hyper):
+    """nadam_step over lists; ``mu_products`` is a float64 array, one per tensor, in place."""
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if g is not None:
+            nadam_step(p, g, exp_avgs[i], exp_avg_sqs[i], mu_products[i:i + 1],
+                       step=int(steps[i]), **hyper)
 
 
 def radam(params, grads, exp_avgs, exp_avg_sqs, steps, **hyper):

@@ -33,6 +33,7 @@ def params_and_grads(seed, shapes=((5, 3), (17,), ())):
 # ---- checkpoints ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cls,kw", [(fastopt.Adam, dict(amsgrad=True)), (fastopt.AdamW, {}),
+                                    (fastopt.NAdam, dict(momentum_decay=0.01)),
                                     (fastopt.SGD, dict(momentum=0.9, nesterov=True))])
 def test_save_load_resumes_bitwise(tmp_path, cls, kw):
     full, grads = params_and_grads(0)

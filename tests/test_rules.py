@@ -43,6 +43,11 @@ RULES = {
                                  l1=0.01),
         "beta1-large": dict(beta1=0.2, beta2=0.9),
     }),
+    "nadam": (None, None, 2, (1,), True, {
+        "default": dict(),
+        "l2-max-l1": dict(weight_decay=0.1, maximize=True, l1=0.01, momentum_decay=0.01),
+        "decoupled-beta1-large": dict(weight_decay=0.1, decoupled_weight_decay=True, beta1=0.2),
+    }),
     "adam-l1": (kernels.adam_step, reference.adam_step, 2, (1,), True, {
         "l1": dict(l1=0.01), "l1-adamw": dict(l1=0.05, weight_decay=0.1,
                                                decoupled_weight_decay=True),
@@ -52,6 +57,19 @@ RULES = {
     }),
 }
 CASES = [(r, o) for r, (_, _, _, _, _, opts) in RULES.items() for o in opts]
+
+
+def _nadam_kernel(param, grad, m, v, **kw):
+    """NAdam's step with its mu_product kept on the side, per test case (see run())."""
+    kernels.nadam_step(param, grad, m, v, _NADAM_MU["kernel"], **kw)
+
+
+def _nadam_reference(param, grad, m, v, **kw):
+    reference.nadam_step(param, grad, m, v, _NADAM_MU["reference"], **kw)
+
+
+_NADAM_MU: dict = {}
+RULES["nadam"] = (_nadam_kernel, _nadam_reference, *RULES["nadam"][2:])
 
 
 def make(n, dtype, seed, nstate, positive):
@@ -79,6 +97,7 @@ def run(fn, arrays, takes_step, steps, opts):
 @pytest.mark.parametrize("rule,opt", CASES, ids=[f"{r}-{o}" for r, o in CASES])
 def test_kernel_matches_reference(isa, rule, opt, dtype, n):
     kfn, rfn, nstate, positive, takes_step, options = RULES[rule]
+    _NADAM_MU.update(kernel=np.ones(1), reference=np.ones(1))
     p, g, state = make(n, dtype, n + 3, nstate, positive)
     opts = options[opt]
     if rule == "rmsprop":   # only the buffers the options use
@@ -90,6 +109,7 @@ def test_kernel_matches_reference(isa, rule, opt, dtype, n):
     for k, (a, b) in enumerate(zip(fast, ref)):
         if a is not None:
             assert_bitwise(a, b, f"{rule} {opt} {np.dtype(dtype)} n={n} isa={isa} array {k}")
+    assert_bitwise(_NADAM_MU["kernel"], _NADAM_MU["reference"], "mu_product")
 
 
 @pytest.mark.parametrize("nthreads", [1, 2, 3])
@@ -127,6 +147,8 @@ OPTIMIZERS = {
                ["exp_avg", "exp_inf"], True),
     "RAdam": (fastopt.RAdam, dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True),
               reference.radam_step, ["exp_avg", "exp_avg_sq"], True),
+    "NAdam": (fastopt.NAdam, dict(lr=2e-3, weight_decay=0.1),
+              reference.nadam_step, ["exp_avg", "exp_avg_sq", "mu_product"], True),
 }
 
 
@@ -151,7 +173,8 @@ def test_optimizer_matches_an_oracle_on_the_reference(name, dtype):
                 continue
             if ref_state[i] is None:
                 init = kw.get("initial_accumulator_value", 0.0)
-                ref_state[i] = [np.full_like(p, init) for _ in keys]
+                ref_state[i] = [np.ones(1) if k == "mu_product" else np.full_like(p, init)
+                                for k in keys]
             ref_steps[i] += 1
             extra = {"step": ref_steps[i]} if takes_step else {}
             hyper = {k: v for k, v in kw.items() if k != "initial_accumulator_value"}
@@ -159,7 +182,10 @@ def test_optimizer_matches_an_oracle_on_the_reference(name, dtype):
     for i in range(len(shapes)):
         assert_bitwise(params[i], ref_params[i], f"{name} {np.dtype(dtype)} param {i}")
         for key, arr in zip(keys, ref_state[i]):
-            assert_bitwise(opt.state[i][key], arr, f"{name} state[{i}][{key}]")
+            if key == "mu_product":
+                assert float(opt.state[i][key]) == float(arr[0])
+            else:
+                assert_bitwise(opt.state[i][key], arr, f"{name} state[{i}][{key}]")
         assert int(opt.state[i]["step"]) == ref_steps[i]
 
 
@@ -234,7 +260,8 @@ def test_adagrad_initial_accumulator_value_and_lr_decay():
 
 
 @pytest.mark.parametrize("cls", [fastopt.SGD, fastopt.Adam, fastopt.AdamW, fastopt.RMSprop,
-                                 fastopt.Adagrad, fastopt.Lion, fastopt.Adamax, fastopt.RAdam])
+                                 fastopt.Adagrad, fastopt.Lion, fastopt.Adamax, fastopt.RAdam,
+                                 fastopt.NAdam])
 def test_every_optimizer_takes_l1_and_refuses_a_negative_one(cls):
     p = np.array([2.0, -2.0, 0.0])
     opt = cls([p], lr=0.1, l1=0.5)

@@ -32,6 +32,9 @@ CASES = [
     ("RAdam", dict(lr=1e-2)),
     ("RAdam", dict(lr=1e-2, weight_decay=0.1)),
     ("RAdam", dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, betas=(0.3, 0.9))),
+    ("NAdam", dict(lr=2e-3)),
+    ("NAdam", dict(lr=2e-3, weight_decay=0.1, momentum_decay=0.01, maximize=True)),
+    ("NAdam", dict(lr=2e-3, weight_decay=0.1, decoupled_weight_decay=True, betas=(0.3, 0.9))),
 ]
 
 
