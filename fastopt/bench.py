@@ -130,6 +130,8 @@ OPTIMIZERS = {
                       dict(lr=2e-3), dict(lr=2e-3)),
     "radam": OptSpec("radam", "RAdam", "radam", 2, "RAdam", "RAdam",
                      dict(lr=1e-3), dict(lr=1e-3)),
+    "nadam": OptSpec("nadam", "NAdam", "nadam", 2, "NAdam", "NAdam",
+                     dict(lr=2e-3), dict(lr=2e-3)),
 }
 DEFAULT_OPTIMIZERS = ("adam", "sgd")
 
@@ -270,6 +272,9 @@ def _functional_step(module, spec, params, grads):
         bufs = state[0] if spec.nstate else None
         return lambda: module.sgd(p, g, bufs, **kw)
     fn = getattr(module, spec.family)
+    if spec.family == "nadam":
+        mu = np.ones(len(p))
+        return lambda: fn(p, g, *state, mu, steps, **kw)
     if spec.family in ("adagrad", "adamax", "radam"):      # rules that take step counts
         return lambda: fn(p, g, *state, steps, **kw)
     return lambda: fn(p, g, *state, **kw)
@@ -765,7 +770,8 @@ def parse_args(argv):
     p.add_argument("--layouts", help="comma-separated many-tensor layouts COUNTxSIZE or "
                    f"'transformer' (default {','.join(DEFAULT_LAYOUTS)}); 'none' for none")
     p.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
-                   help=f"comma-separated, of {', '.join(OPTIMIZERS)} (default %(default)s)")
+                   help=f"comma-separated, of {', '.join(OPTIMIZERS)}, or 'all' "
+                   "(default %(default)s)")
     p.add_argument("--dtypes", default="float32", help="float32 and/or float64 (default "
                    "%(default)s)")
     p.add_argument("--threads", default="1,all",
@@ -790,7 +796,9 @@ def parse_args(argv):
                    "(needs matplotlib)")
     args = p.parse_args(argv)
     try:
-        args.optimizers = [OPTIMIZERS[k.strip().lower()] for k in args.optimizers.split(",")]
+        names = (list(OPTIMIZERS) if args.optimizers.strip().lower() == "all"
+                 else args.optimizers.split(","))
+        args.optimizers = [OPTIMIZERS[k.strip().lower()] for k in names]
     except KeyError as e:
         p.error(f"--optimizers: unknown optimizer {e}; choose from {', '.join(OPTIMIZERS)}")
     try:
