@@ -50,6 +50,24 @@ def _lerp_(x, end, w):
         x[...] = end - (end - x) * (type(w)(1) - w)
 
 
+def _adam_moments(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, weight_decay,
+                  decoupled, maximize, l1, clip_value, grad_scale):
+    """The part Adam, RAdam and NAdam share: the gradient (scaled, clipped, with L2 or after
+    the decoupled decay of the param, and L1), then both moments updated in place. Returns
+    the gradient."""
+    t = param.dtype.type
+    g = _grad(grad, param, maximize, grad_scale, clip_value)
+    if decoupled:
+        param *= t(1 - lr * weight_decay)
+        g = _coupled(g, param, 0, l1)
+    else:
+        g = _coupled(g, param, weight_decay, l1)
+    _lerp_(exp_avg, g, t(1 - beta1))
+    exp_avg_sq *= t(beta2)
+    exp_avg_sq += t(1 - beta2) * g * g
+    return g
+
+
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
               beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
               decoupled_weight_decay=False, maximize=False, l1=0.0, clip_value=None,
@@ -60,15 +78,9 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr
     running maximum of ``exp_avg_sq`` is kept and used in the denominator.
     """
     t = param.dtype.type
-    g = _grad(grad, param, maximize, grad_scale, clip_value)
-    if decoupled_weight_decay:
-        param *= t(1 - lr * weight_decay)
-        g = _coupled(g, param, 0, l1)
-    else:
-        g = _coupled(g, param, weight_decay, l1)
-    _lerp_(exp_avg, g, t(1 - beta1))
-    exp_avg_sq *= t(beta2)
-    exp_avg_sq += t(1 - beta2) * g * g
+    _adam_moments(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2,
+                  weight_decay=weight_decay, decoupled=decoupled_weight_decay, maximize=maximize,
+                  l1=l1, clip_value=clip_value, grad_scale=grad_scale)
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step
     step_size = lr / bias_correction1
@@ -176,15 +188,9 @@ def radam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, be
                grad_scale=1.0):
     """One RAdam step on one tensor; param and state modified in place."""
     t = param.dtype.type
-    g = _grad(grad, param, maximize, grad_scale, clip_value)
-    if decoupled_weight_decay:
-        param *= t(1 - lr * weight_decay)
-        g = _coupled(g, param, 0, l1)
-    else:
-        g = _coupled(g, param, weight_decay, l1)
-    _lerp_(exp_avg, g, t(1 - beta1))
-    exp_avg_sq *= t(beta2)
-    exp_avg_sq += t(1 - beta2) * g * g
+    _adam_moments(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2,
+                  weight_decay=weight_decay, decoupled=decoupled_weight_decay, maximize=maximize,
+                  l1=l1, clip_value=clip_value, grad_scale=grad_scale)
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step
     bias_corrected_exp_avg = exp_avg / t(bias_correction1)
@@ -206,12 +212,9 @@ def nadam_step(param, grad, exp_avg, exp_avg_sq, mu_product, *, step, lr=2e-3, b
     """One NAdam step on one tensor; param, state and ``mu_product`` (a float64 array of one
     element, the running product of the momentum schedule) modified in place."""
     t = param.dtype.type
-    g = _grad(grad, param, maximize, grad_scale, clip_value)
-    if decoupled_weight_decay:
-        param *= t(1 - lr * weight_decay)
-        g = _coupled(g, param, 0, l1)
-    else:
-        g = _coupled(g, param, weight_decay, l1)
+    g = _adam_moments(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2,
+                      weight_decay=weight_decay, decoupled=decoupled_weight_decay,
+                      maximize=maximize, l1=l1, clip_value=clip_value, grad_scale=grad_scale)
     bias_correction2 = 1 - beta2 ** step
     mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
     mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
@@ -219,9 +222,6 @@ def nadam_step(param, grad, exp_avg, exp_avg_sq, mu_product, *, step, lr=2e-3, b
     product = float(np.float32(mu_product.reshape(-1)[0]) * np.float32(mu))
     mu_product[...] = product
     mu_product_next = product * mu_next
-    _lerp_(exp_avg, g, t(1 - beta1))
-    exp_avg_sq *= t(beta2)
-    exp_avg_sq += t(1 - beta2) * g * g
     denom = np.sqrt(exp_avg_sq / t(bias_correction2)) + t(eps)
     param += (t(-lr * (1.0 - mu) / (1.0 - product)) * g) / denom
     param += (t((-lr * mu_next) / (1.0 - mu_product_next)) * exp_avg) / denom
