@@ -85,7 +85,7 @@ def grad_norm(arrays, norm_type, nthreads):
 
 
 def address(a):
-    return a.__array_interface__["data"][0]
+    return a.ctypes.data     # (__array_interface__ builds a dict per call)
 
 
 def _span(a):
