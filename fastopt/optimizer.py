@@ -28,6 +28,7 @@ from ._threading import get_num_threads
 # Hyperparameters every optimizer has besides its rule's own (handled here, not by subclasses):
 # gradient clipping by global norm (per group) and by value.
 _COMMON_KEYS = ("max_grad_norm", "clip_value")
+_OK, _NEEDS_STATE = _native.OK, _native.NEEDS_STATE
 
 
 class Optimizer:
@@ -182,21 +183,21 @@ class Optimizer:
         """
         # the per-step path: every check here is O(1) in Python; the gradients are checked in C
         with self._lock:
-            if type(grads) is not list and type(grads) is not tuple:
+            if (type(grads) is not list and type(grads) is not tuple) \
+                    or len(grads) != len(self._params):
                 grads = _validation.check_grads_sequence(grads, len(self._params))
-            elif len(grads) != len(self._params):
-                _validation.check_grads_sequence(grads, len(self._params))
             args = self._hyper_args()
             plan = self._plan if self._plan is not None else self._build_plan()
             if self._clipped_groups:
                 self._clip_by_norm(plan, grads, args)
             aux = self._aux if self._aux_key is not None else None
             rc = plan.step(grads, args, self._steps, True, get_num_threads(), aux)
-            if rc == _native.NEEDS_STATE:
-                plan = self._build_plan(grads)
-                rc = plan.step(grads, args, self._steps, True, get_num_threads(), aux)
-            if rc != _native.OK:
-                self._raise_bad_grad(rc, grads)
+            if rc != _OK:
+                if rc == _NEEDS_STATE:      # first step of some param: create its state
+                    plan = self._build_plan(grads)
+                    rc = plan.step(grads, args, self._steps, True, get_num_threads(), aux)
+                if rc != _OK:
+                    self._raise_bad_grad(rc, grads)
 
     def _clip_by_norm(self, plan, grads, args) -> None:
         """Gradient-norm clipping of each group with max_grad_norm: one native pass over its
