@@ -330,18 +330,19 @@ cdef class Plan:
     def check(self, grads):
         """The gradient checks of ``step`` alone: OK, NEEDS_STATE or a bad gradient's index."""
         cdef Py_ssize_t i
+        cdef bint needs_state = False
         cdef object seq = grads if type(grads) is list or type(grads) is tuple else list(grads)
         if len(seq) != self.ntensors:
             raise ValueError(f"expected {self.ntensors} gradients, got {len(seq)}")
-        for i in range(self.ntensors):
+        for i in range(self.ntensors):      # every gradient, before anything else is decided
             g = seq[i]
             if g is None:
                 continue
             if not self._grad_ok(i, g):
                 return i
             if not self.ready[i]:
-                return NEEDS_STATE
-        return OK
+                needs_state = True
+        return NEEDS_STATE if needs_state else OK
 
     def step(self, grads, cnp.ndarray args not None, cnp.ndarray steps not None,
              bint increment, int nthreads, cnp.ndarray aux=None):
@@ -361,6 +362,7 @@ cdef class Plan:
         cdef const double *a
         cdef int64_t *st
         cdef Py_ssize_t last = -1
+        cdef bint needs_state
         cdef double *ax = NULL
         cdef bint shared = not fo_has_aux(self.rule)
         if len(seq) != T:
@@ -384,7 +386,9 @@ cdef class Plan:
         ngroups = cnp.PyArray_DIM(args, 0)
         a = <const double *>cnp.PyArray_DATA(args)
         st = <int64_t *>cnp.PyArray_DATA(steps)
-        # 1. check everything; nothing is written before this loop has passed
+        # 1. check everything; nothing is written before this loop has passed, and a tensor
+        #    without state is reported only once every gradient has passed its checks
+        needs_state = False
         for i in range(T):
             g = seq[i]
             if g is None:
@@ -392,10 +396,12 @@ cdef class Plan:
             if not self._grad_ok(i, g):
                 return i
             if not self.ready[i]:
-                return NEEDS_STATE
+                needs_state = True
             if self.group[i] < 0 or self.group[i] >= ngroups:
                 raise ValueError(f"tensor {i} refers to group {self.group[i]}, "
                                  f"but only {ngroups} rows of hyperparameters were given")
+        if needs_state:
+            return NEEDS_STATE
         # 2. bookkeeping and per-step scalars
         self.prefix[0] = 0
         for i in range(T):

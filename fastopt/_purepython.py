@@ -128,14 +128,14 @@ class Plan:
         seq = grads if isinstance(grads, (list, tuple)) else list(grads)
         if len(seq) != self.ntensors:
             raise ValueError(f"expected {self.ntensors} gradients, got {len(seq)}")
+        needs_state = False
         for i, g in enumerate(seq):
             if g is None:
                 continue
             if not self._grad_ok(i, g):
                 return i
-            if not self._ready[i]:
-                return NEEDS_STATE
-        return OK
+            needs_state = needs_state or not self._ready[i]
+        return NEEDS_STATE if needs_state else OK
 
     def step(self, grads, args, steps, increment, nthreads, aux=None):
         seq = grads if isinstance(grads, (list, tuple)) else list(grads)
@@ -147,16 +147,18 @@ class Plan:
         if args.dtype != np.float64 or args.ndim != 2 or args.shape[1] != NARGS[self.rule]:
             raise ValueError(f"args: expected a contiguous float64 array of shape (groups, "
                              f"{NARGS[self.rule]})")
+        needs_state = False
         for i, g in enumerate(seq):
             if g is None:
                 continue
             if not self._grad_ok(i, g):
                 return i
-            if not self._ready[i]:
-                return NEEDS_STATE
+            needs_state = needs_state or not self._ready[i]
             if not 0 <= self._groups[i] < args.shape[0]:
                 raise ValueError(f"tensor {i} refers to group {self._groups[i]}, but only "
                                  f"{args.shape[0]} rows of hyperparameters were given")
+        if needs_state:
+            return NEEDS_STATE
         for i, g in enumerate(seq):
             if g is None:
                 continue

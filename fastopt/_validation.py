@@ -171,7 +171,7 @@ def betas(value) -> tuple[float, float]:
 
 def step_count(name: str, value) -> int:
     """A step count: a non-negative integer (an integral float or 0-d array is accepted)."""
-    if type(value) is int and value >= 0:
+    if type(value) is int and 0 <= value < 2**62:
         return value
     v = value
     if isinstance(v, np.ndarray) and v.ndim == 0:
@@ -179,6 +179,6 @@ def step_count(name: str, value) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name}: expected a non-negative integer step count, got {value!r}")
     f = float(v)
-    if not math.isfinite(f) or f != int(f) or f < 0:
+    if not math.isfinite(f) or f != int(f) or f < 0 or f >= 2**62:
         raise ValueError(f"{name}: expected a non-negative integer step count, got {value!r}")
     return int(f)

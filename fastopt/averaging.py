@@ -8,6 +8,7 @@ the optimizer every k-th call (Optax's ``MultiSteps``, Keras' ``gradient_accumul
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -60,9 +61,14 @@ class EMA:
                                   [[a, None, None, None, None] for a in self.averages],
                                   [0] * len(self.params))
         self._steps = np.ones(len(self.params), np.int64)
+        self._lock = threading.Lock()
 
     def update(self) -> None:
         """Fold the params' current values into the averages (one native call)."""
+        with self._lock:
+            self._update()
+
+    def _update(self) -> None:
         args = np.array([[_validation.real("decay", self.decay, high=1.0,
                                            what="decay value")]])
         rc = self._plan.step(self.params, args, self._steps, False, get_num_threads())
@@ -127,7 +133,9 @@ class GradientAccumulator:
     optimizer's weight decay, clipping (``max_grad_norm``, ``clip_value``) and step count act
     once per real step, on the accumulated gradient. Returns True when the optimizer stepped.
     A None gradient is treated as zero for that micro-batch; a param whose gradient was None in
-    every micro-batch of a cycle gets None (it is skipped, as the optimizer skips None).
+    every micro-batch of a cycle gets None (it is skipped, as the optimizer skips None). If the
+    optimizer refuses the real step (say an invalid lr was set), the error propagates and the
+    cycle's gradients are discarded.
 
     >>> import numpy as np, fastopt
     >>> w = np.zeros(2)
@@ -154,6 +162,9 @@ class GradientAccumulator:
     def step(self, grads: Sequence[np.ndarray | None]) -> bool:
         """Add one micro-batch's gradients; step the optimizer on every ``steps``-th call."""
         params = self.optimizer._params
+        for p in params[len(self._buffers):]:           # params added since (add_param_group)
+            self._buffers.append(np.zeros_like(p))
+            self._seen.append(False)
         grads = _validation.check_grads_sequence(grads, len(params))
         for i, (g, p) in enumerate(zip(grads, params)):      # check all before adding any
             if g is not None:

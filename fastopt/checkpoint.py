@@ -48,6 +48,12 @@ def _from_json(value: Any) -> Any:
     return value
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save(optimizer: Optimizer, path: str | os.PathLike) -> None:
     """Write ``optimizer``'s state to ``path`` (npz, no pickles), atomically."""
     if not isinstance(optimizer, Optimizer):
@@ -78,6 +84,7 @@ def save(optimizer: Optimizer, path: str | os.PathLike) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastopt-", suffix=".tmp", dir=directory)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp makes 0600; use the usual mode
         with os.fdopen(fd, "wb") as f:
             np.savez(f, allow_pickle=False, **arrays)
             f.flush()

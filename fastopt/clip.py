@@ -16,7 +16,7 @@ from ._backend import native as _native
 from ._threading import get_num_threads
 
 
-def _gradients(grads, name) -> list[np.ndarray]:
+def _gradients(grads, name, writeable=True) -> list[np.ndarray]:
     if isinstance(grads, np.ndarray):
         grads = [grads]
     if not isinstance(grads, Iterable):
@@ -26,7 +26,11 @@ def _gradients(grads, name) -> list[np.ndarray]:
     for i, g in enumerate(grads):
         if g is None:
             continue
-        _validation.check_param(f"grads[{i}]", g)   # float, C-contiguous, aligned, writeable
+        if writeable:
+            _validation.check_param(f"grads[{i}]", g)   # float, C-contiguous, aligned, writeable
+        else:
+            _validation.check_like(f"grads[{i}]", g, g, f"grads[{i}]", writeable=False)
+            _validation.check_param(f"grads[{i}]", np.empty(0, g.dtype))    # a float dtype
         arrays.append(g)
     return arrays
 
@@ -37,7 +41,7 @@ def grad_norm(grads, norm_type: float = 2.0) -> float:
     Accumulated in float64, in a fixed order: the same bits for any thread count. ``norm_type``
     is any p >= 1 or inf; 1, 2 and inf are computed natively in one pass.
     """
-    arrays = _gradients(grads, "grad_norm")
+    arrays = _gradients(grads, "grad_norm", writeable=False)
     p = _validation.real("norm_type", norm_type, low=1.0) if norm_type != math.inf else math.inf
     if p in (1.0, 2.0, math.inf):
         return _native.grad_norm(arrays, p, get_num_threads())
@@ -62,8 +66,8 @@ def clip_grad_norm_(grads, max_norm: float, norm_type: float = 2.0,
         raise RuntimeError(f"The total norm of order {norm_type} for gradients is non-finite "
                            f"({total}), so it cannot be clipped. To disable this error, set "
                            "error_if_nonfinite=False")
-    coef = min(1.0, max_norm / (total + 1e-6))
-    if coef < 1.0 or math.isnan(coef):
+    coef = max_norm / (total + 1e-6)
+    if not coef >= 1.0:         # NaN propagates into the gradients, as in torch
         for g in arrays:
             np.multiply(g, g.dtype.type(coef), out=g)
     return total

@@ -31,6 +31,15 @@ _COMMON_KEYS = ("max_grad_norm", "clip_value")
 _OK, _NEEDS_STATE = _native.OK, _native.NEEDS_STATE
 
 
+def _freeze(group: dict) -> None:
+    """Store list-valued hyperparameters (betas=[...]) as tuples, so that the cached copy of a
+    group's values cannot change behind the optimizer's back (an in-place edit of a list would
+    otherwise compare equal to itself and skip revalidation)."""
+    for key, value in group.items():
+        if key != "params" and isinstance(value, list):
+            group[key] = tuple(value)
+
+
 class Optimizer:
     """Base class of fastopt's optimizers (torch.optim.Optimizer's interface, NumPy arrays).
 
@@ -70,7 +79,7 @@ class Optimizer:
         if not isinstance(groups[0], Mapping):
             groups = [{"params": groups}]
         for group in groups:
-            self.add_param_group(group)
+            self._add_param_group(group)
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
@@ -104,7 +113,15 @@ class Optimizer:
     # ---- groups ------------------------------------------------------------------------------
 
     def add_param_group(self, param_group: Mapping) -> None:
-        """Add a group of params with its own hyperparameters (defaults fill the rest)."""
+        """Add a group of params with its own hyperparameters (defaults fill the rest).
+
+        State arrays handed out before (``state[i]["step"]``) are re-pointed into the enlarged
+        tables: take them again from ``state`` after this call (``load_state_dict`` likewise).
+        """
+        with self._lock:
+            self._add_param_group(param_group)
+
+    def _add_param_group(self, param_group: Mapping) -> None:
         if not isinstance(param_group, Mapping):
             raise TypeError(f"param group must be a dict, got {type(param_group).__name__}")
         group = dict(param_group)
@@ -125,6 +142,7 @@ class Optimizer:
             _validation.check_param(f"params[{first + j}]", p)
         for key, value in self.defaults.items():
             group.setdefault(key, value)
+        _freeze(group)
         self._row(group)
         everything = [(f"params[{i}]", p) for i, p in enumerate(self._params + params)]
         everything += [(f"state[{i}][{k!r}]", a) for i, st in self.state.items()
@@ -156,6 +174,10 @@ class Optimizer:
         key = (self._get_hyper(groups[0]) if len(groups) == 1
                else tuple(map(self._get_hyper, groups)))
         if key != self._args_key:
+            for g in self.param_groups:
+                _freeze(g)
+            key = (self._get_hyper(groups[0]) if len(groups) == 1
+                   else tuple(map(self._get_hyper, groups)))
             rows = [self._row(g) for g in self.param_groups]
             self._clipped_groups = [k for k, g in enumerate(self.param_groups)
                                     if g.get("max_grad_norm") is not None]
@@ -214,7 +236,8 @@ class Optimizer:
             mine = [g for g in grads[first:first + len(group["params"])] if g is not None]
             norm = _native.grad_norm(mine, 2.0, get_num_threads())
             self.last_grad_norms[k] = norm
-            args[k, _rules.GSCALE] = min(1.0, group["max_grad_norm"] / (norm + 1e-6))
+            coef = group["max_grad_norm"] / (norm + 1e-6)
+            args[k, _rules.GSCALE] = coef if not coef >= 1.0 else 1.0   # NaN propagates
 
     def _raise_bad_grad(self, i: int, grads) -> None:
         written = [(f"params[{j}]", p) for j, p in enumerate(self._params)]
@@ -334,6 +357,7 @@ class Optimizer:
             new = {k: copy.deepcopy(v) for k, v in saved.items() if k != "params"}
             for key, value in self.defaults.items():
                 new.setdefault(key, value)
+            _freeze(new)
             try:
                 self._row(new)
             except (TypeError, ValueError) as e:

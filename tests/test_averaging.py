@@ -111,3 +111,14 @@ def test_accumulation_with_none_gradients_and_bad_input():
         fastopt.GradientAccumulator(acc.optimizer, steps=0)
     with pytest.raises(TypeError):
         fastopt.GradientAccumulator(object(), steps=2)
+
+
+def test_accumulation_follows_params_added_later():
+    w, b = np.zeros(2), np.zeros(2)
+    opt = fastopt.SGD([w], lr=1.0)
+    acc = fastopt.GradientAccumulator(opt, steps=2)
+    opt.add_param_group({"params": [b]})
+    assert acc.step([np.ones(2), np.ones(2)]) is False
+    assert acc.step([np.ones(2), 3 * np.ones(2)]) is True
+    assert_bitwise(w, np.full(2, -1.0), "w")
+    assert_bitwise(b, np.full(2, -2.0), "b, added after the accumulator")

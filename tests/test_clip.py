@@ -174,3 +174,20 @@ def test_max_grad_norm_matches_torch():
         assert ours.last_grad_norms[0] == pytest.approx(float(total), rel=1e-12)
     for p, t in zip(params, tparams):
         np.testing.assert_allclose(p, t.detach().numpy(), rtol=1e-11, atol=1e-13)
+
+
+def test_a_nan_norm_propagates_as_in_torch():
+    """torch's clamp keeps a NaN coefficient, so every gradient becomes NaN."""
+    g = np.array([np.nan, 1.0, 1.0])
+    clipped = g.copy()
+    fastopt.clip_grad_norm_([clipped], 1.0)
+    assert np.all(np.isnan(clipped))
+    p = np.zeros(3)
+    fastopt.SGD([p], lr=0.1, max_grad_norm=1.0).step([g.copy()])
+    assert np.all(np.isnan(p))
+
+
+def test_grad_norm_accepts_read_only_gradients():
+    g = np.ones(4)
+    g.flags.writeable = False
+    assert fastopt.grad_norm([g]) == 2.0

@@ -172,7 +172,7 @@ def test_first_step_with_a_bad_grad_creates_no_state(name):
     with pytest.raises(TypeError):
         opt.step(grads_for(params)[:2] + [np.zeros(2, np.float32)])
     assert_unchanged(params, before, name)
-    assert all(int(st.get("step", 0)) == 0 for st in opt.state.values())
+    assert opt.state == {}, "a refused first step created state"
 
 
 @pytest.mark.parametrize("bad", [dict(lr=-0.5), dict(lr=float("nan")), dict(weight_decay=-1.0)])
@@ -275,3 +275,36 @@ def test_kernel_functions_refuse_bad_input_and_modify_nothing():
         kernels.sgd_step(p, p, lr=0.1)
     assert_unchanged([p, m, v], before, "kernel functions")
     assert_bitwise(g, np.ones(4), "grad")
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_first_step_with_max_grad_norm_checks_every_gradient_before_reading_any(name):
+    """The norm pass must never read a gradient that failed its checks (here a reversed view,
+    whose data pointer is its LAST element: reading it as contiguous runs out of bounds)."""
+    params = [np.zeros(1), np.zeros(4096)]
+    opt = OPTIMIZERS[name](params, max_grad_norm=1.0)
+    with pytest.raises(ValueError, match=r"grads\[1\]: expected a C-contiguous"):
+        opt.step([np.ones(1), np.ones(4096)[::-1]])
+    assert opt.state == {} and opt.last_grad_norms in ([], [None])
+
+
+def test_in_place_edits_of_list_hyperparameters_are_seen():
+    p = np.zeros(2)
+    opt = fastopt.Adam([p], lr=0.1, betas=[0.9, 0.999])
+    opt.step([np.ones(2)])
+    assert isinstance(opt.param_groups[0]["betas"], tuple)     # stored frozen
+    opt.param_groups[0]["betas"] = [0.0, 0.999]                # a new list: revalidated
+    opt.step([2 * np.ones(2)])
+    assert_bitwise(opt.state[0]["exp_avg"], np.full(2, 2.0), "beta1 = 0 applied")
+    opt.param_groups[0]["betas"] = [5.0, 0.999]
+    with pytest.raises(ValueError, match="beta parameter at index 0"):
+        opt.step([np.ones(2)])
+
+
+def test_huge_step_counts_are_refused_cleanly():
+    opt = fastopt.Adam([np.zeros(2)])
+    opt.step([np.ones(2)])
+    sd = opt.state_dict()
+    sd["state"][0]["step"] = 2 ** 70
+    with pytest.raises(ValueError, match="step count"):
+        opt.load_state_dict(sd)
