@@ -81,6 +81,14 @@ static FO_ALWAYS_INLINE FO_T FO_FN(fo_coupled)(FO_T g, FO_T p, FO_T l2c, FO_T l1
 
 #define FO_STREAM(k) ((FO_T *)s[k])
 #define FO_SMALL(w) ((w) < (FO_T)0.5 && (w) > (FO_T)-0.5)
+/* Call BODY(n, s, hp, l2, small) with both flags as compile-time constants. */
+#define FO_CALL_L2_SMALL(BODY, L2, SMALL)                                                  \
+    switch (((L2) << 1) | (SMALL)) {                                                       \
+    case 0: BODY(n, s, hp, 0, 0); break;                                                   \
+    case 1: BODY(n, s, hp, 0, 1); break;                                                   \
+    case 2: BODY(n, s, hp, 1, 0); break;                                                   \
+    default: BODY(n, s, hp, 1, 1); break;                                                  \
+    }
 
 /* ---- Adam / AdamW ------------------------------------------------------------------------- */
 
@@ -363,12 +371,7 @@ static void FO_FN(adamax)(int64_t n, void *const *s, const void *hpv)
 {
     const fo_adamax_hp *hp = (const fo_adamax_hp *)hpv;
     const FO_T w = (FO_T)hp->lerp_weight;
-    switch (((hp->l2 != 0.0) << 1) | FO_SMALL(w)) {
-    case 0: FO_FN(adamax_body)(n, s, hp, 0, 0); break;
-    case 1: FO_FN(adamax_body)(n, s, hp, 0, 1); break;
-    case 2: FO_FN(adamax_body)(n, s, hp, 1, 0); break;
-    default: FO_FN(adamax_body)(n, s, hp, 1, 1); break;
-    }
+    FO_CALL_L2_SMALL(FO_FN(adamax_body), hp->l2 != 0.0, FO_SMALL(w));
 }
 
 /* ---- RAdam -------------------------------------------------------------------------------- */
@@ -454,12 +457,7 @@ static void FO_FN(nadam)(int64_t n, void *const *s, const void *hpv)
 {
     const fo_nadam_hp *hp = (const fo_nadam_hp *)hpv;
     const FO_T w = (FO_T)hp->lerp_weight;
-    switch (((hp->l2 != 0.0) << 1) | FO_SMALL(w)) {
-    case 0: FO_FN(nadam_body)(n, s, hp, 0, 0); break;
-    case 1: FO_FN(nadam_body)(n, s, hp, 0, 1); break;
-    case 2: FO_FN(nadam_body)(n, s, hp, 1, 0); break;
-    default: FO_FN(nadam_body)(n, s, hp, 1, 1); break;
-    }
+    FO_CALL_L2_SMALL(FO_FN(nadam_body), hp->l2 != 0.0, FO_SMALL(w));
 }
 
 /* ---- EMA of parameters: average = lerp(average, param, 1 - decay) -------------------------- */
@@ -483,6 +481,7 @@ static void FO_FN(ema)(int64_t n, void *const *s, const void *hpv)
 
 #undef FO_STREAM
 #undef FO_SMALL
+#undef FO_CALL_L2_SMALL
 #undef FO_FN
 #undef FO_CAT
 #undef FO_CAT_
