@@ -7,6 +7,9 @@ and bookkeeping follow fastopt/_kernels.pyx line for line. One thread, no SIMD c
 from __future__ import annotations
 
 import bisect
+import contextlib
+import signal
+import threading
 
 import numpy as np
 
@@ -84,6 +87,28 @@ def grad_norm(arrays, norm_type, nthreads):
     return float(np.sum(x * x)) ** 0.5
 
 
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold back a Ctrl-C (SIGINT) until the block ends, then raise it: the NumPy step is many
+    array operations, and an interrupt between two of them would leave a param half-updated.
+    Only the main thread can install signal handlers; elsewhere nothing is deferred."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+        # SIG_IGN: ignored, as it would have been
+
+
 def address(a):
     return a.ctypes.data     # (__array_interface__ builds a dict per call)
 
@@ -159,6 +184,11 @@ class Plan:
                                  f"{args.shape[0]} rows of hyperparameters were given")
         if needs_state:
             return NEEDS_STATE
+        with _signals_deferred():      # a step is applied whole, as the native one is
+            self._apply(seq, args, steps, increment, aux)
+        return OK
+
+    def _apply(self, seq, args, steps, increment, aux):
         for i, g in enumerate(seq):
             if g is None:
                 continue
@@ -166,7 +196,6 @@ class Plan:
                 steps[i] += 1
             mu = None if aux is None else aux[i:i + 1]
             self._run(self._rows[i], g, args[self._groups[i]], int(steps[i]), mu)
-        return OK
 
     def _run(self, row, g, a, step, mu_product=None):
         """One tensor through fastopt.reference (the row layouts of csrc/fastopt.h)."""
