@@ -302,3 +302,38 @@ def test_bad_grads_are_refused_with_nothing_modified_for_every_rule():
                           if k != "step"]
         for a, b in zip(after, before):
             assert_bitwise(a, b, f"{name} after a refused step")
+
+
+ALL_CLASSES = {
+    "SGD": (fastopt.SGD, dict(lr=0.05, momentum=0.9)),
+    "RMSprop": (fastopt.RMSprop, dict(lr=1e-2, momentum=0.5)),
+    "Adagrad": (fastopt.Adagrad, dict(lr=0.1)),
+    "Lion": (fastopt.Lion, dict(lr=1e-2)),
+    "Adamax": (fastopt.Adamax, dict(lr=1e-2)),
+    "RAdam": (fastopt.RAdam, dict(lr=1e-2)),
+    "NAdam": (fastopt.NAdam, dict(lr=1e-2)),
+}
+
+
+@pytest.mark.parametrize("name", ALL_CLASSES)
+def test_float32_trajectory_tracks_a_float64_run(name):
+    """Each rule in float32 against the same rule in float64, 20 steps on a quadratic whose
+    minimum stays far away (so Lion's sign never flips on a rounding error). Every update is
+    at most ~lr * K in size (K <= 4 for these settings), each step adds about one float32 ulp
+    of p and a few ulps of the update, so after T steps |p32 - p64| <= T * (2 ulp(max|p|) +
+    16 * 2**-23 * lr * K)."""
+    cls, kw = ALL_CLASSES[name]
+    rng = np.random.default_rng(7)
+    target = rng.standard_normal(301) + 10.0
+    p32 = np.zeros(301, np.float32)
+    p64 = np.zeros(301)
+    o32, o64 = cls([p32], **kw), cls([p64], **kw)
+    steps = 20
+    for _ in range(steps):
+        o32.step([(p32 - target.astype(np.float32)).astype(np.float32)])
+        o64.step([p64 - target])
+    ulp = np.spacing(np.float32(np.abs(p64).max() + 1.0))
+    bound = steps * (2 * ulp + 16 * 2.0 ** -23 * kw["lr"] * 4)
+    err = np.abs(p32.astype(np.float64) - p64).max()
+    assert err <= bound, f"{name}: float32 drifted {err:.3g} from float64 (bound {bound:.3g})"
+    assert np.abs(p64 - target).mean() < np.abs(target).mean()      # it does optimise
