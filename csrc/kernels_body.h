@@ -80,6 +80,14 @@ static FO_ALWAYS_INLINE FO_T FO_FN(fo_coupled)(FO_T g, FO_T p, FO_T l2c, FO_T l1
 }
 
 #define FO_STREAM(k) ((FO_T *)s[k])
+/* The locals of the gradient terms every rule shares, read from its per-step scalars `hp`
+ * (each struct has gscale, clip and l1), and the gradient as the rule sees it: scaled and
+ * clamped (fo_grad), then L2 (L2C, when L2) and L1 added (fo_coupled). */
+#define FO_GRAD_LOCALS                                                                     \
+    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, l1c = (FO_T)hp->l1;      \
+    const int clip = hp->clip != 0.0, l1 = hp->l1 != 0.0
+#define FO_GRAD_IN(i, pv, L2C, L2)                                                         \
+    FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pv, L2C, l1c, L2, l1)
 #define FO_SMALL(w) ((w) < (FO_T)0.5 && (w) > (FO_T)-0.5)
 /* Call BODY(n, s, hp, l2, small) with both flags as compile-time constants. */
 #define FO_CALL_L2_SMALL(BODY, L2, SMALL)                                                  \
@@ -100,16 +108,15 @@ static FO_ALWAYS_INLINE void FO_FN(adam_body)(int64_t n, void *const *s, const f
     FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
     FO_T *FO_RESTRICT v = FO_STREAM(FO_S2);
     FO_T *FO_RESTRICT vmax = FO_STREAM(FO_S3);
-    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, decay = (FO_T)hp->decay;
-    const FO_T l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
-    const int l1 = hp->l1 != 0.0, clip = hp->clip != 0.0;
+    FO_GRAD_LOCALS;
+    const FO_T decay = (FO_T)hp->decay, l2c = (FO_T)hp->l2;
     const FO_T w = (FO_T)hp->lerp_weight, omw = (FO_T)1 - w;
     const FO_T b2 = (FO_T)hp->beta2, omb2 = (FO_T)hp->one_minus_beta2;
     const FO_T eps = (FO_T)hp->eps, nss = (FO_T)hp->neg_step_size;
     const FO_T inv_bc2s = (FO_T)hp->inv_bc2_sqrt;
     for (int64_t i = 0; i < n; i++) {
         const FO_T pi = p[i] * decay;
-        const FO_T gi = FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pi, l2c, l1c, l2, l1);
+        const FO_T gi = FO_GRAD_IN(i, pi, l2c, l2);
         const FO_T mi = FO_FN(fo_lerp)(m[i], gi, w, omw, small);
         FO_T vi = v[i] * b2 + omb2 * gi * gi;
         m[i] = mi;
@@ -149,13 +156,13 @@ static FO_ALWAYS_INLINE void FO_FN(sgd_body)(int64_t n, void *const *s, const fo
     FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
     const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
     FO_T *FO_RESTRICT buf = FO_STREAM(FO_S1);
-    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
-    const int l1 = hp->l1 != 0.0, clip = hp->clip != 0.0;
+    FO_GRAD_LOCALS;
+    const FO_T l2c = (FO_T)hp->l2;
     const FO_T mu = (FO_T)hp->momentum, omd = (FO_T)hp->one_minus_dampening;
     const FO_T nlr = (FO_T)hp->neg_lr;
     for (int64_t i = 0; i < n; i++) {
         const FO_T pi = p[i];
-        FO_T gi = FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pi, l2c, l1c, l2, l1);
+        FO_T gi = FO_GRAD_IN(i, pi, l2c, l2);
         if (mom) {
             const FO_T b = init ? gi : buf[i] * mu + omd * gi;
             buf[i] = b;
@@ -235,14 +242,14 @@ static FO_ALWAYS_INLINE void FO_FN(rmsprop_body)(int64_t n, void *const *s,
     FO_T *FO_RESTRICT v = FO_STREAM(FO_S1);
     FO_T *FO_RESTRICT buf = FO_STREAM(FO_S2);
     FO_T *FO_RESTRICT ga = FO_STREAM(FO_S3);
-    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
-    const int l1 = hp->l1 != 0.0, clip = hp->clip != 0.0;
+    FO_GRAD_LOCALS;
+    const FO_T l2c = (FO_T)hp->l2;
     const FO_T a = (FO_T)hp->alpha, oma = (FO_T)hp->one_minus_alpha, w = oma;
     const FO_T omw = (FO_T)1 - w;
     const FO_T eps = (FO_T)hp->eps, nlr = (FO_T)hp->neg_lr, mu = (FO_T)hp->momentum;
     for (int64_t i = 0; i < n; i++) {
         const FO_T pi = p[i];
-        const FO_T gi = FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pi, l2c, l1c, l2, l1);
+        const FO_T gi = FO_GRAD_IN(i, pi, l2c, l2);
         const FO_T vi = v[i] * a + oma * gi * gi;
         v[i] = vi;
         FO_T avg;
@@ -300,12 +307,12 @@ static FO_ALWAYS_INLINE void FO_FN(adagrad_body)(int64_t n, void *const *s,
     FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
     const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
     FO_T *FO_RESTRICT sum = FO_STREAM(FO_S1);
-    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
-    const int l1 = hp->l1 != 0.0, clip = hp->clip != 0.0;
+    FO_GRAD_LOCALS;
+    const FO_T l2c = (FO_T)hp->l2;
     const FO_T eps = (FO_T)hp->eps, nclr = (FO_T)hp->neg_clr;
     for (int64_t i = 0; i < n; i++) {
         const FO_T pi = p[i];
-        const FO_T gi = FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pi, l2c, l1c, l2, l1);
+        const FO_T gi = FO_GRAD_IN(i, pi, l2c, l2);
         const FO_T si = sum[i] + gi * gi;
         sum[i] = si;
         p[i] = pi + (nclr * gi) / (FO_SQRT(si) + eps);
@@ -327,14 +334,14 @@ static void FO_FN(lion)(int64_t n, void *const *s, const void *hpv)
     FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
     const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
     FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
-    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, l1c = (FO_T)hp->l1, decay = (FO_T)hp->decay;
-    const int l1 = hp->l1 != 0.0, clip = hp->clip != 0.0;
+    FO_GRAD_LOCALS;
+    const FO_T decay = (FO_T)hp->decay;
     const FO_T b1 = (FO_T)hp->beta1, omb1 = (FO_T)hp->one_minus_beta1;
     const FO_T b2 = (FO_T)hp->beta2, omb2 = (FO_T)hp->one_minus_beta2;
     const FO_T nlr = (FO_T)hp->neg_lr;
     for (int64_t i = 0; i < n; i++) {
         const FO_T pi = p[i] * decay;
-        const FO_T gi = FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pi, 0, l1c, 0, l1);
+        const FO_T gi = FO_GRAD_IN(i, pi, 0, 0);
         const FO_T mi = m[i];
         const FO_T c = mi * b1 + omb1 * gi;
         p[i] = pi + nlr * FO_FN(fo_sgn)(c);
@@ -352,13 +359,13 @@ static FO_ALWAYS_INLINE void FO_FN(adamax_body)(int64_t n, void *const *s,
     const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
     FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
     FO_T *FO_RESTRICT u = FO_STREAM(FO_S2);
-    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
-    const int l1 = hp->l1 != 0.0, clip = hp->clip != 0.0;
+    FO_GRAD_LOCALS;
+    const FO_T l2c = (FO_T)hp->l2;
     const FO_T w = (FO_T)hp->lerp_weight, omw = (FO_T)1 - w;
     const FO_T b2 = (FO_T)hp->beta2, eps = (FO_T)hp->eps, nclr = (FO_T)hp->neg_clr;
     for (int64_t i = 0; i < n; i++) {
         const FO_T pi = p[i];
-        const FO_T gi = FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pi, l2c, l1c, l2, l1);
+        const FO_T gi = FO_GRAD_IN(i, pi, l2c, l2);
         const FO_T mi = FO_FN(fo_lerp)(m[i], gi, w, omw, small);
         const FO_T ui = FO_FN(fo_max_nan)(u[i] * b2, FO_FABS(gi) + eps);
         m[i] = mi;
@@ -383,16 +390,15 @@ static FO_ALWAYS_INLINE void FO_FN(radam_body)(int64_t n, void *const *s, const 
     const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
     FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
     FO_T *FO_RESTRICT v = FO_STREAM(FO_S2);
-    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, decay = (FO_T)hp->decay;
-    const FO_T l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
-    const int l1 = hp->l1 != 0.0, clip = hp->clip != 0.0;
+    FO_GRAD_LOCALS;
+    const FO_T decay = (FO_T)hp->decay, l2c = (FO_T)hp->l2;
     const FO_T w = (FO_T)hp->lerp_weight, omw = (FO_T)1 - w;
     const FO_T b2 = (FO_T)hp->beta2, omb2 = (FO_T)hp->one_minus_beta2, eps = (FO_T)hp->eps;
     const FO_T bc1 = (FO_T)hp->bias_correction1, lr = (FO_T)hp->lr;
     const FO_T bc2s = (FO_T)hp->bc2_sqrt, rect = (FO_T)hp->rect;
     for (int64_t i = 0; i < n; i++) {
         const FO_T pi = p[i] * decay;
-        const FO_T gi = FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pi, l2c, l1c, l2, l1);
+        const FO_T gi = FO_GRAD_IN(i, pi, l2c, l2);
         const FO_T mi = FO_FN(fo_lerp)(m[i], gi, w, omw, small);
         const FO_T vi = v[i] * b2 + omb2 * gi * gi;
         m[i] = mi;
@@ -432,17 +438,15 @@ static FO_ALWAYS_INLINE void FO_FN(nadam_body)(int64_t n, void *const *s, const 
     const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
     FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
     FO_T *FO_RESTRICT v = FO_STREAM(FO_S2);
-    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, decay = (FO_T)hp->decay;
-    const FO_T l2c = (FO_T)hp->l2, l1c = (FO_T)hp->l1;
-    const int l1 = hp->l1 != 0.0, clip = hp->clip != 0.0;
+    FO_GRAD_LOCALS;
+    const FO_T decay = (FO_T)hp->decay, l2c = (FO_T)hp->l2;
     const FO_T w = (FO_T)hp->lerp_weight, omw = (FO_T)1 - w;
     const FO_T b2 = (FO_T)hp->beta2, omb2 = (FO_T)hp->one_minus_beta2, eps = (FO_T)hp->eps;
     const FO_T bc2 = (FO_T)hp->bias_correction2;
     const FO_T cg = (FO_T)hp->coef_grad, cm = (FO_T)hp->coef_avg;
     for (int64_t i = 0; i < n; i++) {
         const FO_T pi = p[i] * decay;
-        const FO_T gi = FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pi, l2c,
-                                          l1c, l2, l1);
+        const FO_T gi = FO_GRAD_IN(i, pi, l2c, l2);
         const FO_T mi = FO_FN(fo_lerp)(m[i], gi, w, omw, small);
         const FO_T vi = v[i] * b2 + omb2 * gi * gi;
         m[i] = mi;
@@ -480,6 +484,8 @@ static void FO_FN(ema)(int64_t n, void *const *s, const void *hpv)
 }
 
 #undef FO_STREAM
+#undef FO_GRAD_LOCALS
+#undef FO_GRAD_IN
 #undef FO_SMALL
 #undef FO_CALL_L2_SMALL
 #undef FO_FN
