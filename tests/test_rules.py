@@ -337,3 +337,17 @@ def test_float32_trajectory_tracks_a_float64_run(name):
     err = np.abs(p32.astype(np.float64) - p64).max()
     assert err <= bound, f"{name}: float32 drifted {err:.3g} from float64 (bound {bound:.3g})"
     assert np.abs(p64 - target).mean() < np.abs(target).mean()      # it does optimise
+
+
+def test_bad_momentum_decay_and_grad_scale_are_refused_with_nothing_modified():
+    p, g = np.ones(4), np.ones(4)
+    m, v, mu = np.zeros(4), np.zeros(4), np.ones(1)
+    before = snapshot([p, m, v, mu])
+    with pytest.raises(ValueError, match="Invalid momentum_decay value"):
+        kernels.nadam_step(p, g, m, v, mu, step=1, momentum_decay=-1.0)
+    with pytest.raises(ValueError, match="Invalid grad_scale value"):
+        kernels.adam_step(p, g, m, v, step=1, grad_scale=float("nan"))
+    with pytest.raises(ValueError, match="Invalid momentum_decay value"):
+        fastopt.NAdam([np.zeros(2)], momentum_decay=-0.1)
+    for a, b in zip([p, m, v, mu], before):
+        assert_bitwise(a, b, "after a refused call")
