@@ -114,14 +114,18 @@
 #endif
 #endif /* FO_X86_DISPATCH */
 
-/* One table per instruction set, indexed by rule (the order of the FO_RULE_ enum). */
-#define FO_RULES(dt, isa)                                                                  \
-    {                                                                                      \
-        sgd_##dt##_##isa, adam_##dt##_##isa, probe_##dt##_##isa, rmsprop_##dt##_##isa,     \
-            adagrad_##dt##_##isa, lion_##dt##_##isa, adamax_##dt##_##isa,                  \
-            radam_##dt##_##isa, ema_##dt##_##isa, nadam_##dt##_##isa                       \
-    }
-#define FO_TABLE(isa) {#isa, FO_RULES(f32, isa), FO_RULES(f64, isa)}
+/* One table per instruction set, indexed by [signature][rule]; the entries come from the
+ * X-macro lists in fastopt.h through designated initializers, so an entry's position is its
+ * enum value whatever the order of the lists. */
+#define FO_E_f32_baseline(E, c) [FO_RULE_##E] = c##_f32_baseline,
+#define FO_E_f64_baseline(E, c) [FO_RULE_##E] = c##_f64_baseline,
+#define FO_E_f32_avx2(E, c) [FO_RULE_##E] = c##_f32_avx2,
+#define FO_E_f64_avx2(E, c) [FO_RULE_##E] = c##_f64_avx2,
+#define FO_E_f32_avx512(E, c) [FO_RULE_##E] = c##_f32_avx512,
+#define FO_E_f64_avx512(E, c) [FO_RULE_##E] = c##_f64_avx512,
+#define FO_TABLE(isa)                                                                      \
+    {#isa,                                                                                 \
+     {[FO_SIG_F32] = {FO_RULE_LIST(FO_E_f32_##isa)}, [FO_SIG_F64] = {FO_RULE_LIST(FO_E_f64_##isa)}}}
 
 static const fo_kernel_table fo_tables[] = {
     FO_TABLE(baseline),
@@ -189,114 +193,114 @@ const fo_kernel_table *fo_isa_active(void) { return fo_active; }
 /* The gradient's factor: the norm-clipping coefficient, negated when maximizing. */
 static double fo_gscale(double maximize, double scale) { return maximize != 0.0 ? -scale : scale; }
 
-static void fo_adam_scalars(fo_adam_hp *hp, const double *a, int64_t step)
+static void fo_adam_scalars(fo_adam_hp *hp, const fo_adam_args *a, int64_t step, double grad_scale)
 {
-    const double lr = a[FO_ADAM_LR], beta1 = a[FO_ADAM_BETA1], beta2 = a[FO_ADAM_BETA2];
-    const double wd = a[FO_ADAM_WD];
-    const int decoupled = a[FO_ADAM_DECOUPLED] != 0.0;
+    const double lr = a->lr, beta1 = a->beta1, beta2 = a->beta2;
+    const double wd = a->weight_decay;
+    const int decoupled = a->decoupled_weight_decay != 0.0;
     const double bias_correction1 = 1.0 - pow(beta1, (double)step);
     const double bias_correction2 = 1.0 - pow(beta2, (double)step);
-    hp->gscale = fo_gscale(a[FO_ADAM_MAXIMIZE], a[FO_ADAM_GSCALE]);
-    hp->clip = a[FO_ADAM_CLIP];
+    hp->gscale = fo_gscale(a->maximize, grad_scale);
+    hp->clip = a->clip_value;
     hp->l2 = decoupled ? 0.0 : wd;
-    hp->l1 = a[FO_ADAM_L1];
+    hp->l1 = a->l1;
     hp->decay = decoupled ? 1.0 - lr * wd : 1.0;
     hp->lerp_weight = 1.0 - beta1;
     hp->beta2 = beta2;
     hp->one_minus_beta2 = 1.0 - beta2;
-    hp->eps = a[FO_ADAM_EPS];
+    hp->eps = a->eps;
     hp->neg_step_size = -(lr / bias_correction1);
     hp->inv_bc2_sqrt = 1.0 / pow(bias_correction2, 0.5); /* torch: bias_correction2 ** 0.5 */
 }
 
-static void fo_sgd_scalars(fo_sgd_hp *hp, const double *a, int64_t step)
+static void fo_sgd_scalars(fo_sgd_hp *hp, const fo_sgd_args *a, int64_t step, double grad_scale)
 {
-    hp->gscale = fo_gscale(a[FO_SGD_MAXIMIZE], a[FO_SGD_GSCALE]);
-    hp->clip = a[FO_SGD_CLIP];
-    hp->l2 = a[FO_SGD_WD];
-    hp->l1 = a[FO_SGD_L1];
-    hp->neg_lr = -a[FO_SGD_LR];
-    hp->momentum = a[FO_SGD_MOMENTUM];
-    hp->one_minus_dampening = 1.0 - a[FO_SGD_DAMPENING];
-    hp->nesterov = a[FO_SGD_NESTEROV] != 0.0;
+    hp->gscale = fo_gscale(a->maximize, grad_scale);
+    hp->clip = a->clip_value;
+    hp->l2 = a->weight_decay;
+    hp->l1 = a->l1;
+    hp->neg_lr = -a->lr;
+    hp->momentum = a->momentum;
+    hp->one_minus_dampening = 1.0 - a->dampening;
+    hp->nesterov = a->nesterov != 0.0;
     hp->init_buffer = step <= 1;
 }
 
-static void fo_probe_scalars(fo_probe_hp *hp, const double *a)
+static void fo_probe_scalars(fo_probe_hp *hp, const fo_probe_args *a)
 {
-    hp->nstreams = (int)a[FO_PROBE_NSTREAMS];
+    hp->nstreams = (int)a->nstreams;
 }
 
-static void fo_rmsprop_scalars(fo_rmsprop_hp *hp, const double *a)
+static void fo_rmsprop_scalars(fo_rmsprop_hp *hp, const fo_rmsprop_args *a, double grad_scale)
 {
-    hp->gscale = fo_gscale(a[FO_RMSPROP_MAXIMIZE], a[FO_RMSPROP_GSCALE]);
-    hp->clip = a[FO_RMSPROP_CLIP];
-    hp->l2 = a[FO_RMSPROP_WD];
-    hp->l1 = a[FO_RMSPROP_L1];
-    hp->alpha = a[FO_RMSPROP_ALPHA];
-    hp->one_minus_alpha = 1.0 - a[FO_RMSPROP_ALPHA];
-    hp->eps = a[FO_RMSPROP_EPS];
-    hp->neg_lr = -a[FO_RMSPROP_LR];
-    hp->momentum = a[FO_RMSPROP_MOMENTUM];
-    hp->centered = a[FO_RMSPROP_CENTERED] != 0.0;
+    hp->gscale = fo_gscale(a->maximize, grad_scale);
+    hp->clip = a->clip_value;
+    hp->l2 = a->weight_decay;
+    hp->l1 = a->l1;
+    hp->alpha = a->alpha;
+    hp->one_minus_alpha = 1.0 - a->alpha;
+    hp->eps = a->eps;
+    hp->neg_lr = -a->lr;
+    hp->momentum = a->momentum;
+    hp->centered = a->centered != 0.0;
 }
 
-static void fo_adagrad_scalars(fo_adagrad_hp *hp, const double *a, int64_t step)
+static void fo_adagrad_scalars(fo_adagrad_hp *hp, const fo_adagrad_args *a, int64_t step, double grad_scale)
 {
-    hp->gscale = fo_gscale(a[FO_ADAGRAD_MAXIMIZE], a[FO_ADAGRAD_GSCALE]);
-    hp->clip = a[FO_ADAGRAD_CLIP];
-    hp->l2 = a[FO_ADAGRAD_WD];
-    hp->l1 = a[FO_ADAGRAD_L1];
-    hp->eps = a[FO_ADAGRAD_EPS];
-    hp->neg_clr = -(a[FO_ADAGRAD_LR] / (1.0 + (double)(step - 1) * a[FO_ADAGRAD_LR_DECAY]));
+    hp->gscale = fo_gscale(a->maximize, grad_scale);
+    hp->clip = a->clip_value;
+    hp->l2 = a->weight_decay;
+    hp->l1 = a->l1;
+    hp->eps = a->eps;
+    hp->neg_clr = -(a->lr / (1.0 + (double)(step - 1) * a->lr_decay));
 }
 
-static void fo_lion_scalars(fo_lion_hp *hp, const double *a)
+static void fo_lion_scalars(fo_lion_hp *hp, const fo_lion_args *a, double grad_scale)
 {
-    const double lr = a[FO_LION_LR];
-    hp->gscale = fo_gscale(a[FO_LION_MAXIMIZE], a[FO_LION_GSCALE]);
-    hp->clip = a[FO_LION_CLIP];
-    hp->l1 = a[FO_LION_L1];
-    hp->decay = 1.0 - lr * a[FO_LION_WD];
-    hp->beta1 = a[FO_LION_BETA1];
-    hp->one_minus_beta1 = 1.0 - a[FO_LION_BETA1];
-    hp->beta2 = a[FO_LION_BETA2];
-    hp->one_minus_beta2 = 1.0 - a[FO_LION_BETA2];
+    const double lr = a->lr;
+    hp->gscale = fo_gscale(a->maximize, grad_scale);
+    hp->clip = a->clip_value;
+    hp->l1 = a->l1;
+    hp->decay = 1.0 - lr * a->weight_decay;
+    hp->beta1 = a->beta1;
+    hp->one_minus_beta1 = 1.0 - a->beta1;
+    hp->beta2 = a->beta2;
+    hp->one_minus_beta2 = 1.0 - a->beta2;
     hp->neg_lr = -lr;
 }
 
-static void fo_adamax_scalars(fo_adamax_hp *hp, const double *a, int64_t step)
+static void fo_adamax_scalars(fo_adamax_hp *hp, const fo_adamax_args *a, int64_t step, double grad_scale)
 {
-    hp->gscale = fo_gscale(a[FO_ADAMAX_MAXIMIZE], a[FO_ADAMAX_GSCALE]);
-    hp->clip = a[FO_ADAMAX_CLIP];
-    hp->l2 = a[FO_ADAMAX_WD];
-    hp->l1 = a[FO_ADAMAX_L1];
-    hp->lerp_weight = 1.0 - a[FO_ADAMAX_BETA1];
-    hp->beta2 = a[FO_ADAMAX_BETA2];
-    hp->eps = a[FO_ADAMAX_EPS];
-    hp->neg_clr = -(a[FO_ADAMAX_LR] / (1.0 - pow(a[FO_ADAMAX_BETA1], (double)step)));
+    hp->gscale = fo_gscale(a->maximize, grad_scale);
+    hp->clip = a->clip_value;
+    hp->l2 = a->weight_decay;
+    hp->l1 = a->l1;
+    hp->lerp_weight = 1.0 - a->beta1;
+    hp->beta2 = a->beta2;
+    hp->eps = a->eps;
+    hp->neg_clr = -(a->lr / (1.0 - pow(a->beta1, (double)step)));
 }
 
-static void fo_radam_scalars(fo_radam_hp *hp, const double *a, int64_t step)
+static void fo_radam_scalars(fo_radam_hp *hp, const fo_radam_args *a, int64_t step, double grad_scale)
 {
-    const double lr = a[FO_RADAM_LR], beta1 = a[FO_RADAM_BETA1], beta2 = a[FO_RADAM_BETA2];
-    const double wd = a[FO_RADAM_WD];
-    const int decoupled = a[FO_RADAM_DECOUPLED] != 0.0;
+    const double lr = a->lr, beta1 = a->beta1, beta2 = a->beta2;
+    const double wd = a->weight_decay;
+    const int decoupled = a->decoupled_weight_decay != 0.0;
     const double t = (double)step;
     const double bias_correction1 = 1.0 - pow(beta1, t);
     const double bias_correction2 = 1.0 - pow(beta2, t);
     /* torch's expressions, in its order */
     const double rho_inf = 2.0 / (1.0 - beta2) - 1.0;
     const double rho_t = rho_inf - 2.0 * t * pow(beta2, t) / bias_correction2;
-    hp->gscale = fo_gscale(a[FO_RADAM_MAXIMIZE], a[FO_RADAM_GSCALE]);
-    hp->clip = a[FO_RADAM_CLIP];
+    hp->gscale = fo_gscale(a->maximize, grad_scale);
+    hp->clip = a->clip_value;
     hp->l2 = decoupled ? 0.0 : wd;
-    hp->l1 = a[FO_RADAM_L1];
+    hp->l1 = a->l1;
     hp->decay = decoupled ? 1.0 - lr * wd : 1.0;
     hp->lerp_weight = 1.0 - beta1;
     hp->beta2 = beta2;
     hp->one_minus_beta2 = 1.0 - beta2;
-    hp->eps = a[FO_RADAM_EPS];
+    hp->eps = a->eps;
     hp->bias_correction1 = bias_correction1;
     hp->lr = lr;
     hp->bc2_sqrt = pow(bias_correction2, 0.5);
@@ -310,26 +314,26 @@ static void fo_radam_scalars(fo_radam_hp *hp, const double *a, int64_t step)
 /* NAdam: torch's expressions in its order. mu_product is torch's float32 scalar tensor:
  * `mu_product *= mu` is a float32 multiplication, kept here bit for bit (it changes the
  * result by more than float64's rounding). */
-static void fo_nadam_scalars(fo_nadam_hp *hp, const double *a, int64_t step, double *aux)
+static void fo_nadam_scalars(fo_nadam_hp *hp, const fo_nadam_args *a, int64_t step, double *aux, double grad_scale)
 {
-    const double lr = a[FO_NADAM_LR], beta1 = a[FO_NADAM_BETA1], beta2 = a[FO_NADAM_BETA2];
-    const double wd = a[FO_NADAM_WD], md = a[FO_NADAM_MOMENTUM_DECAY];
-    const int decoupled = a[FO_NADAM_DECOUPLED] != 0.0;
+    const double lr = a->lr, beta1 = a->beta1, beta2 = a->beta2;
+    const double wd = a->weight_decay, md = a->momentum_decay;
+    const int decoupled = a->decoupled_weight_decay != 0.0;
     const double t = (double)step;
     const double mu = beta1 * (1.0 - 0.5 * pow(0.96, t * md));
     const double mu_next = beta1 * (1.0 - 0.5 * pow(0.96, (t + 1.0) * md));
     const float mu_product = (float)*aux * (float)mu;
     const double mu_product_next = (double)mu_product * mu_next;
     *aux = (double)mu_product;
-    hp->gscale = fo_gscale(a[FO_NADAM_MAXIMIZE], a[FO_NADAM_GSCALE]);
-    hp->clip = a[FO_NADAM_CLIP];
+    hp->gscale = fo_gscale(a->maximize, grad_scale);
+    hp->clip = a->clip_value;
     hp->l2 = decoupled ? 0.0 : wd;
-    hp->l1 = a[FO_NADAM_L1];
+    hp->l1 = a->l1;
     hp->decay = decoupled ? 1.0 - lr * wd : 1.0;
     hp->lerp_weight = 1.0 - beta1;
     hp->beta2 = beta2;
     hp->one_minus_beta2 = 1.0 - beta2;
-    hp->eps = a[FO_NADAM_EPS];
+    hp->eps = a->eps;
     hp->bias_correction2 = 1.0 - pow(beta2, t);
     hp->coef_grad = -lr * (1.0 - mu) / (1.0 - (double)mu_product);
     hp->coef_avg = (-lr * mu_next) / (1.0 - mu_product_next);
@@ -337,70 +341,114 @@ static void fo_nadam_scalars(fo_nadam_hp *hp, const double *a, int64_t step, dou
 
 int fo_has_aux(int rule) { return rule == FO_RULE_NADAM; }
 
-static void fo_ema_scalars(fo_ema_hp *hp, const double *a)
+static void fo_ema_scalars(fo_ema_hp *hp, const fo_ema_args *a)
 {
-    hp->lerp_weight = 1.0 - a[FO_EMA_DECAY];
+    hp->lerp_weight = 1.0 - a->decay;
 }
 
+#define FO_HP_SIZE_(E, c) case FO_RULE_##E: return sizeof(fo_##c##_hp);
 size_t fo_hp_size(int rule)
 {
-    switch (rule) {
-    case FO_RULE_EMA: return sizeof(fo_ema_hp);
-    case FO_RULE_NADAM: return sizeof(fo_nadam_hp);
-    case FO_RULE_SGD: return sizeof(fo_sgd_hp);
-    case FO_RULE_ADAM: return sizeof(fo_adam_hp);
-    case FO_RULE_RMSPROP: return sizeof(fo_rmsprop_hp);
-    case FO_RULE_ADAGRAD: return sizeof(fo_adagrad_hp);
-    case FO_RULE_LION: return sizeof(fo_lion_hp);
-    case FO_RULE_ADAMAX: return sizeof(fo_adamax_hp);
-    case FO_RULE_RADAM: return sizeof(fo_radam_hp);
-    default: return sizeof(fo_probe_hp);
-    }
+    switch (rule) { FO_RULE_LIST(FO_HP_SIZE_) default: return 0; }
+}
+#undef FO_HP_SIZE_
+
+/* The field names of each argument record, and a check that a record is exactly its fields
+ * (doubles only, no padding), so that filling it by field index is filling it by name. */
+#define FO_NAME_(f) #f,
+#define FO_COUNT_(f) +1
+#define FO_NAMES_(E, c)                                                                    \
+    static const char *const fo_##c##_arg_names[] = {FO_##E##_ARGS(FO_NAME_)};              \
+    _Static_assert(sizeof(fo_##c##_args) == (0 FO_##E##_ARGS(FO_COUNT_)) * sizeof(double), \
+                   "fo_" #c "_args must hold doubles only");
+FO_RULE_LIST(FO_NAMES_)
+#undef FO_NAMES_
+
+const char *const *fo_arg_names(int rule, int *count)
+{
+#define FO_ARGN_(E, c)                                                                     \
+    case FO_RULE_##E:                                                                      \
+        *count = (int)(sizeof(fo_##c##_arg_names) / sizeof(char *));                      \
+        return fo_##c##_arg_names;
+    switch (rule) { FO_RULE_LIST(FO_ARGN_) default: *count = 0; return NULL; }
+#undef FO_ARGN_
 }
 
 int fo_nargs(int rule)
 {
+    int n = 0;
+    fo_arg_names(rule, &n);
+    return n;
+}
+
+const char *fo_rule_name(int rule)
+{
+#define FO_RNAME_(E, c) case FO_RULE_##E: return #c;
+    switch (rule) { FO_RULE_LIST(FO_RNAME_) default: return NULL; }
+#undef FO_RNAME_
+}
+
+void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *aux,
+                double grad_scale)
+{
     switch (rule) {
-    case FO_RULE_EMA: return FO_EMA_NARGS;
-    case FO_RULE_NADAM: return FO_NADAM_NARGS;
-    case FO_RULE_SGD: return FO_SGD_NARGS;
-    case FO_RULE_ADAM: return FO_ADAM_NARGS;
-    case FO_RULE_RMSPROP: return FO_RMSPROP_NARGS;
-    case FO_RULE_ADAGRAD: return FO_ADAGRAD_NARGS;
-    case FO_RULE_LION: return FO_LION_NARGS;
-    case FO_RULE_ADAMAX: return FO_ADAMAX_NARGS;
-    case FO_RULE_RADAM: return FO_RADAM_NARGS;
-    default: return FO_PROBE_NARGS;
+    case FO_RULE_SGD: fo_sgd_scalars((fo_sgd_hp *)hp, (const fo_sgd_args *)args, step, grad_scale); break;
+    case FO_RULE_ADAM: fo_adam_scalars((fo_adam_hp *)hp, (const fo_adam_args *)args, step, grad_scale); break;
+    case FO_RULE_RMSPROP: fo_rmsprop_scalars((fo_rmsprop_hp *)hp, (const fo_rmsprop_args *)args, grad_scale); break;
+    case FO_RULE_ADAGRAD: fo_adagrad_scalars((fo_adagrad_hp *)hp, (const fo_adagrad_args *)args, step, grad_scale); break;
+    case FO_RULE_LION: fo_lion_scalars((fo_lion_hp *)hp, (const fo_lion_args *)args, grad_scale); break;
+    case FO_RULE_ADAMAX: fo_adamax_scalars((fo_adamax_hp *)hp, (const fo_adamax_args *)args, step, grad_scale); break;
+    case FO_RULE_RADAM: fo_radam_scalars((fo_radam_hp *)hp, (const fo_radam_args *)args, step, grad_scale); break;
+    case FO_RULE_EMA: fo_ema_scalars((fo_ema_hp *)hp, (const fo_ema_args *)args); break;
+    case FO_RULE_NADAM: fo_nadam_scalars((fo_nadam_hp *)hp, (const fo_nadam_args *)args, step, aux, grad_scale); break;
+    default: fo_probe_scalars((fo_probe_hp *)hp, (const fo_probe_args *)args); break;
     }
 }
 
-void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *aux)
+/* ---- signatures --------------------------------------------------------------------------- */
+
+int fo_signature(const unsigned char *dt)
 {
-    switch (rule) {
-    case FO_RULE_SGD: fo_sgd_scalars((fo_sgd_hp *)hp, args, step); break;
-    case FO_RULE_ADAM: fo_adam_scalars((fo_adam_hp *)hp, args, step); break;
-    case FO_RULE_RMSPROP: fo_rmsprop_scalars((fo_rmsprop_hp *)hp, args); break;
-    case FO_RULE_ADAGRAD: fo_adagrad_scalars((fo_adagrad_hp *)hp, args, step); break;
-    case FO_RULE_LION: fo_lion_scalars((fo_lion_hp *)hp, args); break;
-    case FO_RULE_ADAMAX: fo_adamax_scalars((fo_adamax_hp *)hp, args, step); break;
-    case FO_RULE_RADAM: fo_radam_scalars((fo_radam_hp *)hp, args, step); break;
-    case FO_RULE_EMA: fo_ema_scalars((fo_ema_hp *)hp, args); break;
-    case FO_RULE_NADAM: fo_nadam_scalars((fo_nadam_hp *)hp, args, step, aux); break;
-    default: fo_probe_scalars((fo_probe_hp *)hp, args); break;
-    }
+    /* today: every present stream has the param's dtype, float32 or float64 */
+    const unsigned char p = dt[FO_P];
+    int sig;
+    if (p == FO_DT_F32) sig = FO_SIG_F32;
+    else if (p == FO_DT_F64) sig = FO_SIG_F64;
+    else return -1;
+    if (dt[FO_M] != FO_DT_NONE) return -1;
+    for (int k = 0; k < FO_MAX_STREAMS; k++)
+        if (dt[k] != FO_DT_NONE && dt[k] != p) return -1;
+    return sig;
+}
+
+size_t fo_sig_elsize(int sig)
+{
+#define FO_SIGSZ_(E, sfx, dt, T) case FO_SIG_##E: return sizeof(T);
+    switch (sig) { FO_SIG_LIST(FO_SIGSZ_) default: return 0; }
+#undef FO_SIGSZ_
+}
+
+#define FO_SIGNAME_(E, sfx, dt, T) #sfx,
+static const char *const fo_sig_name_list[] = {FO_SIG_LIST(FO_SIGNAME_)};
+#undef FO_SIGNAME_
+
+const char *const *fo_sig_names(int *count)
+{
+    *count = FO_NSIGS;
+    return fo_sig_name_list;
 }
 
 /* ---- segments ---------------------------------------------------------------------------- */
 
-static void fo_run_one(int rule, int is_f64, int64_t off, int64_t n, void *const *ptrs,
+static void fo_run_one(int rule, int sig, int64_t off, int64_t n, void *const *ptrs,
                        const void *hp)
 {
     const fo_kernel_table *t = fo_active;
-    const size_t esz = is_f64 ? sizeof(double) : sizeof(float);
+    const size_t esz = fo_sig_elsize(sig);
     void *s[FO_MAX_STREAMS];
     for (int k = 0; k < FO_MAX_STREAMS; k++)
         s[k] = ptrs[k] ? (char *)ptrs[k] + (size_t)off * esz : (void *)0;
-    (is_f64 ? t->f64 : t->f32)[rule](n, s, hp);
+    t->fn[sig][rule](n, off, s, hp);
 }
 
 /* NumPy's allocations are only 16-byte aligned, and a vector body over misaligned streams splits
@@ -409,19 +457,19 @@ static void fo_run_one(int rule, int is_f64, int64_t off, int64_t n, void *const
  * to the param's next 64-byte boundary, run on their own (through the kernel's scalar tail) and
  * the vector body starts aligned; NumPy's arrays usually share one offset, so the other streams
  * are then aligned too. Results do not change: tail and body perform the same operations. */
-void fo_run_segment(int rule, int is_f64, int64_t off, int64_t n, void *const *ptrs,
+void fo_run_segment(int rule, int sig, int64_t off, int64_t n, void *const *ptrs,
                     const void *hp)
 {
-    const size_t esz = is_f64 ? sizeof(double) : sizeof(float);
+    const size_t esz = fo_sig_elsize(sig);
     const uintptr_t addr = (uintptr_t)ptrs[FO_P] + (uintptr_t)off * esz;
     const int64_t head = (int64_t)(((64 - addr % 64) % 64) / esz);
-    if (n <= 0 || rule < 0 || rule >= FO_NRULES) return;
+    if (n <= 0 || rule < 0 || rule >= FO_NRULES || sig < 0 || sig >= FO_NSIGS) return;
     if (head > 0 && n > 4 * head) {
-        fo_run_one(rule, is_f64, off, head, ptrs, hp);
+        fo_run_one(rule, sig, off, head, ptrs, hp);
         off += head;
         n -= head;
     }
-    fo_run_one(rule, is_f64, off, n, ptrs, hp);
+    fo_run_one(rule, sig, off, n, ptrs, hp);
 }
 
 /* ---- gradient norms ----------------------------------------------------------------------- */
@@ -472,4 +520,36 @@ double fo_norm_block(int kind, int is_f64, int64_t n, const void *x)
     default:
         return is_f64 ? fo_sumsq_f64(n, (const double *)x) : fo_sumsq_f32(n, (const float *)x);
     }
+}
+
+/* The pre-pass: fo_sumsq's accumulation order exactly (so a clipping norm computed here equals
+ * fo_norm_block's), plus `v * 0`, which is NaN exactly when v is NaN or infinite, accumulated
+ * alongside in the same read. */
+#define FO_PREPASS_BLOCK(NAME, T)                                                        \
+    static double NAME(int64_t n, const T *x, int *nonfinite)                            \
+    {                                                                                    \
+        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                        \
+        double bad = 0.0;                                                                \
+        int64_t i = 0;                                                                   \
+        for (; i + 8 <= n; i += 8)                                                       \
+            for (int k = 0; k < 8; k++) {                                                \
+                const double v = (double)x[i + k];                                       \
+                acc[k] = acc[k] + v * v;                                                 \
+                bad = bad + v * 0.0;                                                     \
+            }                                                                            \
+        for (int k = 0; i < n; i++, k++) {                                               \
+            const double v = (double)x[i];                                               \
+            acc[k] = acc[k] + v * v;                                                     \
+            bad = bad + v * 0.0;                                                         \
+        }                                                                                \
+        *nonfinite = bad != 0.0 || bad != bad;                                           \
+        return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])); \
+    }
+FO_PREPASS_BLOCK(fo_prepass_f32, float)
+FO_PREPASS_BLOCK(fo_prepass_f64, double)
+
+double fo_prepass_block(int is_f64, int64_t n, const void *x, int *nonfinite)
+{
+    return is_f64 ? fo_prepass_f64(n, (const double *)x, nonfinite)
+                  : fo_prepass_f32(n, (const float *)x, nonfinite);
 }

@@ -34,10 +34,17 @@
 extern "C" {
 #endif
 
-/* Streams of a call, in this order. Unused streams are NULL. */
-enum { FO_P = 0, FO_G = 1, FO_S1 = 2, FO_S2 = 3, FO_S3 = 4, FO_MAX_STREAMS = 5 };
+/* Streams of a call, in this order. Unused streams are NULL. FO_M is reserved for a float32
+ * master copy of 16-bit params (no rule compiled today uses it). */
+enum { FO_P = 0, FO_G = 1, FO_S1 = 2, FO_S2 = 3, FO_S3 = 4, FO_M = 5, FO_MAX_STREAMS = 6 };
 
-/* Rules known to the driver; streams S1..S3 of each:
+/* Storage dtype codes of a stream (FO_DT_NONE: the stream is absent). 16-bit codes are reserved:
+ * no signature compiled today accepts them. */
+enum { FO_DT_NONE = 0, FO_DT_F32 = 1, FO_DT_F64 = 2, FO_DT_F16 = 3, FO_DT_BF16 = 4 };
+
+/* The rules, one line each: FO_RULE(ENUM_NAME, c_name). The order fixes only the enum values;
+ * nothing else depends on it (the Python side looks rules up by name, see fo_rule_name).
+ * Streams S1..S3 of each:
  *   SGD      momentum_buffer
  *   ADAM     exp_avg, exp_avg_sq, [max_exp_avg_sq]          (Adam, AdamW)
  *   PROBE    any: reads every stream, writes all but the gradient
@@ -48,46 +55,62 @@ enum { FO_P = 0, FO_G = 1, FO_S1 = 2, FO_S2 = 3, FO_S3 = 4, FO_MAX_STREAMS = 5 }
  *   RADAM    exp_avg, exp_avg_sq
  *   EMA      none: stream P is the average (written), stream G the param (read)
  *   NADAM    exp_avg, exp_avg_sq (and a per-tensor scalar: mu_product, see fo_scalars)   */
-enum { FO_RULE_SGD = 0, FO_RULE_ADAM = 1, FO_RULE_PROBE = 2, FO_RULE_RMSPROP = 3,
-       FO_RULE_ADAGRAD = 4, FO_RULE_LION = 5, FO_RULE_ADAMAX = 6, FO_RULE_RADAM = 7,
-       FO_RULE_EMA = 8, FO_RULE_NADAM = 9, FO_NRULES = 10 };
+#define FO_RULE_LIST(X)                                                                    \
+    X(SGD, sgd) X(ADAM, adam) X(PROBE, probe) X(RMSPROP, rmsprop) X(ADAGRAD, adagrad)      \
+    X(LION, lion) X(ADAMAX, adamax) X(RADAM, radam) X(EMA, ema) X(NADAM, nadam)
+#define FO_RULE_ENUM_(E, c) FO_RULE_##E,
+enum { FO_RULE_LIST(FO_RULE_ENUM_) FO_NRULES };
+#undef FO_RULE_ENUM_
 
-/* ---- hyperparameters as the Python layer passes them: one row of doubles per group ------- */
+/* Storage signatures compiled: FO_SIG(ENUM_NAME, c_suffix, storage dtype of every stream,
+ * compute type). A tensor's streams select the signature; an unlisted combination is refused
+ * by the driver before anything runs. (16-bit params with a float32 master stream will be a
+ * new line here and a new instantiation in dispatch.c.) */
+#define FO_SIG_LIST(X) X(F32, f32, FO_DT_F32, float) X(F64, f64, FO_DT_F64, double)
+#define FO_SIG_ENUM_(E, s, dt, T) FO_SIG_##E,
+enum { FO_SIG_LIST(FO_SIG_ENUM_) FO_NSIGS };
+#undef FO_SIG_ENUM_
 
-enum { FO_ADAM_LR, FO_ADAM_BETA1, FO_ADAM_BETA2, FO_ADAM_EPS, FO_ADAM_WD, FO_ADAM_DECOUPLED,
-       FO_ADAM_MAXIMIZE, FO_ADAM_L1,
-       FO_ADAM_CLIP, FO_ADAM_GSCALE, FO_ADAM_NARGS };
-enum { FO_SGD_LR, FO_SGD_MOMENTUM, FO_SGD_DAMPENING, FO_SGD_WD, FO_SGD_NESTEROV,
-       FO_SGD_MAXIMIZE, FO_SGD_L1,
-       FO_SGD_CLIP, FO_SGD_GSCALE, FO_SGD_NARGS };
-enum { FO_PROBE_NSTREAMS, FO_PROBE_NARGS };
-enum { FO_EMA_DECAY, FO_EMA_NARGS };
-enum { FO_NADAM_LR, FO_NADAM_BETA1, FO_NADAM_BETA2, FO_NADAM_EPS, FO_NADAM_WD,
-       FO_NADAM_MOMENTUM_DECAY, FO_NADAM_DECOUPLED, FO_NADAM_MAXIMIZE, FO_NADAM_L1,
-       FO_NADAM_CLIP, FO_NADAM_GSCALE, FO_NADAM_NARGS };
-enum { FO_RMSPROP_LR, FO_RMSPROP_ALPHA, FO_RMSPROP_EPS, FO_RMSPROP_WD, FO_RMSPROP_MOMENTUM,
-       FO_RMSPROP_CENTERED, FO_RMSPROP_MAXIMIZE, FO_RMSPROP_L1,
-       FO_RMSPROP_CLIP, FO_RMSPROP_GSCALE, FO_RMSPROP_NARGS };
-enum { FO_ADAGRAD_LR, FO_ADAGRAD_LR_DECAY, FO_ADAGRAD_WD, FO_ADAGRAD_EPS, FO_ADAGRAD_MAXIMIZE,
-       FO_ADAGRAD_L1,
-       FO_ADAGRAD_CLIP, FO_ADAGRAD_GSCALE, FO_ADAGRAD_NARGS };
-enum { FO_LION_LR, FO_LION_BETA1, FO_LION_BETA2, FO_LION_WD, FO_LION_MAXIMIZE, FO_LION_L1,
-       FO_LION_CLIP, FO_LION_GSCALE, FO_LION_NARGS };
-enum { FO_ADAMAX_LR, FO_ADAMAX_BETA1, FO_ADAMAX_BETA2, FO_ADAMAX_EPS, FO_ADAMAX_WD,
-       FO_ADAMAX_MAXIMIZE, FO_ADAMAX_L1,
-       FO_ADAMAX_CLIP, FO_ADAMAX_GSCALE, FO_ADAMAX_NARGS };
-enum { FO_RADAM_LR, FO_RADAM_BETA1, FO_RADAM_BETA2, FO_RADAM_EPS, FO_RADAM_WD,
-       FO_RADAM_DECOUPLED, FO_RADAM_MAXIMIZE, FO_RADAM_L1,
-       FO_RADAM_CLIP, FO_RADAM_GSCALE, FO_RADAM_NARGS };
+/* ---- hyperparameters: one named record of doubles per rule ------------------------------
+ * FO_<RULE>_ARGS lists the record's fields. The Python layer (fastopt/_spec.py) fills a record
+ * by field name, through fo_arg_names(), so the order below is private to C: a field that the
+ * spec does not name (or a name the record lacks) is an error at import, never a silent
+ * mix-up. Flags are 0.0 / 1.0. Every rule that reads a gradient ends with maximize, l1 and
+ * clip (clip_value; 0 disables). */
+#define FO_ADAM_ARGS(X) X(lr) X(beta1) X(beta2) X(eps) X(weight_decay)                     \
+    X(decoupled_weight_decay) X(maximize) X(l1) X(clip_value)
+#define FO_SGD_ARGS(X) X(lr) X(momentum) X(dampening) X(weight_decay) X(nesterov)          \
+    X(maximize) X(l1) X(clip_value)
+#define FO_PROBE_ARGS(X) X(nstreams)
+#define FO_EMA_ARGS(X) X(decay)
+#define FO_NADAM_ARGS(X) X(lr) X(beta1) X(beta2) X(eps) X(weight_decay) X(momentum_decay)   \
+    X(decoupled_weight_decay) X(maximize) X(l1) X(clip_value)
+#define FO_RMSPROP_ARGS(X) X(lr) X(alpha) X(eps) X(weight_decay) X(momentum) X(centered)   \
+    X(maximize) X(l1) X(clip_value)
+#define FO_ADAGRAD_ARGS(X) X(lr) X(lr_decay) X(weight_decay) X(eps) X(maximize) X(l1) X(clip_value)
+#define FO_LION_ARGS(X) X(lr) X(beta1) X(beta2) X(weight_decay) X(maximize) X(l1) X(clip_value)
+#define FO_ADAMAX_ARGS(X) X(lr) X(beta1) X(beta2) X(eps) X(weight_decay) X(maximize) X(l1)  \
+    X(clip_value)
+#define FO_RADAM_ARGS(X) X(lr) X(beta1) X(beta2) X(eps) X(weight_decay)                    \
+    X(decoupled_weight_decay) X(maximize) X(l1) X(clip_value)
 
-/* Every rule's row ends with l1, clip and gscale: clip is the clip_value (0 disables), gscale
- * the gradient's scale for this step (1, or the coefficient of gradient-norm clipping). */
+#define FO_ARG_FIELD_(name) double name;
+#define FO_ARGS_STRUCT_(E, c) typedef struct fo_##c##_args { FO_##E##_ARGS(FO_ARG_FIELD_) } fo_##c##_args;
+FO_RULE_LIST(FO_ARGS_STRUCT_)
+#undef FO_ARGS_STRUCT_
+#undef FO_ARG_FIELD_
+
+/* The field names of a rule's record, in memory order; *count receives their number. NULL for
+ * an unknown rule. */
+const char *const *fo_arg_names(int rule, int *count);
+/* The rule's C name ("adam", ...), or NULL. */
+const char *fo_rule_name(int rule);
 
 /* ---- per-step scalars ------------------------------------------------------------------- */
 /* Common to every rule: gscale (the gradient's factor: -1 when maximizing, times the
- * norm-clipping coefficient), clip (clamp the scaled gradient to [-clip, clip]; 0 disables),
- * l2 (grad += l2*param; 0 disables), l1 (grad += l1*sgn(param); 0 disables), decay (decoupled
- * weight decay: param *= decay). */
+ * gradient scale of the call: a norm-clipping coefficient and/or 1/loss scale), clip (clamp
+ * the scaled gradient to [-clip, clip]; 0 disables), l2 (grad += l2*param; 0 disables), l1
+ * (grad += l1*sgn(param); 0 disables), decay (decoupled weight decay: param *= decay). */
 
 typedef struct fo_adam_hp {
     double gscale, clip, l2, l1, decay;
@@ -158,24 +181,34 @@ typedef struct fo_radam_hp {
     int rectify;                /* rho_t > 5: use the adaptive, rectified step */
 } fo_radam_hp;
 
-/* Fill the per-step scalars of a rule from a row of group arguments and the step count.
- * `aux` is the tensor's own scalar state, read and updated (NAdam's mu_product; NULL for the
- * rules without one); fo_has_aux tells which rules use it. */
-void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *aux);
+/* Fill the per-step scalars of a rule from its argument record, the step count and this
+ * call's gradient scale. `aux` is the tensor's own scalar state, read and updated (NAdam's
+ * mu_product; NULL for the rules without one); fo_has_aux tells which rules use it. */
+void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *aux,
+                double grad_scale);
 int fo_has_aux(int rule);
-/* Size in bytes of the per-step scalar struct of a rule; number of arguments in its row. */
+/* Size in bytes of the per-step scalar struct of a rule; number of fields of its record. */
 size_t fo_hp_size(int rule);
 int fo_nargs(int rule);
 
 /* ---- kernels ------------------------------------------------------------------------------ */
 
-typedef void (*fo_kernel_fn)(int64_t n, void *const *streams, const void *hp);
+/* A kernel runs n elements; `index` is the global index of the first one within its tensor
+ * (for counter-based stochastic rounding; the rules compiled today do not use it). */
+typedef void (*fo_kernel_fn)(int64_t n, int64_t index, void *const *streams, const void *hp);
 
 typedef struct fo_kernel_table {
     const char *name;                  /* "baseline", "avx2", "avx512" */
-    fo_kernel_fn f32[FO_NRULES];
-    fo_kernel_fn f64[FO_NRULES];
+    fo_kernel_fn fn[FO_NSIGS][FO_NRULES];
 } fo_kernel_table;
+
+/* The signature of a tensor whose streams have these storage dtypes (FO_MAX_STREAMS codes;
+ * FO_DT_NONE for absent streams), or -1 if no compiled signature accepts them. */
+int fo_signature(const unsigned char *dtypes);
+/* The element size of a signature's param stream, in bytes. */
+size_t fo_sig_elsize(int sig);
+/* Names of the compiled signatures ("f32", "f64"); *count receives their number. */
+const char *const *fo_sig_names(int *count);
 
 /* ---- run-time instruction-set choice ------------------------------------------------------ */
 
@@ -189,9 +222,10 @@ int fo_isa_select(const char *name);
 /* The active table (never NULL). */
 const fo_kernel_table *fo_isa_active(void);
 
-/* Run rule `rule` for dtype `is_f64` on elements [off, off + n) of one tensor whose streams are
- * `ptrs` (FO_MAX_STREAMS pointers to element 0, unused ones NULL), with per-step scalars `hp`. */
-void fo_run_segment(int rule, int is_f64, int64_t off, int64_t n, void *const *ptrs,
+/* Run rule `rule` with signature `sig` on elements [off, off + n) of one tensor whose streams
+ * are `ptrs` (FO_MAX_STREAMS pointers to element 0, unused ones NULL), with per-step scalars
+ * `hp`. */
+void fo_run_segment(int rule, int sig, int64_t off, int64_t n, void *const *ptrs,
                     const void *hp);
 
 /* ---- gradient norms ----------------------------------------------------------------------- */
@@ -201,6 +235,9 @@ void fo_run_segment(int rule, int is_f64, int64_t off, int64_t n, void *const *p
  * accumulated in double in an order that depends on n alone. */
 enum { FO_NORM_L2 = 0, FO_NORM_L1 = 1, FO_NORM_INF = 2 };
 double fo_norm_block(int kind, int is_f64, int64_t n, const void *x);
+/* The gradient pre-pass of one block: its sum of squares (bitwise what fo_norm_block gives for
+ * FO_NORM_L2) and, in the same read, whether any element is NaN or infinite. */
+double fo_prepass_block(int is_f64, int64_t n, const void *x, int *nonfinite);
 
 #ifdef __cplusplus
 }

@@ -130,8 +130,9 @@ static FO_ALWAYS_INLINE void FO_FN(adam_body)(int64_t n, void *const *s, const f
     }
 }
 
-static void FO_FN(adam)(int64_t n, void *const *s, const void *hpv)
+static void FO_FN(adam)(int64_t n, int64_t index, void *const *s, const void *hpv)
 {
+    (void)index;
     const fo_adam_hp *hp = (const fo_adam_hp *)hpv;
     const FO_T w = (FO_T)hp->lerp_weight;
     const int sel = ((s[FO_S3] != 0) << 2) | ((hp->l2 != 0.0) << 1) | FO_SMALL(w);
@@ -172,8 +173,9 @@ static FO_ALWAYS_INLINE void FO_FN(sgd_body)(int64_t n, void *const *s, const fo
     }
 }
 
-static void FO_FN(sgd)(int64_t n, void *const *s, const void *hpv)
+static void FO_FN(sgd)(int64_t n, int64_t index, void *const *s, const void *hpv)
 {
+    (void)index;
     const fo_sgd_hp *hp = (const fo_sgd_hp *)hpv;
     const int l2 = hp->l2 != 0.0;
     if (!s[FO_S1] || hp->momentum == 0.0) {
@@ -197,8 +199,9 @@ static void FO_FN(sgd)(int64_t n, void *const *s, const void *hpv)
 /* Reads k streams and writes their sum to every stream but the gradient (stream 1). The sum
  * keeps every read live; its cost is negligible next to the memory traffic. */
 
-static void FO_FN(probe)(int64_t n, void *const *s, const void *hpv)
+static void FO_FN(probe)(int64_t n, int64_t index, void *const *s, const void *hpv)
 {
+    (void)index;
     const fo_probe_hp *hp = (const fo_probe_hp *)hpv;
     FO_T *FO_RESTRICT a = FO_STREAM(0);
     const FO_T *FO_RESTRICT b = FO_STREAM(1);
@@ -273,8 +276,9 @@ static FO_ALWAYS_INLINE void FO_FN(rmsprop_body)(int64_t n, void *const *s,
     }
 }
 
-static void FO_FN(rmsprop)(int64_t n, void *const *s, const void *hpv)
+static void FO_FN(rmsprop)(int64_t n, int64_t index, void *const *s, const void *hpv)
 {
+    (void)index;
     const fo_rmsprop_hp *hp = (const fo_rmsprop_hp *)hpv;
     const FO_T w = (FO_T)hp->one_minus_alpha;
     const int mom = s[FO_S2] != 0 && hp->momentum != 0.0;
@@ -319,8 +323,9 @@ static FO_ALWAYS_INLINE void FO_FN(adagrad_body)(int64_t n, void *const *s,
     }
 }
 
-static void FO_FN(adagrad)(int64_t n, void *const *s, const void *hpv)
+static void FO_FN(adagrad)(int64_t n, int64_t index, void *const *s, const void *hpv)
 {
+    (void)index;
     const fo_adagrad_hp *hp = (const fo_adagrad_hp *)hpv;
     if (hp->l2 != 0.0) FO_FN(adagrad_body)(n, s, hp, 1);
     else FO_FN(adagrad_body)(n, s, hp, 0);
@@ -328,8 +333,9 @@ static void FO_FN(adagrad)(int64_t n, void *const *s, const void *hpv)
 
 /* ---- Lion --------------------------------------------------------------------------------- */
 
-static void FO_FN(lion)(int64_t n, void *const *s, const void *hpv)
+static void FO_FN(lion)(int64_t n, int64_t index, void *const *s, const void *hpv)
 {
+    (void)index;
     const fo_lion_hp *hp = (const fo_lion_hp *)hpv;
     FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
     const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
@@ -374,8 +380,9 @@ static FO_ALWAYS_INLINE void FO_FN(adamax_body)(int64_t n, void *const *s,
     }
 }
 
-static void FO_FN(adamax)(int64_t n, void *const *s, const void *hpv)
+static void FO_FN(adamax)(int64_t n, int64_t index, void *const *s, const void *hpv)
 {
+    (void)index;
     const fo_adamax_hp *hp = (const fo_adamax_hp *)hpv;
     const FO_T w = (FO_T)hp->lerp_weight;
     FO_CALL_L2_SMALL(FO_FN(adamax_body), hp->l2 != 0.0, FO_SMALL(w));
@@ -413,8 +420,9 @@ static FO_ALWAYS_INLINE void FO_FN(radam_body)(int64_t n, void *const *s, const 
     }
 }
 
-static void FO_FN(radam)(int64_t n, void *const *s, const void *hpv)
+static void FO_FN(radam)(int64_t n, int64_t index, void *const *s, const void *hpv)
 {
+    (void)index;
     const fo_radam_hp *hp = (const fo_radam_hp *)hpv;
     const FO_T w = (FO_T)hp->lerp_weight;
     switch (((hp->l2 != 0.0) << 2) | (FO_SMALL(w) << 1) | (hp->rectify != 0)) {
@@ -457,8 +465,9 @@ static FO_ALWAYS_INLINE void FO_FN(nadam_body)(int64_t n, void *const *s, const 
     }
 }
 
-static void FO_FN(nadam)(int64_t n, void *const *s, const void *hpv)
+static void FO_FN(nadam)(int64_t n, int64_t index, void *const *s, const void *hpv)
 {
+    (void)index;
     const fo_nadam_hp *hp = (const fo_nadam_hp *)hpv;
     const FO_T w = (FO_T)hp->lerp_weight;
     FO_CALL_L2_SMALL(FO_FN(nadam_body), hp->l2 != 0.0, FO_SMALL(w));
@@ -475,8 +484,9 @@ static FO_ALWAYS_INLINE void FO_FN(ema_body)(int64_t n, void *const *s, const fo
     for (int64_t i = 0; i < n; i++) avg[i] = FO_FN(fo_lerp)(avg[i], p[i], w, omw, small);
 }
 
-static void FO_FN(ema)(int64_t n, void *const *s, const void *hpv)
+static void FO_FN(ema)(int64_t n, int64_t index, void *const *s, const void *hpv)
 {
+    (void)index;
     const fo_ema_hp *hp = (const fo_ema_hp *)hpv;
     const FO_T w = (FO_T)hp->lerp_weight;
     if (FO_SMALL(w)) FO_FN(ema_body)(n, s, hp, 1);

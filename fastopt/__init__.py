@@ -4,6 +4,7 @@
 >>> w = np.zeros(10, np.float32)
 >>> opt = fastopt.Adam([w], lr=1e-3)
 >>> opt.step([np.ones(10, np.float32)])
+True
 """
 from . import kernels, reference, schedules
 from ._config import _select_isa_from_env, config, set_isa, show_config

@@ -1,30 +1,45 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""The native driver: fast per-step checks, threading, and the call into the C kernels.
+"""The native driver: array descriptors, the contract check, the gradient pre-pass, threading,
+and the call into the C kernels.
 
 Design note
 -----------
-A *plan* describes one multi-tensor call: for every tensor its element count, its dtype and the
-addresses of its streams (param, grad, state buffers; see csrc/fastopt.h), plus the param group
-whose hyperparameters apply to it. The optimizer builds a plan once per set of params and state
-and reuses it every step; only the gradient addresses change. A step then
+A call is described by a ``Frame``: for each tensor, FO_MAX_STREAMS (address, storage dtype)
+pairs (param, grad, state buffers, a reserved master slot; see csrc/fastopt.h) and one element
+count, plus a strong reference to the owner of every address, held until the frame is
+released, so no array can be freed while the kernels run, whatever other Python threads do. A
+frontend adapter fills the frame (``fill_numpy_lists`` and ``fill_optimizer`` for NumPy arrays,
+checking NumPy's own layout flags; ``fill_raw`` for addresses a frontend has checked itself,
+such as torch tensors). Nothing else is cached between calls: a replaced param or state buffer
+is simply read afresh.
 
-1. checks every gradient with a few C-level tests (ndarray, dtype, shape, C order, alignment, no
-   overlap with any array the step writes) and returns the index of the first bad one *before*
-   anything is modified (the Python layer then raises with a readable message);
-2. derives each tensor's per-step scalars in C from its group's hyperparameters and step count;
-3. releases the GIL and runs all tensors as ONE range of elements: below a grain of work it runs
-   on the calling thread; above, the range is split into static, cache-line aligned chunks, one per
-   OpenMP thread, and each thread walks the tensors its chunk covers.
+``run`` then
+1. checks the contract every frontend shares: each stepping tensor's streams form a compiled
+   storage signature, are aligned, and no stream it writes overlaps any other stream of the call
+   (the sorted intervals of the written streams are memoised by the exact descriptor contents,
+   so an unchanged layout is not re-sorted; gradients are checked against them every call);
+2. optionally runs the gradient pre-pass: one read of the gradients giving each group's sum of
+   squares (for clipping by norm) and a non-finite flag; with ``check_finite`` a non-finite
+   gradient makes the call return SKIPPED having modified nothing at all;
+3. increments the step counts, derives each tensor's per-step scalars in C (shared within a
+   group at one step), reserves threads from the process-wide budget, releases the GIL and runs
+   all tensors as ONE range of elements split into static, 16-element aligned chunks.
 
-Every kernel is element-wise, so results do not depend on how the range is split: they are
-bitwise identical for any thread count.
+Every kernel is element-wise, so results are bitwise identical for any thread count.
 """
 cimport numpy as cnp
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.dict cimport PyDict_GetItem
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uintptr_t
-from libc.stdlib cimport malloc, free, qsort
+from libc.stdlib cimport malloc, realloc, free, qsort
 from libc.math cimport sqrt
-from libc.string cimport memset
+from libc.string cimport memset, memcpy
+
+import threading
 
 import numpy as np
 
@@ -34,34 +49,38 @@ cdef extern from "fastopt.h" nogil:
     enum:
         FO_P
         FO_G
+        FO_M
         FO_MAX_STREAMS
-        FO_RULE_SGD
-        FO_RULE_ADAM
-        FO_RULE_PROBE
-        FO_RULE_RMSPROP
-        FO_RULE_ADAGRAD
-        FO_RULE_LION
-        FO_RULE_ADAMAX
-        FO_RULE_RADAM
-        FO_RULE_EMA
-        FO_RULE_NADAM
         FO_NRULES
+        FO_NSIGS
+        FO_DT_NONE
+        FO_DT_F32
+        FO_DT_F64
+        FO_DT_F16
+        FO_DT_BF16
     const char *const *fo_isa_compiled(int *count)
     int fo_isa_supported(const char *name)
     int fo_isa_select(const char *name)
     ctypedef struct fo_kernel_table:
         const char *name
     const fo_kernel_table *fo_isa_active()
-    void fo_run_segment(int rule, int is_f64, int64_t off, int64_t n, void *const *ptrs,
+    void fo_run_segment(int rule, int sig, int64_t off, int64_t n, void *const *ptrs,
                         const void *hp)
     size_t fo_hp_size(int rule)
     int fo_nargs(int rule)
+    const char *const *fo_arg_names(int rule, int *count)
+    const char *fo_rule_name(int rule)
+    int fo_signature(const unsigned char *dtypes)
+    size_t fo_sig_elsize(int sig)
+    const char *const *fo_sig_names(int *count)
     enum:
         FO_NORM_L2
         FO_NORM_L1
         FO_NORM_INF
     double fo_norm_block(int kind, int is_f64, int64_t n, const void *x)
-    void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *aux)
+    double fo_prepass_block(int is_f64, int64_t n, const void *x, int *nonfinite)
+    void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *aux,
+                    double grad_scale)
     int fo_has_aux(int rule)
 
 cdef extern from "fo_omp.h" nogil:
@@ -69,32 +88,64 @@ cdef extern from "fo_omp.h" nogil:
     int fo_omp_max_threads()
     int fo_omp_version()
 
-RULE_SGD = FO_RULE_SGD
-RULE_ADAM = FO_RULE_ADAM
-RULE_PROBE = FO_RULE_PROBE
-RULE_RMSPROP = FO_RULE_RMSPROP
-RULE_ADAGRAD = FO_RULE_ADAGRAD
-RULE_LION = FO_RULE_LION
-RULE_ADAMAX = FO_RULE_ADAMAX
-RULE_RADAM = FO_RULE_RADAM
-RULE_EMA = FO_RULE_EMA
-RULE_NADAM = FO_RULE_NADAM
-# number of hyperparameters in a group's row, per rule (see csrc/fastopt.h)
-NARGS = {rule: fo_nargs(rule) for rule in range(FO_NRULES)}
-MAX_STREAMS = FO_MAX_STREAMS
+DEF S = 6               # FO_MAX_STREAMS (checked at import below)
+DEF ALIGN_ELEMS = 16    # chunk boundaries are multiples of this many elements
+DEF NORM_BLOCK = 8192   # elements per block of the norm and pre-pass reductions
 
-# Codes returned by Plan.step besides a bad gradient's index (>= 0).
-OK = -1
-NEEDS_STATE = -2
+if FO_MAX_STREAMS != S:
+    raise ImportError("fastopt: _kernels.pyx and csrc/fastopt.h disagree on FO_MAX_STREAMS")
+
+MAX_STREAMS = FO_MAX_STREAMS
+STREAM_P, STREAM_G, STREAM_M = FO_P, FO_G, FO_M
+DT_NONE, DT_F32, DT_F64, DT_F16, DT_BF16 = FO_DT_NONE, FO_DT_F32, FO_DT_F64, FO_DT_F16, FO_DT_BF16
+
+
+def _rule_table():
+    cdef int r, n, k
+    cdef const char *const *names
+    rules, args = {}, {}
+    for r in range(FO_NRULES):
+        name = fo_rule_name(r).decode()
+        names = fo_arg_names(r, &n)
+        rules[name] = r
+        args[name] = tuple(names[k].decode() for k in range(n))
+    return rules, args
+
+
+# rule name -> rule id, and rule name -> the field names of its argument record (memory order)
+RULES, ARG_NAMES = _rule_table()
+
+
+def signatures():
+    """Names of the storage signatures compiled into this build."""
+    cdef int n = 0, k
+    cdef const char *const *names = fo_sig_names(&n)
+    return tuple(names[k].decode() for k in range(n))
+
+
+# Outcomes of run()
+OK = 0
+SKIPPED = 1
+# Reasons a frame fill or the contract check refuses a stream (see ContractError)
+R_TYPE, R_DTYPE, R_SHAPE, R_LAYOUT, R_ALIGN, R_READONLY, R_OVERLAP, R_SIGNATURE, \
+    R_GROUP_SIZE, R_NEEDS_STATE, R_NULL = range(11)
+
+
+class ContractError(ValueError):
+    """A stream of a call breaks the driver's contract. ``reason`` is one of the R_* codes,
+    ``tensor``/``stream`` locate it, ``other`` is the (tensor, stream) it overlaps, if any. The
+    frontends turn it into a message that names the user's array."""
+
+    def __init__(self, reason, tensor, stream, other=None):
+        super().__init__(f"reason {reason} at tensor {tensor}, stream {stream}")
+        self.reason = reason
+        self.tensor = tensor
+        self.stream = stream
+        self.other = other
+
 
 # Elements per thread below which a step stays on the calling thread (see set_parallel_grain).
 cdef int64_t _grain = 1 << 14
-# Steps running now in any Python thread (changed only while holding the GIL). A step shares
-# the thread budget with the others: with k concurrent steps each uses nthreads // k threads,
-# so several Python threads stepping optimizers at once never oversubscribe the cores.
-cdef int _active_steps = 0
-# Chunk boundaries are multiples of this many elements (64 bytes of float32).
-DEF ALIGN_ELEMS = 16
 
 
 # ---- configuration -------------------------------------------------------------------------
@@ -162,16 +213,72 @@ def get_parallel_grain():
     return _grain
 
 
-def active_steps():
-    """Number of steps running now (in any Python thread)."""
-    return _active_steps
+# ---- the thread budget -----------------------------------------------------------------------
+# Kernel threads held now by running calls, over all Python threads (changed only while holding
+# the GIL). A call takes at most what is left of the budget (OpenMP's limit for the calling
+# thread) and waits, without the GIL, when nothing is left, so concurrent steps never run more
+# kernel threads than the budget between them.
+
+cdef int _in_use = 0
+cdef int _peak = 0
+cdef int _waiting = 0
+_budget_cond = threading.Condition(threading.Lock())
 
 
-# ---- the plan ------------------------------------------------------------------------------
+cdef int _reserve(int want) except -1:
+    global _in_use, _peak, _waiting
+    cdef int budget = fo_omp_max_threads()
+    if budget < 1:
+        budget = 1
+    if want > budget:
+        want = budget
+    if _in_use >= budget:
+        _waiting += 1
+        try:
+            with _budget_cond:
+                while _in_use >= budget:
+                    _budget_cond.wait(0.05)
+        finally:
+            _waiting -= 1
+    if want > budget - _in_use:
+        want = budget - _in_use
+    if want < 1:
+        want = 1
+    _in_use += want
+    if _in_use > _peak:
+        _peak = _in_use
+    return want
+
+
+cdef void _release(int held):
+    global _in_use
+    _in_use -= held
+    if _waiting:
+        with _budget_cond:
+            _budget_cond.notify_all()
+
+
+def threads_in_use():
+    """Kernel threads held now by running calls (all Python threads together)."""
+    return _in_use
+
+
+def peak_threads(reset=False):
+    """The most kernel threads held at once since the last reset (tests of the budget)."""
+    global _peak
+    old = _peak
+    if reset:
+        _peak = _in_use
+    return old
+
+
+# ---- frames: the descriptors of one call -----------------------------------------------------
 
 cdef struct Interval:
     uintptr_t lo
     uintptr_t hi
+    int64_t tensor
+    int stream
 
 
 cdef int _cmp_interval(const void *a, const void *b) noexcept nogil:
@@ -180,299 +287,719 @@ cdef int _cmp_interval(const void *a, const void *b) noexcept nogil:
     return (x > y) - (x < y)
 
 
-cdef inline uintptr_t _start(cnp.ndarray a):
-    return <uintptr_t>cnp.PyArray_DATA(a)
+cdef inline unsigned char _np_code(cnp.ndarray a):
+    cdef int t = cnp.PyArray_TYPE(a)
+    if not cnp.PyArray_ISNOTSWAPPED(a):
+        return FO_DT_NONE
+    if t == cnp.NPY_FLOAT:
+        return FO_DT_F32
+    if t == cnp.NPY_DOUBLE:
+        return FO_DT_F64
+    return FO_DT_NONE
 
 
-cdef inline uintptr_t _end(cnp.ndarray a):
-    return <uintptr_t>cnp.PyArray_DATA(a) + <uintptr_t>cnp.PyArray_NBYTES(a)
+cdef class Frame:
+    """The descriptors of one multi-tensor call (see the module's design note).
 
-
-cdef class Plan:
-    """One multi-tensor call, reusable across steps (see the module's design note).
-
-    Parameters
-    ----------
-    rule : int
-        RULE_SGD, RULE_ADAM or RULE_PROBE.
-    streams : list of sequences
-        For each tensor, FO_MAX_STREAMS entries: the param, None for the gradient (supplied per
-        step), then its state buffers or None. A tensor whose state is not created yet may be
-        given as just ``[param]``: a step that has a gradient for it returns NEEDS_STATE.
-    groups : sequence of int
-        The row of the hyperparameter table that applies to each tensor.
-
-    The arrays must already satisfy the contracts checked by fastopt._validation (C-contiguous,
-    aligned, writeable, float32/float64, equal shapes per tensor, no overlaps): the plan trusts
-    them. It keeps references to them, so their memory cannot move while it lives.
+    A frame is reusable: each fill overwrites it. The owners' references it takes are held
+    until ``release()`` (or the next fill, or the frame's end).
     """
-    cdef readonly int rule
-    cdef readonly Py_ssize_t ntensors
-    cdef size_t hp_size
-    cdef int64_t *sizes          # element count per tensor
-    cdef int64_t *active         # this step's element count (0 when the gradient is None)
-    cdef int64_t *prefix         # prefix sums of active, ntensors + 1 entries
-    cdef void **ptrs             # ntensors x FO_MAX_STREAMS
-    cdef unsigned char *is_f64
-    cdef unsigned char *ready    # state exists
-    cdef int *group
-    cdef char *hps               # ntensors x hp_size
-    cdef char **hp_of            # the scalars each tensor uses (shared within a group and step)
-    cdef Interval *writes        # sorted address ranges of every array a step writes
-    cdef Py_ssize_t nwrites
-    cdef list params
-    cdef list keep
+    cdef readonly int64_t ntensors
+    cdef int64_t cap
+    cdef uintptr_t *addr
+    cdef unsigned char *dt
+    cdef int64_t *count
+    cdef PyObject **refs
+    cdef int64_t nrefs, refcap
+    cdef readonly int reason
+    cdef readonly int64_t bad_tensor
+    cdef readonly int bad_stream
+    cdef bint busy
 
     def __cinit__(self):
-        self.sizes = NULL
-        self.active = NULL
-        self.prefix = NULL
-        self.ptrs = NULL
-        self.is_f64 = NULL
-        self.ready = NULL
-        self.group = NULL
-        self.hps = NULL
-        self.hp_of = NULL
-        self.writes = NULL
-
-    def __init__(self, int rule, list streams, groups):
-        cdef Py_ssize_t T = len(streams), i, k, w = 0
-        cdef cnp.ndarray a
-        if not 0 <= rule < FO_NRULES:
-            raise ValueError(f"unknown rule {rule}")
-        if len(groups) != T:
-            raise ValueError("groups must have one entry per tensor")
-        self.rule = rule
-        self.ntensors = T
-        self.hp_size = fo_hp_size(rule)
-        self.sizes = <int64_t *>malloc(max(T, 1) * sizeof(int64_t))
-        self.active = <int64_t *>malloc(max(T, 1) * sizeof(int64_t))
-        self.prefix = <int64_t *>malloc((T + 1) * sizeof(int64_t))
-        self.ptrs = <void **>malloc(max(T, 1) * FO_MAX_STREAMS * sizeof(void *))
-        self.is_f64 = <unsigned char *>malloc(max(T, 1))
-        self.ready = <unsigned char *>malloc(max(T, 1))
-        self.group = <int *>malloc(max(T, 1) * sizeof(int))
-        self.hps = <char *>malloc(max(T, 1) * self.hp_size)
-        self.hp_of = <char **>malloc(max(T, 1) * sizeof(char *))
-        self.writes = <Interval *>malloc(max(T, 1) * FO_MAX_STREAMS * sizeof(Interval))
-        if (not self.sizes or not self.active or not self.prefix or not self.ptrs
-                or not self.is_f64 or not self.ready or not self.group or not self.hps
-                or not self.writes or not self.hp_of):
-            raise MemoryError()
-        memset(self.ptrs, 0, max(T, 1) * FO_MAX_STREAMS * sizeof(void *))
-        self.params = []
-        self.keep = []
-        for i in range(T):
-            row = streams[i]
-            a = <cnp.ndarray?>row[0]
-            self.params.append(a)
-            self.sizes[i] = cnp.PyArray_SIZE(a)
-            self.is_f64[i] = cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE
-            self.group[i] = <int>groups[i]
-            self.ready[i] = len(row) == FO_MAX_STREAMS
-            for k in range(len(row)):
-                if k == FO_G or row[k] is None:
-                    continue
-                a = <cnp.ndarray?>row[k]
-                self.keep.append(a)
-                self.ptrs[i * FO_MAX_STREAMS + k] = cnp.PyArray_DATA(a)
-                if cnp.PyArray_NBYTES(a) > 0:
-                    self.writes[w].lo = _start(a)
-                    self.writes[w].hi = _end(a)
-                    w += 1
-        self.nwrites = w
-        qsort(self.writes, w, sizeof(Interval), _cmp_interval)
+        self.addr = NULL
+        self.dt = NULL
+        self.count = NULL
+        self.refs = NULL
+        self.ntensors = self.cap = self.nrefs = self.refcap = 0
 
     def __dealloc__(self):
-        free(self.sizes)
-        free(self.active)
-        free(self.prefix)
-        free(self.ptrs)
-        free(self.is_f64)
-        free(self.ready)
-        free(self.group)
-        free(self.hps)
-        free(self.hp_of)
-        free(self.writes)
+        self._drop_refs()
+        free(self.addr)
+        free(self.dt)
+        free(self.count)
+        free(self.refs)
 
-    cdef bint _overlaps_write(self, uintptr_t lo, uintptr_t hi) noexcept:
-        """True if [lo, hi) intersects an array the step writes (binary search)."""
-        cdef Py_ssize_t a = 0, b = self.nwrites, mid
-        if lo == hi:
-            return False
-        # first interval whose end is beyond lo; intervals are disjoint and sorted
-        while a < b:
-            mid = (a + b) // 2
-            if self.writes[mid].hi <= lo:
-                a = mid + 1
-            else:
-                b = mid
-        return a < self.nwrites and self.writes[a].lo < hi
+    cdef void _drop_refs(self):
+        cdef int64_t i
+        for i in range(self.nrefs):
+            Py_XDECREF(self.refs[i])
+        self.nrefs = 0
 
-    cdef bint _grad_ok(self, Py_ssize_t i, object g):
-        cdef cnp.ndarray p = <cnp.ndarray>self.params[i]
-        cdef cnp.ndarray ga
+    def release(self):
+        """Drop the references to the owners taken by the last fill."""
+        self._drop_refs()
+
+    cdef int _reset(self, int64_t T) except -1:
+        if self.busy:
+            raise RuntimeError("fastopt: a frame was refilled while its call runs")
+        self._drop_refs()
+        if T > self.cap:
+            free(self.addr); free(self.dt); free(self.count); free(self.refs)
+            self.addr = <uintptr_t *>malloc(T * S * sizeof(uintptr_t))
+            self.dt = <unsigned char *>malloc(T * S)
+            self.count = <int64_t *>malloc(T * sizeof(int64_t))
+            self.refs = <PyObject **>malloc(T * (S + 1) * sizeof(PyObject *))
+            if not self.addr or not self.dt or not self.count or not self.refs:
+                free(self.addr); free(self.dt); free(self.count); free(self.refs)
+                self.addr = NULL; self.dt = NULL; self.count = NULL; self.refs = NULL
+                self.cap = self.refcap = 0
+                raise MemoryError()
+            self.cap = T
+            self.refcap = T * (S + 1)
+        if T > 0:
+            memset(self.addr, 0, T * S * sizeof(uintptr_t))
+            memset(self.dt, 0, T * S)
+            memset(self.count, 0, T * sizeof(int64_t))
+        self.ntensors = T
+        self.reason = -1
+        self.bad_tensor = -1
+        self.bad_stream = -1
+        return 0
+
+    cdef inline void _ref(self, object o):
+        Py_INCREF(o)
+        self.refs[self.nrefs] = <PyObject *>o
+        self.nrefs += 1
+
+    cdef inline int _fail(self, int reason, int64_t i, int k):
+        self.reason = reason
+        self.bad_tensor = i
+        self.bad_stream = k
+        return reason
+
+    cdef int _put_numpy(self, int64_t i, int k, object o, cnp.ndarray like, bint written):
+        """Stream k of tensor i from a NumPy array that must match ``like`` (the param; None
+        for the param itself). Returns -1, or the reason it is refused."""
+        cdef cnp.ndarray a
         cdef int d
-        if not cnp.PyArray_Check(g):
-            return False
-        ga = <cnp.ndarray>g
-        if cnp.PyArray_TYPE(ga) != cnp.PyArray_TYPE(p) or not cnp.PyArray_ISNOTSWAPPED(ga):
-            return False
-        if cnp.PyArray_NDIM(ga) != cnp.PyArray_NDIM(p):
-            return False
-        for d in range(cnp.PyArray_NDIM(p)):
-            if cnp.PyArray_DIM(ga, d) != cnp.PyArray_DIM(p, d):
-                return False
-        if not cnp.PyArray_IS_C_CONTIGUOUS(ga) or not cnp.PyArray_ISALIGNED(ga):
-            return False
-        return not self._overlaps_write(_start(ga), _end(ga))
+        if not cnp.PyArray_Check(o):
+            return self._fail(R_TYPE, i, k)
+        a = <cnp.ndarray>o
+        cdef unsigned char code = _np_code(a)
+        if code == FO_DT_NONE:
+            return self._fail(R_DTYPE, i, k)
+        if like is not None:
+            if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(like):
+                return self._fail(R_DTYPE, i, k)
+            if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(like):
+                return self._fail(R_SHAPE, i, k)
+            for d in range(cnp.PyArray_NDIM(a)):
+                if cnp.PyArray_DIM(a, d) != cnp.PyArray_DIM(like, d):
+                    return self._fail(R_SHAPE, i, k)
+        if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+            return self._fail(R_LAYOUT, i, k)
+        if not cnp.PyArray_ISALIGNED(a):
+            return self._fail(R_ALIGN, i, k)
+        if written and not cnp.PyArray_ISWRITEABLE(a):
+            return self._fail(R_READONLY, i, k)
+        self._ref(o)
+        self.addr[i * S + k] = <uintptr_t>cnp.PyArray_DATA(a)
+        self.dt[i * S + k] = code
+        if like is None:
+            self.count[i] = cnp.PyArray_SIZE(a)
+        return -1
 
-    def check(self, grads):
-        """The gradient checks of ``step`` alone: OK, NEEDS_STATE or a bad gradient's index."""
+    def fill_numpy_lists(self, list streams not None, Py_ssize_t n, bint param_read_only=False):
+        """Fill from NumPy lists: ``streams`` has FO_MAX_STREAMS entries, each None (stream
+        absent) or a list of n entries (an array, or None to leave that tensor's stream
+        absent; a None gradient skips its tensor). Stream 0 are the params, written unless
+        ``param_read_only``; stream 1, read only; the rest, written.
+        Returns -1, or a reason code (``bad_tensor`` and ``bad_stream`` locate it)."""
         cdef Py_ssize_t i
-        cdef bint needs_state = False
-        cdef object seq = grads if type(grads) is list or type(grads) is tuple else list(grads)
-        if len(seq) != self.ntensors:
-            raise ValueError(f"expected {self.ntensors} gradients, got {len(seq)}")
-        for i in range(self.ntensors):      # every gradient, before anything else is decided
-            g = seq[i]
-            if g is None:
-                continue
-            if not self._grad_ok(i, g):
-                return i
-            if not self.ready[i]:
-                needs_state = True
-        return NEEDS_STATE if needs_state else OK
+        cdef int k, rc
+        cdef list col
+        cdef cnp.ndarray p
+        if len(streams) != S:
+            raise ValueError(f"expected {S} stream lists")
+        for k in range(S):
+            col = streams[k]
+            if col is not None and len(col) != n:
+                raise ValueError(f"stream {k}: expected {n} entries, got {len(col)}")
+        self._reset(n)
+        params = streams[0]
+        for i in range(n):
+            o = params[i]
+            rc = self._put_numpy(i, 0, o, None, not param_read_only)
+            if rc >= 0:
+                return rc
+            p = <cnp.ndarray>o
+            for k in range(1, S):
+                col = streams[k]
+                if col is None:
+                    continue
+                o = col[i]
+                if o is None:
+                    continue
+                rc = self._put_numpy(i, k, o, p, k != FO_G)
+                if rc >= 0:
+                    return rc
+        return -1
 
-    def step(self, grads, cnp.ndarray args not None, cnp.ndarray steps not None,
-             bint increment, int nthreads, cnp.ndarray aux=None):
-        """Check, then run one step. Returns OK, NEEDS_STATE, or the index of a bad gradient.
+    def fill_optimizer(self, list groups not None, list sizes not None, object grads,
+                       dict state not None, list slots_by_group not None,
+                       list step_views not None):
+        """The NumPy optimizer's adapter: everything from its live structures, read afresh.
 
-        ``grads`` has one entry per tensor (None skips it). ``args`` holds one row of
-        hyperparameters per group. ``steps`` holds one step count per tensor: with
-        ``increment`` the counts of the tensors that step are incremented first (the
-        optimizer's bookkeeping); without, they are this step's counts as given. ``aux``
-        holds each tensor's scalar state (float64) for the rules that have one (NAdam's
-        mu_product), updated in place. Nothing is modified unless OK is returned.
-        """
-        cdef Py_ssize_t T = self.ntensors, i, ngroups, nargs
-        cdef int64_t total = 0
-        cdef object g
-        cdef object seq = grads if type(grads) is list or type(grads) is tuple else list(grads)
-        cdef const double *a
-        cdef int64_t *st
-        cdef Py_ssize_t last = -1
-        cdef bint needs_state
-        cdef double *ax = NULL
-        cdef bint shared = not fo_has_aux(self.rule)
-        if len(seq) != T:
-            raise ValueError(f"expected {T} gradients, got {len(seq)}")
-        # raw arrays, checked here instead of through memoryviews (cheaper per call)
-        if (cnp.PyArray_TYPE(steps) != cnp.NPY_INT64 or cnp.PyArray_NDIM(steps) != 1
-                or cnp.PyArray_DIM(steps, 0) != T or not cnp.PyArray_IS_C_CONTIGUOUS(steps)
-                or not cnp.PyArray_ISWRITEABLE(steps)):
-            raise ValueError(f"steps: expected a writeable contiguous int64 array of {T}")
-        nargs = fo_nargs(self.rule)
-        if (cnp.PyArray_TYPE(args) != cnp.NPY_DOUBLE or cnp.PyArray_NDIM(args) != 2
-                or cnp.PyArray_DIM(args, 1) != nargs or not cnp.PyArray_IS_C_CONTIGUOUS(args)):
-            raise ValueError(f"args: expected a contiguous float64 array of shape (groups, "
-                             f"{nargs})")
-        if fo_has_aux(self.rule):
-            if (aux is None or cnp.PyArray_TYPE(aux) != cnp.NPY_DOUBLE
-                    or cnp.PyArray_NDIM(aux) != 1 or cnp.PyArray_DIM(aux, 0) != T
-                    or not cnp.PyArray_IS_C_CONTIGUOUS(aux) or not cnp.PyArray_ISWRITEABLE(aux)):
-                raise ValueError(f"aux: expected a writeable contiguous float64 array of {T}")
-            ax = <double *>cnp.PyArray_DATA(aux)
-        ngroups = cnp.PyArray_DIM(args, 0)
-        a = <const double *>cnp.PyArray_DATA(args)
-        st = <int64_t *>cnp.PyArray_DATA(steps)
-        # 1. check everything; nothing is written before this loop has passed, and a tensor
-        #    without state is reported only once every gradient has passed its checks
-        needs_state = False
-        for i in range(T):
-            g = seq[i]
-            if g is None:
+        ``groups``: the param groups (dicts with "params"); ``sizes``: the number of params
+        each group had when it was added; ``grads``: list or tuple, one per param (None
+        skips); ``state``: the optimizer's state (index -> dict); ``slots_by_group``: per
+        group, a tuple of (stream, key) pairs the group's settings need; ``step_views``: per
+        param, the object expected at state[i]["step"] (None: no check).
+
+        Returns -1, R_NEEDS_STATE (some stepping param lacks state or a buffer, or its "step"
+        entry was replaced: the optimizer creates or adopts it, then fills again), or another
+        reason code. Every param and gradient is checked before NEEDS_STATE is reported."""
+        cdef Py_ssize_t ngroups = len(groups), gi, j, T = 0, i, nslots, s
+        cdef list params
+        cdef object o, g, st, key, view
+        cdef PyObject *item
+        cdef int rc, k
+        cdef tuple slots
+        cdef bint needs = False
+        cdef cnp.ndarray p
+        if len(sizes) != ngroups or len(slots_by_group) != ngroups:
+            raise ValueError("sizes and slots_by_group need one entry per group")
+        for gi in range(ngroups):
+            T += <Py_ssize_t>sizes[gi]
+        if len(grads) != T or len(step_views) != T:
+            raise ValueError(f"expected {T} gradients and step views")
+        self._reset(T)
+        i = 0
+        for gi in range(ngroups):
+            o = groups[gi]["params"]
+            if type(o) is not list:
+                o = list(o)
+            params = <list>o
+            if PyList_GET_SIZE(params) != <Py_ssize_t>sizes[gi]:
+                return self._fail(R_GROUP_SIZE, gi, 0)
+            slots = <tuple>slots_by_group[gi]
+            nslots = PyTuple_GET_SIZE(slots)
+            for j in range(PyList_GET_SIZE(params)):
+                o = <object>PyList_GET_ITEM(params, j)
+                rc = self._put_numpy(i, 0, o, None, True)
+                if rc >= 0:
+                    return rc
+                p = <cnp.ndarray>o
+                g = grads[i]
+                if g is not None:
+                    rc = self._put_numpy(i, FO_G, g, p, False)
+                    if rc >= 0:
+                        return rc
+                item = PyDict_GetItem(state, i)
+                if item == NULL:
+                    if g is not None and (nslots > 0 or step_views[i] is not None):
+                        needs = True
+                    i += 1
+                    continue
+                st = <object>item
+                if type(st) is not dict:
+                    return self._fail(R_TYPE, i, -1)
+                view = step_views[i]
+                if view is not None:
+                    item = PyDict_GetItem(st, "step")
+                    if item == NULL or <object>item is not view:
+                        needs = True
+                for s in range(nslots):
+                    k = <int>(<tuple>PyTuple_GET_ITEM(slots, s))[0]
+                    key = (<tuple>PyTuple_GET_ITEM(slots, s))[1]
+                    item = PyDict_GetItem(st, key)
+                    if item == NULL:
+                        if g is not None:
+                            needs = True
+                        continue
+                    rc = self._put_numpy(i, k, <object>item, p, True)
+                    if rc >= 0:
+                        return rc
+                i += 1
+        if needs:
+            return self._fail(R_NEEDS_STATE, -1, -1)
+        return -1
+
+    def fill_raw(self, cnp.ndarray addr not None, cnp.ndarray dtypes not None,
+                 cnp.ndarray counts not None, list owners not None):
+        """Fill from descriptors a frontend made and checked itself (shapes, layout,
+        writeability): ``addr`` uint64 (T, FO_MAX_STREAMS), 0 for an absent stream;
+        ``dtypes`` uint8 of the same shape (DT_* codes); ``counts`` int64 (T,); ``owners``:
+        the objects owning that memory, referenced until release()."""
+        cdef Py_ssize_t T
+        if (cnp.PyArray_TYPE(addr) != cnp.NPY_UINT64 or cnp.PyArray_NDIM(addr) != 2
+                or cnp.PyArray_DIM(addr, 1) != S or not cnp.PyArray_IS_C_CONTIGUOUS(addr)):
+            raise ValueError(f"addr: expected a contiguous uint64 array of shape (T, {S})")
+        T = cnp.PyArray_DIM(addr, 0)
+        if (cnp.PyArray_TYPE(dtypes) != cnp.NPY_UINT8 or cnp.PyArray_NDIM(dtypes) != 2
+                or cnp.PyArray_DIM(dtypes, 0) != T or cnp.PyArray_DIM(dtypes, 1) != S
+                or not cnp.PyArray_IS_C_CONTIGUOUS(dtypes)):
+            raise ValueError(f"dtypes: expected a contiguous uint8 array of shape ({T}, {S})")
+        if (cnp.PyArray_TYPE(counts) != cnp.NPY_INT64 or cnp.PyArray_NDIM(counts) != 1
+                or cnp.PyArray_DIM(counts, 0) != T or not cnp.PyArray_IS_C_CONTIGUOUS(counts)):
+            raise ValueError(f"counts: expected a contiguous int64 array of {T}")
+        self._reset(T)
+        if len(owners) > self.refcap:
+            free(self.refs)
+            self.refs = <PyObject **>malloc(len(owners) * sizeof(PyObject *))
+            if not self.refs:
+                self.refcap = 0
+                raise MemoryError()
+            self.refcap = len(owners)
+        for o in owners:
+            self._ref(o)
+        if T > 0:
+            memcpy(self.addr, cnp.PyArray_DATA(addr), T * S * sizeof(uintptr_t))
+            memcpy(self.dt, cnp.PyArray_DATA(dtypes), T * S)
+            memcpy(self.count, cnp.PyArray_DATA(counts), T * sizeof(int64_t))
+        return -1
+
+    def stepping(self):
+        """Per tensor: whether it steps in this call (its gradient stream is present)."""
+        return [self.addr[i * S + FO_G] != 0 for i in range(self.ntensors)]
+
+    def streams_of(self, int64_t i):
+        """(address, dtype code) of each stream of tensor i (tests and diagnostics)."""
+        if not 0 <= i < self.ntensors:
+            raise IndexError(i)
+        return [(self.addr[i * S + k], self.dt[i * S + k]) for k in range(S)]
+
+
+cdef class Memo:
+    """The contract check's memory: the sorted written intervals of the last layout checked,
+    with the exact descriptors they came from. Used by one call at a time."""
+    cdef int64_t T
+    cdef uintptr_t *addr
+    cdef unsigned char *dt
+    cdef int64_t *count
+    cdef Interval *writes
+    cdef int64_t nwrites
+    cdef bint valid
+
+    def __cinit__(self):
+        self.addr = NULL; self.dt = NULL; self.count = NULL; self.writes = NULL
+        self.T = 0; self.nwrites = 0; self.valid = False
+
+    def __dealloc__(self):
+        free(self.addr); free(self.dt); free(self.count); free(self.writes)
+
+    def invalidate(self):
+        self.valid = False
+
+
+cdef bint _same_layout(Memo m, Frame f):
+    """True if the written streams of f are exactly those m was computed from."""
+    cdef int64_t i
+    cdef int k
+    cdef int64_t T = f.ntensors
+    cdef bint active
+    if not m.valid or m.T != T:
+        return False
+    for i in range(T):
+        active = f.addr[i * S + FO_G] != 0
+        if m.count[i] != (f.count[i] if active else -1):
+            return False
+        if not active:
+            continue
+        for k in range(S):
+            if k == FO_G:
                 continue
-            if not self._grad_ok(i, g):
-                return i
-            if not self.ready[i]:
-                needs_state = True
-            if self.group[i] < 0 or self.group[i] >= ngroups:
-                raise ValueError(f"tensor {i} refers to group {self.group[i]}, "
-                                 f"but only {ngroups} rows of hyperparameters were given")
-        if needs_state:
-            return NEEDS_STATE
-        # 2. bookkeeping and per-step scalars
-        self.prefix[0] = 0
+            if m.addr[i * S + k] != f.addr[i * S + k] or m.dt[i * S + k] != f.dt[i * S + k]:
+                return False
+    return True
+
+
+cdef int _remember(Memo m, Frame f, Interval *writes, int64_t nwrites) except -1:
+    cdef int64_t T = f.ntensors, i
+    free(m.addr); free(m.dt); free(m.count); free(m.writes)
+    m.addr = <uintptr_t *>malloc(max(T, 1) * S * sizeof(uintptr_t))
+    m.dt = <unsigned char *>malloc(max(T, 1) * S)
+    m.count = <int64_t *>malloc(max(T, 1) * sizeof(int64_t))
+    m.writes = <Interval *>malloc(max(nwrites, 1) * sizeof(Interval))
+    if not m.addr or not m.dt or not m.count or not m.writes:
+        m.valid = False
+        raise MemoryError()
+    if T > 0:
+        memcpy(m.addr, f.addr, T * S * sizeof(uintptr_t))
+        memcpy(m.dt, f.dt, T * S)
+    for i in range(T):
+        m.count[i] = f.count[i] if f.addr[i * S + FO_G] != 0 else -1
+    if nwrites > 0:
+        memcpy(m.writes, writes, nwrites * sizeof(Interval))
+    m.nwrites = nwrites
+    m.T = T
+    m.valid = True
+    return 0
+
+
+cdef int64_t _find_overlap(const Interval *w, int64_t nw, uintptr_t lo, uintptr_t hi) noexcept:
+    """Index of a written interval intersecting [lo, hi), or -1 (binary search; intervals
+    sorted and disjoint)."""
+    cdef int64_t a = 0, b = nw, mid
+    if lo == hi:
+        return -1
+    while a < b:
+        mid = (a + b) // 2
+        if w[mid].hi <= lo:
+            a = mid + 1
+        else:
+            b = mid
+    if a < nw and w[a].lo < hi:
+        return a
+    return -1
+
+
+cdef int _check_contract(Frame f, Memo memo, int *sigs) except -1:
+    """Signatures, alignment and overlaps of the stepping tensors; raises ContractError."""
+    cdef int64_t T = f.ntensors, i, nw = 0, j
+    cdef int k, sig
+    cdef size_t es
+    cdef uintptr_t a
+    cdef Interval *w = NULL
+    cdef const Interval *use
+    cdef int64_t nuse
+    cdef bint remembered
+    for i in range(T):
+        sigs[i] = -1
+        if f.addr[i * S + FO_G] == 0:
+            continue
+        sig = fo_signature(&f.dt[i * S])
+        if sig < 0:
+            raise ContractError(R_SIGNATURE, i, 0)
+        sigs[i] = sig
+        es = fo_sig_elsize(sig)
+        for k in range(S):
+            a = f.addr[i * S + k]
+            if f.dt[i * S + k] == FO_DT_NONE:
+                continue
+            if a == 0 and f.count[i] > 0:
+                raise ContractError(R_NULL, i, k)
+            if a % es != 0:
+                raise ContractError(R_ALIGN, i, k)
+    remembered = memo is not None and _same_layout(memo, f)
+    if remembered:
+        use = memo.writes
+        nuse = memo.nwrites
+    else:
+        w = <Interval *>malloc(max(T, 1) * S * sizeof(Interval))
+        if not w:
+            raise MemoryError()
+        try:
+            for i in range(T):
+                if sigs[i] < 0 or f.count[i] == 0:
+                    continue
+                es = fo_sig_elsize(sigs[i])
+                for k in range(S):
+                    if k == FO_G or f.dt[i * S + k] == FO_DT_NONE:
+                        continue
+                    w[nw].lo = f.addr[i * S + k]
+                    w[nw].hi = f.addr[i * S + k] + <uintptr_t>(f.count[i] * es)
+                    w[nw].tensor = i
+                    w[nw].stream = k
+                    nw += 1
+            qsort(w, nw, sizeof(Interval), _cmp_interval)
+            for j in range(1, nw):
+                if w[j].lo < w[j - 1].hi:
+                    raise ContractError(R_OVERLAP, w[j].tensor, w[j].stream,
+                                        (w[j - 1].tensor, w[j - 1].stream))
+            if memo is not None:
+                _remember(memo, f, w, nw)
+        except BaseException:
+            free(w)
+            raise
+        use = w
+        nuse = nw
+    try:
         for i in range(T):
-            g = seq[i]
-            if g is None:
-                self.active[i] = 0
+            if sigs[i] < 0 or f.count[i] == 0:
+                continue
+            a = f.addr[i * S + FO_G]
+            j = _find_overlap(use, nuse, a, a + <uintptr_t>(f.count[i] * fo_sig_elsize(sigs[i])))
+            if j >= 0:
+                raise ContractError(R_OVERLAP, i, FO_G, (use[j].tensor, use[j].stream))
+    finally:
+        free(w)
+    return 0
+
+
+cdef inline int64_t _chunk_edge(int64_t total, int t, int nt) noexcept nogil:
+    """Start of chunk t of nt over [0, total), rounded down to ALIGN_ELEMS."""
+    cdef int64_t e
+    if t >= nt:
+        return total
+    e = (total // nt) * t + (total % nt) * t // nt
+    return e - e % ALIGN_ELEMS
+
+
+cdef struct Job:
+    int rule
+    int64_t T
+    const int *sigs
+    const int64_t *prefix
+    const int64_t *active
+    void **ptrs          # T x S
+    char **hp_of
+
+
+cdef void _run_range(const Job *job, int64_t lo, int64_t hi) noexcept nogil:
+    """Run elements [lo, hi) of the concatenation of all stepping tensors."""
+    cdef int64_t a = 0, b = job.T, mid, i, off, end
+    if lo >= hi:
+        return
+    while a < b:
+        mid = (a + b) // 2
+        if job.prefix[mid + 1] <= lo:
+            a = mid + 1
+        else:
+            b = mid
+    i = a
+    while i < job.T and job.prefix[i] < hi:
+        off = lo - job.prefix[i] if lo > job.prefix[i] else 0
+        end = hi - job.prefix[i] if hi < job.prefix[i + 1] else job.active[i]
+        if end > off:
+            fo_run_segment(job.rule, job.sigs[i], off, end - off, &job.ptrs[i * S],
+                           job.hp_of[i])
+        i += 1
+
+
+cdef void _run_job(const Job *job, int64_t total, int nt) noexcept nogil:
+    cdef int t
+    if nt <= 1:
+        _run_range(job, 0, total)
+        return
+    for t in prange(nt, num_threads=nt, schedule='static', chunksize=1):
+        _run_range(job, _chunk_edge(total, t, nt), _chunk_edge(total, t + 1, nt))
+
+
+cdef int _prepass(Frame f, const int *group, Py_ssize_t ngroups, double *sumsq,
+                  int *nonfinite, int nthreads) except -1:
+    """Per group, the sum of squares of its gradients (fixed blocks, fixed order: what
+    grad_norm gives for the group's gradients) and whether any element is non-finite."""
+    cdef int64_t T = f.ntensors, i, nblocks = 0, b, k, n
+    cdef int nt = nthreads
+    cdef char **ptr
+    cdef int64_t *cnt
+    cdef int64_t *owner
+    cdef unsigned char *f64
+    cdef double *part
+    cdef int *bad
+    cdef size_t es
+    for i in range(T):
+        if f.addr[i * S + FO_G] != 0:
+            nblocks += (f.count[i] + NORM_BLOCK - 1) // NORM_BLOCK
+    ptr = <char **>malloc(max(nblocks, 1) * sizeof(char *))
+    cnt = <int64_t *>malloc(max(nblocks, 1) * sizeof(int64_t))
+    owner = <int64_t *>malloc(max(nblocks, 1) * sizeof(int64_t))
+    f64 = <unsigned char *>malloc(max(nblocks, 1))
+    part = <double *>malloc(max(nblocks, 1) * sizeof(double))
+    bad = <int *>malloc(max(nblocks, 1) * sizeof(int))
+    try:
+        if not ptr or not cnt or not owner or not f64 or not part or not bad:
+            raise MemoryError()
+        k = 0
+        for i in range(T):
+            if f.addr[i * S + FO_G] == 0:
+                continue
+            n = f.count[i]
+            es = 8 if f.dt[i * S + FO_G] == FO_DT_F64 else 4
+            b = 0
+            while b * NORM_BLOCK < n:
+                ptr[k] = <char *>f.addr[i * S + FO_G] + b * NORM_BLOCK * es
+                cnt[k] = min(<int64_t>NORM_BLOCK, n - b * NORM_BLOCK)
+                f64[k] = f.dt[i * S + FO_G] == FO_DT_F64
+                owner[k] = i
+                k += 1
+                b += 1
+        if nblocks * NORM_BLOCK // 2 < _grain * nt:
+            nt = max(1, <int>(nblocks * NORM_BLOCK // 2 // _grain))
+        with nogil:
+            if nt <= 1:
+                for b in range(nblocks):
+                    part[b] = fo_prepass_block(f64[b], cnt[b], ptr[b], &bad[b])
             else:
-                self.active[i] = self.sizes[i]
-                self.ptrs[i * FO_MAX_STREAMS + FO_G] = cnp.PyArray_DATA(<cnp.ndarray>g)
+                for b in prange(nblocks, num_threads=nt, schedule='static'):
+                    part[b] = fo_prepass_block(f64[b], cnt[b], ptr[b], &bad[b])
+        for b in range(ngroups):
+            sumsq[b] = 0.0
+            nonfinite[b] = 0
+        for b in range(nblocks):
+            i = group[owner[b]]
+            sumsq[i] = sumsq[i] + part[b]
+            if bad[b]:
+                nonfinite[i] = 1
+    finally:
+        free(ptr); free(cnt); free(owner); free(f64); free(part); free(bad)
+    return 0
+
+
+cdef inline bint _vec(cnp.ndarray a, int typ, Py_ssize_t n, bint writeable):
+    return (a is not None and cnp.PyArray_TYPE(a) == typ and cnp.PyArray_NDIM(a) == 1
+            and cnp.PyArray_DIM(a, 0) == n and cnp.PyArray_IS_C_CONTIGUOUS(a)
+            and (not writeable or cnp.PyArray_ISWRITEABLE(a)))
+
+
+def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args not None,
+        cnp.ndarray gscale not None, cnp.ndarray steps not None, bint increment, int nthreads,
+        cnp.ndarray aux=None, cnp.ndarray max_norms=None, bint check_finite=False,
+        cnp.ndarray norms=None, Memo memo=None, bint release=True):
+    """Run one step of ``rule`` over the tensors of frame ``f``.
+
+    ``group`` int32 (T,): each tensor's row of ``args`` (float64 (groups, nargs): the argument
+    records, see ARG_NAMES). ``gscale`` float64 (groups,): this call's gradient factor per group
+    (1, or 1/loss scale); clipping multiplies its coefficient in. ``steps`` int64 (T,): with
+    ``increment`` the counts of the stepping tensors are incremented first; without, they are
+    this step's counts. ``aux`` float64 (T,): per-tensor scalar state (NAdam's mu_product),
+    updated in place. ``max_norms`` float64 (groups,): clip each group's gradients by their
+    2-norm where > 0 (``norms``, float64 (groups,), receives the norms). ``check_finite``: a NaN
+    or Inf in any stepping gradient makes the call modify nothing and return SKIPPED.
+
+    Returns OK or SKIPPED; raises ContractError (nothing modified) or ValueError on malformed
+    arguments. The frame's owner references are released when the call ends (with
+    ``release=False`` they are kept, so the same frame can run again: the benchmark's probe).
+    """
+    cdef int64_t T = f.ntensors, i, total = 0, last = -1
+    cdef Py_ssize_t ngroups, nargs, gi
+    cdef int *grp
+    cdef int *sigs = NULL
+    cdef int64_t *prefix = NULL
+    cdef int64_t *active = NULL
+    cdef char *hps = NULL
+    cdef char **hp_of = NULL
+    cdef double *sumsq = NULL
+    cdef int *nonfinite = NULL
+    cdef double *gs
+    cdef double *mx = NULL
+    cdef double *ax = NULL
+    cdef double coef, norm
+    cdef int64_t *st
+    cdef const double *a
+    cdef size_t hp_size
+    cdef bint shared, prepass = False, any_bad = False
+    cdef int nt, held
+    cdef Job job
+    if not 0 <= rule < FO_NRULES:
+        raise ValueError(f"unknown rule {rule}")
+    if f.busy:
+        raise RuntimeError("fastopt: this frame is already running a call")
+    nargs = fo_nargs(rule)
+    if (cnp.PyArray_TYPE(args) != cnp.NPY_DOUBLE or cnp.PyArray_NDIM(args) != 2
+            or cnp.PyArray_DIM(args, 1) != nargs or not cnp.PyArray_IS_C_CONTIGUOUS(args)):
+        raise ValueError(f"args: expected a contiguous float64 array of shape (groups, {nargs})")
+    ngroups = cnp.PyArray_DIM(args, 0)
+    if not _vec(group, cnp.NPY_INT32, T, False):
+        raise ValueError(f"group: expected a contiguous int32 array of {T}")
+    if not _vec(gscale, cnp.NPY_DOUBLE, ngroups, False):
+        raise ValueError(f"gscale: expected a contiguous float64 array of {ngroups}")
+    if not _vec(steps, cnp.NPY_INT64, T, True):
+        raise ValueError(f"steps: expected a writeable contiguous int64 array of {T}")
+    if fo_has_aux(rule):
+        if not _vec(aux, cnp.NPY_DOUBLE, T, True):
+            raise ValueError(f"aux: expected a writeable contiguous float64 array of {T}")
+        ax = <double *>cnp.PyArray_DATA(aux)
+    if max_norms is not None:
+        if not _vec(max_norms, cnp.NPY_DOUBLE, ngroups, False):
+            raise ValueError(f"max_norms: expected a contiguous float64 array of {ngroups}")
+        mx = <double *>cnp.PyArray_DATA(max_norms)
+        for gi in range(ngroups):
+            if mx[gi] > 0:
+                prepass = True
+    if norms is not None and not _vec(norms, cnp.NPY_DOUBLE, ngroups, True):
+        raise ValueError(f"norms: expected a writeable contiguous float64 array of {ngroups}")
+    prepass = prepass or check_finite
+    grp = <int *>cnp.PyArray_DATA(group)
+    for i in range(T):
+        if f.addr[i * S + FO_G] != 0 and not 0 <= grp[i] < ngroups:
+            raise ValueError(f"tensor {i} refers to group {grp[i]}, but only {ngroups} rows of "
+                             "arguments were given")
+    a = <const double *>cnp.PyArray_DATA(args)
+    st = <int64_t *>cnp.PyArray_DATA(steps)
+    hp_size = fo_hp_size(rule)
+    shared = not fo_has_aux(rule)
+    f.busy = True
+    try:
+        sigs = <int *>malloc(max(T, 1) * sizeof(int))
+        prefix = <int64_t *>malloc((T + 1) * sizeof(int64_t))
+        active = <int64_t *>malloc(max(T, 1) * sizeof(int64_t))
+        hps = <char *>malloc(max(T, 1) * hp_size)
+        hp_of = <char **>malloc(max(T, 1) * sizeof(char *))
+        gs = <double *>malloc(max(ngroups, 1) * sizeof(double))
+        sumsq = <double *>malloc(max(ngroups, 1) * sizeof(double))
+        nonfinite = <int *>malloc(max(ngroups, 1) * sizeof(int))
+        if (not sigs or not prefix or not active or not hps or not hp_of or not gs
+                or not sumsq or not nonfinite):
+            raise MemoryError()
+        # 1. the contract
+        _check_contract(f, memo, sigs)
+        # 2. the pre-pass; nothing is modified before it has passed
+        memcpy(gs, cnp.PyArray_DATA(gscale), ngroups * sizeof(double))
+        if prepass:
+            _prepass(f, grp, ngroups, sumsq, nonfinite, nthreads)
+            if check_finite:
+                for gi in range(ngroups):
+                    if nonfinite[gi]:
+                        any_bad = True
+                if any_bad:
+                    return SKIPPED
+            for gi in range(ngroups):
+                if mx != NULL and mx[gi] > 0:
+                    norm = sqrt(sumsq[gi])
+                    if norms is not None:
+                        (<double *>cnp.PyArray_DATA(norms))[gi] = norm
+                    coef = mx[gi] / (norm + 1e-6)
+                    if not coef >= 1.0:          # NaN propagates, as in torch
+                        gs[gi] = gs[gi] * coef
+        # 3. bookkeeping, per-step scalars, and the kernels without the GIL
+        prefix[0] = 0
+        for i in range(T):
+            if f.addr[i * S + FO_G] == 0:
+                active[i] = 0
+            else:
+                active[i] = f.count[i]
                 if increment:
                     st[i] += 1
-                # tensors of one group at one step share their scalars: derive them once
-                if (shared and last >= 0 and self.group[i] == self.group[last]
-                        and st[i] == st[last]):
-                    self.hp_of[i] = self.hp_of[last]
+                if (shared and last >= 0 and grp[i] == grp[last] and st[i] == st[last]):
+                    hp_of[i] = hp_of[last]
                 else:
-                    self.hp_of[i] = self.hps + i * self.hp_size
-                    fo_scalars(self.rule, self.hp_of[i], a + self.group[i] * nargs, st[i],
-                               ax + i if ax != NULL else NULL)
+                    hp_of[i] = hps + i * hp_size
+                    fo_scalars(rule, hp_of[i], a + grp[i] * nargs, st[i],
+                               ax + i if ax != NULL else NULL, gs[grp[i]])
                     last = i
-            total += self.active[i]
-            self.prefix[i + 1] = total
-        # 3. the kernels, without the GIL
-        global _active_steps
-        _active_steps += 1
-        nthreads = max(1, nthreads // _active_steps)
+            total += active[i]
+            prefix[i + 1] = total
+        job.rule = rule
+        job.T = T
+        job.sigs = sigs
+        job.prefix = prefix
+        job.active = active
+        job.ptrs = <void **>f.addr
+        job.hp_of = hp_of
+        nt = nthreads
+        if total // _grain < nt:
+            nt = <int>(total // _grain)
+        if nt < 1:
+            nt = 1
+        held = _reserve(nt)
         try:
             with nogil:
-                self._run(total, nthreads)
+                _run_job(&job, total, held)
         finally:
-            _active_steps -= 1
+            _release(held)
         return OK
-
-    cdef void _run(self, int64_t total, int nthreads) noexcept nogil:
-        cdef int t, nt = nthreads
-        cdef int64_t by_grain = total // _grain
-        if by_grain < nt:
-            nt = <int>by_grain
-        if nt <= 1:
-            self._run_range(0, total)
-            return
-        for t in prange(nt, num_threads=nt, schedule='static', chunksize=1):
-            self._run_range(_chunk_edge(total, t, nt), _chunk_edge(total, t + 1, nt))
-
-    cdef void _run_range(self, int64_t lo, int64_t hi) noexcept nogil:
-        """Run elements [lo, hi) of the concatenation of all active tensors."""
-        cdef Py_ssize_t a = 0, b = self.ntensors, mid, i
-        cdef int64_t off, end
-        if lo >= hi:
-            return
-        # the tensor holding element lo: the last i with prefix[i] <= lo and active[i] > 0
-        while a < b:
-            mid = (a + b) // 2
-            if self.prefix[mid + 1] <= lo:
-                a = mid + 1
-            else:
-                b = mid
-        i = a
-        while i < self.ntensors and self.prefix[i] < hi:
-            off = lo - self.prefix[i] if lo > self.prefix[i] else 0
-            end = hi - self.prefix[i] if hi < self.prefix[i + 1] else self.active[i]
-            if end > off:
-                fo_run_segment(self.rule, self.is_f64[i], off, end - off,
-                               &self.ptrs[i * FO_MAX_STREAMS], self.hp_of[i])
-            i += 1
+    finally:
+        f.busy = False
+        if release:
+            f._drop_refs()
+        free(sigs); free(prefix); free(active); free(hps); free(hp_of); free(gs)
+        free(sumsq); free(nonfinite)
 
 
 # ---- gradient norms -------------------------------------------------------------------------
-
-DEF NORM_BLOCK = 8192
-
 
 def grad_norm(list arrays, double norm_type, int nthreads):
     """The norm of all arrays together (as one vector), accumulated in float64: norm_type 2, 1
@@ -533,12 +1060,3 @@ def grad_norm(list arrays, double norm_type, int nthreads):
     finally:
         free(ptr); free(cnt); free(f64); free(part)
     return sqrt(total) if kind == FO_NORM_L2 else total
-
-
-cdef inline int64_t _chunk_edge(int64_t total, int t, int nt) noexcept nogil:
-    """Start of chunk t of nt over [0, total), rounded down to ALIGN_ELEMS."""
-    cdef int64_t e
-    if t >= nt:
-        return total
-    e = (total // nt) * t + (total % nt) * t // nt
-    return e - e % ALIGN_ELEMS

@@ -1,10 +1,7 @@
 """The Adam family: Adam, AdamW, Adamax and RAdam, torch.optim's rules."""
 from __future__ import annotations
 
-from . import _rules
-from ._backend import native as _native
-from ._validation import betas as _betas
-from ._validation import flag
+from . import _spec
 from .optimizer import Optimizer
 
 _ADAM_MATH = r"""
@@ -73,6 +70,7 @@ class Adam(Optimizer):
     >>> w = np.zeros((784, 10), np.float32); b = np.zeros(10, np.float32)
     >>> opt = fastopt.Adam([{"params": [w], "weight_decay": 1e-4}, {"params": [b]}], lr=1e-3)
     >>> opt.step([np.ones_like(w), None])    # None: b is skipped, its state untouched
+    True
     >>> float(w[0, 0])
     -0.0010000000474974513
 
@@ -80,9 +78,7 @@ class Adam(Optimizer):
     Reddi et al., "On the Convergence of Adam and Beyond", ICLR 2018.
     """)
 
-    _rule = _native.RULE_ADAM
-    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "l1")
-    _decoupled = False
+    _spec = _spec.ADAM
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
@@ -94,19 +90,6 @@ class Adam(Optimizer):
                         max_grad_norm=max_grad_norm, clip_value=clip_value)
         self._check_group(defaults)
         super().__init__(params, defaults)
-
-    def _check_group(self, group):
-        flag("amsgrad", group["amsgrad"])
-        beta1, beta2 = _betas(group["betas"])
-        return _rules.adam_row(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                               weight_decay=group["weight_decay"], decoupled=self._decoupled,
-                               maximize=group["maximize"], l1=group["l1"])
-
-    def _buffers(self, group):
-        bufs = [(2, "exp_avg"), (3, "exp_avg_sq")]
-        if group["amsgrad"]:
-            bufs.append((4, "max_exp_avg_sq"))
-        return bufs
 
 
 class AdamW(Adam):
@@ -124,13 +107,14 @@ class AdamW(Adam):
     >>> w = np.ones(4)
     >>> opt = fastopt.AdamW([w], lr=0.1, weight_decay=0.5)
     >>> opt.step([np.zeros(4)])      # zero gradient: only the decay acts
+    True
     >>> w
     array([0.95, 0.95, 0.95, 0.95])
 
     Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """)
 
-    _decoupled = True
+    _spec = _spec.ADAMW
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
@@ -160,8 +144,7 @@ class Adamax(Optimizer):
     ``exp_inf``. Note that eps enters inside the max, as torch does (the paper has no eps).
     """
 
-    _rule = _native.RULE_ADAMAX
-    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "maximize", "l1")
+    _spec = _spec.ADAMAX
 
     def __init__(self, params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
@@ -173,15 +156,6 @@ class Adamax(Optimizer):
                         max_grad_norm=max_grad_norm, clip_value=clip_value)
         self._check_group(defaults)
         super().__init__(params, defaults)
-
-    def _check_group(self, group):
-        beta1, beta2 = _betas(group["betas"])
-        return _rules.adamax_row(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                                 weight_decay=group["weight_decay"], maximize=group["maximize"],
-                                 l1=group["l1"])
-
-    def _buffers(self, group):
-        return [(2, "exp_avg"), (3, "exp_inf")]
 
 
 class RAdam(Optimizer):
@@ -210,9 +184,7 @@ class RAdam(Optimizer):
     ``step``, ``exp_avg``, ``exp_avg_sq``. The element-wise order is torch's exactly.
     """
 
-    _rule = _native.RULE_RADAM
-    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize",
-                   "l1")
+    _spec = _spec.RADAM
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0,
@@ -225,16 +197,6 @@ class RAdam(Optimizer):
                         max_grad_norm=max_grad_norm, clip_value=clip_value)
         self._check_group(defaults)
         super().__init__(params, defaults)
-
-    def _check_group(self, group):
-        beta1, beta2 = _betas(group["betas"])
-        return _rules.radam_row(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                                weight_decay=group["weight_decay"],
-                                decoupled=group["decoupled_weight_decay"],
-                                maximize=group["maximize"], l1=group["l1"])
-
-    def _buffers(self, group):
-        return [(2, "exp_avg"), (3, "exp_avg_sq")]
 
 
 class NAdam(Optimizer):
@@ -262,10 +224,7 @@ class NAdam(Optimizer):
     State (torch's keys): ``step``, ``mu_product`` (a 0-d array), ``exp_avg``, ``exp_avg_sq``.
     """
 
-    _rule = _native.RULE_NADAM
-    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "momentum_decay",
-                   "decoupled_weight_decay", "maximize", "l1")
-    _aux_key = "mu_product"
+    _spec = _spec.NADAM
 
     def __init__(self, params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
@@ -278,14 +237,3 @@ class NAdam(Optimizer):
                         max_grad_norm=max_grad_norm, clip_value=clip_value)
         self._check_group(defaults)
         super().__init__(params, defaults)
-
-    def _check_group(self, group):
-        beta1, beta2 = _betas(group["betas"])
-        return _rules.nadam_row(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                                weight_decay=group["weight_decay"],
-                                momentum_decay=group["momentum_decay"],
-                                decoupled=group["decoupled_weight_decay"],
-                                maximize=group["maximize"], l1=group["l1"])
-
-    def _buffers(self, group):
-        return [(2, "exp_avg"), (3, "exp_avg_sq")]

@@ -13,9 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import _validation
-from ._backend import native as _native
-from ._threading import get_num_threads
+from . import _spec, _validation, functional
 from .optimizer import Optimizer
 
 
@@ -57,9 +55,6 @@ class EMA:
         self.decay = _validation.real("decay", decay, high=1.0, what="decay value")
         self.averages = [p.copy() for p in self.params]
         self.num_updates = 0
-        self._plan = _native.Plan(_native.RULE_EMA,
-                                  [[a, None, None, None, None] for a in self.averages],
-                                  [0] * len(self.params))
         self._steps = np.ones(len(self.params), np.int64)
         self._lock = threading.Lock()
 
@@ -69,13 +64,12 @@ class EMA:
             self._update()
 
     def _update(self) -> None:
-        args = np.array([[_validation.real("decay", self.decay, high=1.0,
-                                           what="decay value")]])
-        rc = self._plan.step(self.params, args, self._steps, False, get_num_threads())
-        if rc != _native.OK:      # a param was replaced by an array of another shape or dtype
-            _validation.check_like(f"params[{rc}]", self.params[rc], self.averages[rc],
-                                   f"averages[{rc}]", writeable=True)
-            raise RuntimeError(f"EMA: params[{rc}] cannot be averaged")
+        record = _spec.EMA.record({"decay": self.decay})
+        n = len(self.averages)
+        if len(self.params) != n:
+            raise ValueError(f"EMA: params has {len(self.params)} entries, the averages {n}")
+        functional.run_lists(_spec.EMA, [self.averages, list(self.params)] + [None] * 4,
+                             ["averages", "params"], records=[record])
         self.num_updates += 1
 
     def swap(self) -> None:

@@ -11,7 +11,7 @@ run one step on their own copy of the same seeded data (the read-only gradients 
 
 - ``probe``: the physical limit. A native kernel with exactly the rule's memory traffic and no
   arithmetic (``RULE_PROBE``: it reads the param, the gradient and every state buffer and writes
-  all of them but the gradient), called through a prebuilt ``_kernels.Plan`` so that its Python
+  all of them but the gradient), called through a prebuilt ``_kernels.Frame`` so that its Python
   overhead is as small as possible.
 - ``fastopt``: the optimizer as users call it, ``opt.step(grads)`` on ``fastopt.Adam`` etc.
 - ``fastopt.kernels``: the functional interface (``fastopt.kernels.adam`` / ``sgd``), which
@@ -229,18 +229,23 @@ def probe_system(spec, params, grads):
     """The rule's memory traffic with no arithmetic, through a prebuilt plan."""
     p = zeros(params)
     state = [zeros(params) for _ in range(spec.nstate)]
-    streams: list[Sequence[np.ndarray | None]] = []
-    for i, a in enumerate(p):
-        row: list[np.ndarray | None] = [a, None] + [s[i] for s in state]
-        streams.append(row + [None] * (_kernels.MAX_STREAMS - len(row)))
-    plan = _kernels.Plan(_kernels.RULE_PROBE, streams, [0] * len(p))
+    streams: list = [p, list(grads)] + [list(s) for s in state]
+    streams += [None] * (_kernels.MAX_STREAMS - len(streams))
+    # one frame, filled once and kept (release=False): the probe pays no per-call checks
+    frame = _kernels.Frame()
+    if frame.fill_numpy_lists(streams, len(p)) >= 0:
+        raise RuntimeError("bench: the probe's arrays were refused")
+    rule = _kernels.RULES["probe"]
     args = np.array([[float(spec.nstreams)]], dtype=np.float64)
     steps = np.ones(len(p), dtype=np.int64)
-    g = list(grads)
+    group = np.zeros(len(p), np.int32)
+    gscale = np.ones(1)
+    memo = _kernels.Memo()
 
     def make(nthreads):
         def step():
-            return plan.step(g, args, steps, False, nthreads)
+            return _kernels.run(frame, rule, group, args, gscale, steps, False, nthreads,
+                                memo=memo, release=False)
         return step
     return System("probe", "probe (limit)", make)
 
@@ -425,7 +430,7 @@ def set_threads(n: int, torch) -> None:
 
 
 def threads_used(nthreads: int, elements: int) -> int:
-    """What fastopt's driver really uses (see _kernels.Plan._run)."""
+    """What fastopt's driver really uses (see _kernels.run)."""
     return max(1, min(nthreads, elements // _kernels.get_parallel_grain()))
 
 

@@ -1,9 +1,7 @@
 """Lion (Chen et al., 2023). torch has no Lion; fastopt follows the paper's Algorithm 2."""
 from __future__ import annotations
 
-from . import _rules
-from ._backend import native as _native
-from ._validation import betas as _betas
+from . import _spec
 from .optimizer import Optimizer
 
 
@@ -29,8 +27,7 @@ class Lion(Optimizer):
     ``l1=0``. State: ``step`` and ``exp_avg``.
     """
 
-    _rule = _native.RULE_LION
-    _hyper_keys = ("lr", "betas", "weight_decay", "maximize", "l1")
+    _spec = _spec.LION
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, l1: float = 0.0,
@@ -40,12 +37,3 @@ class Lion(Optimizer):
                         max_grad_norm=max_grad_norm, clip_value=clip_value)
         self._check_group(defaults)
         super().__init__(params, defaults)
-
-    def _check_group(self, group):
-        beta1, beta2 = _betas(group["betas"])
-        return _rules.lion_row(lr=group["lr"], beta1=beta1, beta2=beta2,
-                               weight_decay=group["weight_decay"], maximize=group["maximize"],
-                               l1=group["l1"])
-
-    def _buffers(self, group):
-        return [(2, "exp_avg")]

@@ -8,8 +8,14 @@ It mirrors torch.optim.Optimizer for NumPy arrays. Differences, all forced by Nu
   index that ``state_dict()`` uses. ``state[i]["step"]`` is a 0-d int64 array that the optimizer
   updates in place (torch keeps a 0-d tensor there too).
 
-Subclasses describe their rule with a few class attributes and methods; the base class owns all
-bookkeeping and calls the native driver once per step for all params of all groups.
+Subclasses name their rule's spec (fastopt._spec); the base class owns all bookkeeping and
+runs one step for all params of all groups through the functional layer. Nothing that a user
+may change is cached: params, gradients and state buffers are read from ``param_groups`` and
+``state`` on every step (checked in C on the native path), so a replaced state buffer or param
+is used from the next step on, and one that does not fit is refused with a clear error before
+anything is modified. Only validation results are cached: the hyperparameters' (revalidated
+whenever a group's value is a different object) and the overlap check's (redone whenever an
+address, size or dtype changes).
 """
 from __future__ import annotations
 
@@ -17,18 +23,21 @@ import copy
 import operator
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
 
-from . import _rules, _validation
+from . import _spec, _validation, functional
 from ._backend import native as _native
-from ._threading import get_num_threads
 
 # Hyperparameters every optimizer has besides its rule's own (handled here, not by subclasses):
 # gradient clipping by global norm (per group) and by value.
 _COMMON_KEYS = ("max_grad_norm", "clip_value")
-_OK, _NEEDS_STATE = _native.OK, _native.NEEDS_STATE
+_NATIVE = functional.NATIVE
+if _NATIVE:
+    _R_NEEDS_STATE = _native.R_NEEDS_STATE
+    _R_GROUP_SIZE = _native.R_GROUP_SIZE
 
 
 def _freeze(group: dict) -> None:
@@ -43,32 +52,32 @@ def _freeze(group: dict) -> None:
 class Optimizer:
     """Base class of fastopt's optimizers (torch.optim.Optimizer's interface, NumPy arrays).
 
-    Subclasses set ``_rule`` (the native rule) and ``_hyper_keys`` (the group keys whose change
-    triggers revalidation), and implement ``_check_group`` (validate a group, return its native
-    argument row; see fastopt._rules) and ``_buffers`` (the state buffers a group needs).
+    Subclasses set ``_spec`` (their rule's entry in fastopt._spec).
     """
 
-    _rule: int
-    _hyper_keys: tuple[str, ...]
-    _has_step_state = True    # whether state holds "step" (torch's SGD has none)
-    _aux_key: str | None = None   # a per-param scalar state kept natively (NAdam: mu_product)
-    _aux_init = 1.0
+    _spec: _spec.Rule
 
     def __init__(self, params: Iterable[np.ndarray] | Iterable[dict], defaults: dict):
         self.defaults = dict(defaults)
         self.param_groups: list[dict] = []
         self.state: dict[int, dict] = {}
         self._params: list[np.ndarray] = []
-        self._group_of: list[int] = []
+        self._sizes: list[int] = []             # params per group when it was added
+        self._group_of = np.zeros(0, np.int32)
         self._steps = np.zeros(0, dtype=np.int64)
         self._aux = np.zeros(0, dtype=np.float64)
-        self._plan: Any = None          # fastopt._kernels.Plan, rebuilt when params/state change
-        self._args: Any = None          # float64 (groups, nargs) table of the last validated values
-        self._args_key: Any = None      # the raw group values it was made from
-        self._signature: Any = None     # which state buffers each group needs
+        self._step_views: list[Any] = []        # the 0-d views at state[i]["step"]
+        self._args: Any = None          # float64 (groups, nargs) records of the last validation
+        self._args_key: Any = None      # the group values (objects) they were made from
+        self._slots: list[tuple] = []   # per group: (stream, key) of the buffers it needs
+        self._max_norms: Any = None     # per group: max_grad_norm (0: none)
+        self._ones = np.ones(0)
+        self._norms = np.zeros(0)
+        self._frame: Any = _native.Frame() if _NATIVE else None
+        self._memo: Any = _native.Memo() if _NATIVE else None
         self._lock = threading.Lock()   # steps of one optimizer from several threads serialize
-        self._get_hyper = operator.itemgetter(*self._hyper_keys, *_COMMON_KEYS)
-        self._clipped_groups: list[int] = []    # groups with max_grad_norm
+        keys = self._spec.keys + _COMMON_KEYS
+        self._get_hyper = operator.itemgetter(*keys)
         self.last_grad_norms: list[float | None] = []
         if isinstance(params, np.ndarray) or not isinstance(params, Iterable):
             raise TypeError("params argument given to the optimizer should be an iterable of "
@@ -88,27 +97,21 @@ class Optimizer:
             lines += [f"    {k}: {group[k]}" for k in sorted(group) if k != "params"]
         return "\n".join(lines + [")"])
 
-    # ---- rule description (subclasses) -------------------------------------------------------
+    # ---- the rule, from its spec -------------------------------------------------------------
 
-    def _check_group(self, group: dict) -> list[float]:
-        """Validate a group's hyperparameters; return the native argument row."""
-        raise NotImplementedError
+    def _check_group(self, group: Mapping) -> list[float]:
+        """Validate a group's hyperparameters; return its native argument record."""
+        return self._spec.record(group)
 
     def _row(self, group: Mapping) -> list[float]:
-        """The group's native argument row, its own and the common hyperparameters checked."""
+        """The group's record, its own and the common hyperparameters checked."""
         row = self._check_group(dict(group))
-        max_norm = group.get("max_grad_norm")
-        if max_norm is not None:
-            _validation.real("max_grad_norm", max_norm, low=0.0)
-            if max_norm <= 0:
-                raise ValueError(f"Invalid max_grad_norm value: {max_norm} (use None for no "
-                                 "clipping)")
-        row[-2:] = _rules.tail(group.get("clip_value"))
+        _spec.check_max_grad_norm(group)
         return row
 
-    def _buffers(self, group: dict) -> list[tuple[int, str]]:
-        """(stream slot, state key) of each state buffer the group's settings need."""
-        raise NotImplementedError
+    def _buffers(self, group: Mapping) -> tuple[tuple[int, str], ...]:
+        """(stream, state key) of each state buffer the group's settings need."""
+        return self._spec.needed(group)
 
     # ---- groups ------------------------------------------------------------------------------
 
@@ -144,58 +147,77 @@ class Optimizer:
             group.setdefault(key, value)
         _freeze(group)
         self._row(group)
-        everything = [(f"params[{i}]", p) for i, p in enumerate(self._params + params)]
+        everything = [(f"params[{i}]", p) for i, p in enumerate(self._live_params() + params)]
         everything += [(f"state[{i}][{k!r}]", a) for i, st in self.state.items()
-                       for k, a in st.items() if k != "step"]
+                       for k, a in st.items() if isinstance(a, np.ndarray) and a.ndim > 0]
         _validation.check_disjoint(everything)
         group["params"] = params
         self.param_groups.append(group)
         self._params.extend(params)
-        self._group_of.extend([len(self.param_groups) - 1] * len(params))
+        self._sizes.append(len(params))
+        self._group_of = np.concatenate([self._group_of, np.full(len(params),
+                                                                 len(self.param_groups) - 1,
+                                                                 np.int32)])
         self._set_steps(np.concatenate([self._steps, np.zeros(len(params), np.int64)]),
-                        np.concatenate([self._aux, np.full(len(params), self._aux_init)]))
-        self._plan = None
+                        np.concatenate([self._aux, np.full(len(params), self._spec.aux_init)]))
         self._args_key = None
+
+    def _live_params(self) -> list:
+        """The params as the groups hold them now (a user may have replaced one)."""
+        return [p for g in self.param_groups for p in g["params"]]
 
     def _set_steps(self, steps: np.ndarray, aux: np.ndarray) -> None:
         """Install new step and scalar-state tables; point every state's views into them."""
         self._steps, self._aux = steps, aux
+        self._step_views = [None] * len(steps)
         for i, st in self.state.items():
-            if self._has_step_state:
-                st["step"] = steps[i:i + 1].reshape(())
-            if self._aux_key is not None:
-                st[self._aux_key] = aux[i:i + 1].reshape(())
+            self._point_views(i, st)
+
+    def _point_views(self, i: int, st: dict) -> None:
+        if self._spec.step_state:
+            st["step"] = self._step_views[i] = self._steps[i:i + 1].reshape(())
+        if self._spec.aux is not None:
+            st[self._spec.aux] = self._aux[i:i + 1].reshape(())
 
     # ---- stepping ----------------------------------------------------------------------------
 
     def _hyper_args(self) -> np.ndarray:
-        """The native hyperparameter table, revalidated only when a group's values changed."""
+        """The native records, revalidated whenever any group value is a different object
+        (so ``lr = True`` after ``lr = 1.0`` is refused, as the constructor refuses it)."""
         groups = self.param_groups
-        key = (self._get_hyper(groups[0]) if len(groups) == 1
-               else tuple(map(self._get_hyper, groups)))
-        if key != self._args_key:
-            for g in self.param_groups:
+        if len(groups) != len(self._sizes):
+            raise ValueError(f"param_groups has {len(groups)} groups, the optimizer was given "
+                             f"{len(self._sizes)}: add groups with add_param_group")
+        key = tuple(map(self._get_hyper, groups))
+        old = self._args_key
+        if old is None or len(old) != len(key) or not all(
+                map(operator.is_, chain.from_iterable(key), chain.from_iterable(old))):
+            for g in groups:
                 _freeze(g)
-            key = (self._get_hyper(groups[0]) if len(groups) == 1
-                   else tuple(map(self._get_hyper, groups)))
-            rows = [self._row(g) for g in self.param_groups]
-            self._clipped_groups = [k for k, g in enumerate(self.param_groups)
-                                    if g.get("max_grad_norm") is not None]
-            self.last_grad_norms = [None] * len(self.param_groups)
-            signature = [tuple(self._buffers(g)) for g in self.param_groups]
-            if self._args is not None and signature != self._signature:
-                self._plan = None   # e.g. amsgrad switched on: the streams change
-            self._signature = signature
+            key = tuple(map(self._get_hyper, groups))
+            rows = [self._row(g) for g in groups]
+            self._max_norms = np.array([_spec.check_max_grad_norm(g) for g in groups])
+            self.last_grad_norms = [None] * len(groups)
+            self._slots = [self._buffers(g) for g in groups]
             self._args = np.array(rows, dtype=np.float64)
+            self._ones = np.ones(len(groups))
+            self._norms = np.zeros(len(groups))
             self._args_key = key
+            if self._memo is not None:
+                self._memo.invalidate()
         return self._args
 
-    def step(self, grads: Sequence[np.ndarray | None]) -> None:
+    def step(self, grads: Sequence[np.ndarray | None], *, grad_scale: float | None = None) -> bool:
         """Update every param that has a gradient, in place (one fused native call).
 
         ``grads``: a sequence with one entry per param, in the order of the params flattened
         over the groups; each an array of its param's shape and dtype, or None to skip it.
-        Nothing is modified if any gradient or hyperparameter is invalid.
+        Nothing is modified if any gradient, param, state buffer or hyperparameter is invalid.
+
+        ``grad_scale`` (loss scaling): the gradients are divided by it inside the fused step,
+        and a NaN or Inf in any gradient skips the whole step: nothing is modified (no state
+        is created on a first step) and False is returned. Without it, non-finite values
+        propagate as in torch. Returns True when the step was applied.
 
         Thread safety: the GIL is released while the kernels run, so optimizers of different
         params can step in parallel from several Python threads; steps of ONE optimizer from
@@ -203,88 +225,172 @@ class Optimizer:
         A KeyboardInterrupt arriving during the native part is raised when it returns: every
         param of the step is then fully updated and its step count consistent.
         """
-        # the per-step path: every check here is O(1) in Python; the gradients are checked in C
         with self._lock:
             if (type(grads) is not list and type(grads) is not tuple) \
                     or len(grads) != len(self._params):
                 grads = _validation.check_grads_sequence(grads, len(self._params))
-            args = self._hyper_args()
-            plan = self._plan if self._plan is not None else self._build_plan()
-            if self._clipped_groups:
-                self._clip_by_norm(plan, grads, args)
-            aux = self._aux if self._aux_key is not None else None
-            rc = plan.step(grads, args, self._steps, True, get_num_threads(), aux)
-            if rc != _OK:
-                if rc == _NEEDS_STATE:      # first step of some param: create its state
-                    plan = self._build_plan(grads)
-                    rc = plan.step(grads, args, self._steps, True, get_num_threads(), aux)
-                if rc != _OK:
-                    self._raise_bad_grad(rc, grads)
+            grads = tuple(grads)        # the step holds its own references
+            records = self._hyper_args()
+            if grad_scale is None:
+                gscale, check = self._ones, False
+            else:
+                scale = _validation.real("grad_scale", grad_scale, low=None)
+                if not scale > 0:
+                    raise ValueError(f"Invalid grad_scale value: {grad_scale}")
+                gscale, check = np.full(len(self.param_groups), 1.0 / scale), True
+            if _NATIVE:
+                rc = self._step_native(grads, records, gscale, check)
+            else:
+                rc = self._step_reference(grads, records, gscale, check)
+            return rc == functional.OK
 
-    def _clip_by_norm(self, plan, grads, args) -> None:
-        """Gradient-norm clipping of each group with max_grad_norm: one native pass over its
-        gradients (float64 accumulation, the same bits for any thread count), then the
-        coefficient min(1, max_norm / (norm + 1e-6)) goes into the group's gradient scale, which
-        the fused step applies as it reads each gradient (torch.nn.utils.clip_grad_norm_'s
-        formula, with the norm over the group's gradients)."""
-        rc = plan.check(grads)                  # never read an invalid gradient
+    def _run_kwargs(self, records, gscale, check):
+        clipped = bool(self._max_norms.any())
+        return dict(group=self._group_of, records=records, gscale=gscale, steps=self._steps,
+                    increment=True, aux=self._aux if self._spec.aux is not None else None,
+                    max_norms=self._max_norms if clipped else None, check_finite=check,
+                    norms=self._norms if clipped else None)
+
+    def _after(self, rc, created):
+        if rc != functional.OK:
+            self._rollback(created)
+        elif self._max_norms.any():
+            self.last_grad_norms = [float(n) if m > 0 else None
+                                    for n, m in zip(self._norms, self._max_norms)]
+        return rc
+
+    def _step_native(self, grads, records, gscale, check) -> int:
+        frame = self._frame
+        views = self._step_views
+        rc = frame.fill_optimizer(self.param_groups, self._sizes, grads, self.state,
+                                  self._slots, views)
+        created: list = []
         if rc >= 0:
-            self._raise_bad_grad(rc, grads)
-        for k in self._clipped_groups:
-            group = self.param_groups[k]
-            first = sum(len(g["params"]) for g in self.param_groups[:k])
-            mine = [g for g in grads[first:first + len(group["params"])] if g is not None]
-            norm = _native.grad_norm(mine, 2.0, get_num_threads())
-            self.last_grad_norms[k] = norm
-            coef = group["max_grad_norm"] / (norm + 1e-6)
-            args[k, _rules.GSCALE] = coef if not coef >= 1.0 else 1.0   # NaN propagates
+            if rc != _R_NEEDS_STATE:
+                self._raise_bad(grads)
+            created = self._create_state(grads)
+            rc = frame.fill_optimizer(self.param_groups, self._sizes, grads, self.state,
+                                      self._slots, views)
+            if rc >= 0:
+                self._rollback(created)
+                self._raise_bad(grads)
+        try:
+            rc = functional.run_frame(frame, self._spec, memo=self._memo,
+                                      **self._run_kwargs(records, gscale, check))
+        except _native.ContractError:
+            self._rollback(created)
+            self._raise_bad(grads)
+        except BaseException:
+            self._rollback(created)
+            raise
+        return self._after(rc, created)
 
-    def _raise_bad_grad(self, i: int, grads) -> None:
-        written = [(f"params[{j}]", p) for j, p in enumerate(self._params)]
-        written += [(f"state[{j}][{k!r}]", a) for j, st in self.state.items()
-                    for k, a in st.items() if k != "step"]
-        _validation.check_grad(i, grads[i], self._params[i], written)
-        raise RuntimeError(f"fastopt: internal error, grads[{i}] refused without a reason")
+    def _step_reference(self, grads, records, gscale, check) -> int:
+        self._raise_bad(grads, only_check=True)
+        created = self._create_state(grads)
+        streams = self._lists(grads)
+        try:
+            rc = functional.run_lists(self._spec, streams, ["params", "grads"] + ["state"] * 4,
+                                      **self._run_kwargs(records, gscale, check))
+        except BaseException:
+            self._rollback(created)
+            raise
+        return self._after(rc, created)
 
-    def _build_plan(self, grads=None):
-        """(Re)build the native plan; with ``grads``, first create state for the params that
-        have a gradient and no state yet (or lack a buffer their group now needs)."""
-        streams: list[list[np.ndarray | None]] = []
-        for i, p in enumerate(self._params):
-            group = self.param_groups[self._group_of[i]]
-            bufs = self._buffers(group)
+    def _lists(self, grads) -> list:
+        params = self._live_params()
+        streams: list = [params, list(grads)] + [[None] * len(params) for _ in range(4)]
+        for i in range(len(params)):
             st = self.state.get(i)
-            if grads is not None and grads[i] is not None and (
-                    st is None or any(k not in st for _, k in bufs)):
-                st = self._init_state(i, p, st, bufs)
-            if st is None or any(k not in st for _, k in bufs):
-                streams.append([p])     # not ready: a step with its gradient creates state
+            if st is None:
                 continue
-            row = [p] + [None] * (_native.MAX_STREAMS - 1)
-            for slot, key in bufs:
-                row[slot] = st[key]
-            streams.append(row)
-        self._plan = _native.Plan(self._rule, streams, self._group_of)
-        return self._plan
+            for stream, key in self._slots[self._group_of[i]]:
+                if key in st:
+                    streams[stream][i] = st[key]
+        return streams
 
-    def _init_state(self, i, p, st, bufs) -> dict:
-        if st is None:
-            st = self.state[i] = {}
-            self._steps[i] = 0
-            if self._has_step_state:
-                st["step"] = self._steps[i:i + 1].reshape(())
-            if self._aux_key is not None:
-                self._aux[i] = self._aux_init
-                st[self._aux_key] = self._aux[i:i + 1].reshape(())
-        group = self.param_groups[self._group_of[i]]
-        for _, key in bufs:
-            if key not in st:
-                st[key] = self._new_buffer(key, p, group)
-                self._on_new_buffer(i, key)
-        return st
+    def _create_state(self, grads) -> list:
+        """Create the state of the params that step now and lack some (and adopt a replaced
+        "step" entry). Returns what was done, for _rollback."""
+        done: list = []
+        spec = self._spec
+        params = self._live_params()
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            p = params[i]
+            group = self.param_groups[self._group_of[i]]
+            st = self.state.get(i)
+            if st is None:
+                st = self.state[i] = {}
+                done.append((i, None, int(self._steps[i]), float(self._aux[i])))
+                self._steps[i] = 0
+                self._aux[i] = spec.aux_init
+                self._point_views(i, st)
+            elif spec.step_state and st.get("step") is not self._step_views[i]:
+                value = _validation.step_count(f"state[{i}]['step']", st.get("step"))
+                done.append((i, "step", int(self._steps[i]), st.get("step")))
+                self._steps[i] = value
+                self._point_views(i, st)
+            for _, key in self._slots[self._group_of[i]]:
+                if key not in st:
+                    st[key] = self._new_buffer(key, p, group)
+                    done.append((i, key, int(self._steps[i]), None))
+                    self._on_new_buffer(i, key)
+        return done
+
+    def _rollback(self, done: list) -> None:
+        for i, key, step, extra in reversed(done):
+            self._steps[i] = step
+            if key is None:
+                self._aux[i] = extra
+                self.state.pop(i, None)
+            elif key == "step":
+                self.state[i]["step"] = extra
+            else:
+                self.state[i].pop(key, None)
+
+    def _raise_bad(self, grads, only_check: bool = False) -> None:
+        """Every check of a step in Python, raising the message for the first failure (the
+        native path finds failures in C and comes here to name them)."""
+        groups = self.param_groups
+        for k, (g, n) in enumerate(zip(groups, self._sizes)):
+            if len(g["params"]) != n:
+                raise ValueError(f"param_groups[{k}]['params'] has {len(g['params'])} params, "
+                                 f"the group was added with {n}: add params with "
+                                 "add_param_group")
+        params = self._live_params()
+        written = []
+        for i, p in enumerate(params):
+            _validation.check_param(f"params[{i}]", p)
+            written.append((f"params[{i}]", p))
+        for i, g in enumerate(grads):
+            if g is not None:
+                _validation.check_like(f"grads[{i}]", g, params[i], f"params[{i}]",
+                                       writeable=False)
+        for i, st in self.state.items():
+            if not isinstance(st, dict):
+                raise TypeError(f"state[{i}]: expected a dict, got {type(st).__name__}")
+            if i >= len(params):
+                continue
+            for _, key in self._slots[self._group_of[i]]:
+                if key in st:
+                    _validation.check_like(f"state[{i}][{key!r}]", st[key], params[i],
+                                           f"params[{i}]", writeable=True)
+                    written.append((f"state[{i}][{key!r}]", st[key]))
+        _validation.check_disjoint(written)
+        spans = _validation.WrittenSpans(written)
+        for i, g in enumerate(grads):
+            if g is not None:
+                _validation.check_no_overlap(f"grads[{i}]", g, spans)
+        if not only_check:
+            raise RuntimeError("fastopt: internal error, a step was refused without a reason")
 
     def _new_buffer(self, key: str, p: np.ndarray, group: dict) -> np.ndarray:
-        """A state buffer's initial value (zeros; Adagrad starts its sum elsewhere)."""
+        """A state buffer's initial value (zeros, or the spec's fill value)."""
+        for b in self._spec.buffers:
+            if b.key == key and b.fill is not None:
+                return np.full_like(p, b.fill(group))
         return np.zeros_like(p)
 
     def _on_new_buffer(self, i: int, key: str) -> None:
@@ -311,7 +417,7 @@ class Optimizer:
             groups.append(packed)
         state = {}
         for i, st in sorted(self.state.items()):
-            packed = {k: (int(v) if k == "step" else float(v) if k == self._aux_key
+            packed = {k: (int(v) if k == "step" else float(v) if k == self._spec.aux
                           else v.copy()) for k, v in st.items()}
             if packed:
                 state[i] = packed
@@ -365,14 +471,14 @@ class Optimizer:
             new["params"] = group["params"]
             new_groups.append(new)
         new_state, new_steps = {}, np.zeros(len(self._params), np.int64)
-        new_aux = np.full(len(self._params), self._aux_init)
+        new_aux = np.full(len(self._params), self._spec.aux_init)
         for pid, saved in saved_state.items():
             if pid not in index_map:
                 raise ValueError(f"state_dict: state for param id {pid!r}, which no group lists")
             i = index_map[pid]
             if not isinstance(saved, Mapping):
                 raise TypeError(f"state_dict: state[{pid!r}] must be a dict")
-            p = self._params[i]
+            p = self._live_params()[i]
             bufs = self._buffers(new_groups[self._group_of[i]])
             st = {}
             for _, key in bufs:
@@ -384,7 +490,7 @@ class Optimizer:
                     new_steps[i] = _validation.step_count(f"state_dict: state[{pid!r}]['step']",
                                                           value)
                     continue
-                if key == self._aux_key:
+                if key == self._spec.aux:
                     scalar = value.item() if isinstance(value, np.ndarray) and value.size == 1 \
                         else value
                     new_aux[i] = _validation.real(key, scalar, low=None,
@@ -393,9 +499,9 @@ class Optimizer:
                 _validation.check_like(f"state_dict: state[{pid!r}][{key!r}]", value, p,
                                        f"params[{i}]", writeable=False)
                 st[key] = np.array(value, copy=True, order="C")
-            if self._aux_key is not None and self._aux_key not in saved:
-                raise ValueError(f"state_dict: state[{pid!r}] lacks {self._aux_key!r}")
-            if self._has_step_state:
+            if self._spec.aux is not None and self._spec.aux not in saved:
+                raise ValueError(f"state_dict: state[{pid!r}] lacks {self._spec.aux!r}")
+            if self._spec.step_state:
                 if "step" not in saved:
                     raise ValueError(f"state_dict: state[{pid!r}] lacks 'step'")
             else:
@@ -407,6 +513,5 @@ class Optimizer:
             group.update(new)
         self.state = new_state
         self._set_steps(new_steps, new_aux)
-        self._plan = None
         self._args = None
         self._args_key = None

@@ -234,6 +234,25 @@ def ema_update(average, param, *, decay):
 
 # ---- many tensors: the step functions over lists, a None gradient skipping its tensor --------
 
+def grad_sumsq(arrays):
+    """The sum of squares of all arrays together, in float64, in the native pre-pass's order:
+    each array in blocks of 8192 elements; in a block, element i goes to lane i % 8, each lane
+    accumulated in order, the lanes combined as ((0+1)+(2+3))+((4+5)+(6+7)); the blocks' sums
+    added in order, starting from 0."""
+    total = 0.0
+    for a in arrays:
+        x = np.asarray(a, dtype=np.float64).reshape(-1)
+        for start in range(0, x.size, 8192):
+            sq = x[start:start + 8192] * x[start:start + 8192]
+            body = sq.size // 8 * 8
+            # axis-0 reduction of a C-ordered (m, 8) array adds rows one after the other
+            acc = sq[:body].reshape(-1, 8).sum(axis=0) if body else np.zeros(8)
+            acc[:sq.size - body] += sq[body:]
+            total += float(((acc[0] + acc[1]) + (acc[2] + acc[3]))
+                           + ((acc[4] + acc[5]) + (acc[6] + acc[7])))
+    return total
+
+
 def _each(step_fn, params, grads, states, steps=None, **hyper):
     for i, (p, g) in enumerate(zip(params, grads)):
         if g is None:

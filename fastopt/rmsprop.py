@@ -1,11 +1,7 @@
 """RMSprop and Adagrad, torch.optim's rules."""
 from __future__ import annotations
 
-import numpy as np
-
-from . import _rules
-from ._backend import native as _native
-from ._validation import real
+from . import _spec
 from .optimizer import Optimizer
 
 
@@ -39,9 +35,7 @@ class RMSprop(Optimizer):
     ``square_avg``, ``momentum_buffer`` (momentum > 0), ``grad_avg`` (centered).
     """
 
-    _rule = _native.RULE_RMSPROP
-    _hyper_keys = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize",
-                   "l1")
+    _spec = _spec.RMSPROP
 
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
@@ -53,17 +47,6 @@ class RMSprop(Optimizer):
                         max_grad_norm=max_grad_norm, clip_value=clip_value)
         self._check_group(defaults)
         super().__init__(params, defaults)
-
-    def _check_group(self, group):
-        return _rules.rmsprop_row(**{k: group[k] for k in self._hyper_keys})
-
-    def _buffers(self, group):
-        bufs = [(2, "square_avg")]
-        if group["momentum"] > 0:
-            bufs.append((3, "momentum_buffer"))
-        if group["centered"]:
-            bufs.append((4, "grad_avg"))
-        return bufs
 
 
 class Adagrad(Optimizer):
@@ -83,9 +66,7 @@ class Adagrad(Optimizer):
     ``maximize=False``, ``l1=0``. State (torch's keys): ``step``, ``sum``.
     """
 
-    _rule = _native.RULE_ADAGRAD
-    _hyper_keys = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps",
-                   "maximize", "l1")
+    _spec = _spec.ADAGRAD
 
     def __init__(self, params, lr: float = 1e-2, lr_decay: float = 0.0,
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
@@ -98,15 +79,3 @@ class Adagrad(Optimizer):
                         max_grad_norm=max_grad_norm, clip_value=clip_value)
         self._check_group(defaults)
         super().__init__(params, defaults)
-
-    def _check_group(self, group):
-        real("initial_accumulator_value", group["initial_accumulator_value"])
-        return _rules.adagrad_row(lr=group["lr"], lr_decay=group["lr_decay"],
-                                  weight_decay=group["weight_decay"], eps=group["eps"],
-                                  maximize=group["maximize"], l1=group["l1"])
-
-    def _buffers(self, group):
-        return [(2, "sum")]
-
-    def _new_buffer(self, key, p, group):
-        return np.full_like(p, group["initial_accumulator_value"])

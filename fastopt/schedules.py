@@ -11,7 +11,7 @@ torch's names, arguments and behaviour, so scheduler code written for torch carr
 >>> sched = CosineAnnealingLR(opt, T_max=4)
 >>> lrs = []
 >>> for _ in range(4):
-...     opt.step([np.ones(3)])          # uses opt.param_groups[0]["lr"]
+...     _ = opt.step([np.ones(3)])      # uses opt.param_groups[0]["lr"]
 ...     sched.step()                    # sets it for the next step
 ...     lrs.append(round(sched.get_last_lr()[0], 6))
 >>> lrs

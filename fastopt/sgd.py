@@ -1,8 +1,7 @@
 """Stochastic gradient descent with momentum, torch.optim.SGD's rule."""
 from __future__ import annotations
 
-from . import _rules
-from ._backend import native as _native
+from . import _spec
 from .optimizer import Optimizer
 
 
@@ -52,13 +51,12 @@ class SGD(Optimizer):
     >>> w = np.zeros(3, np.float32)
     >>> opt = fastopt.SGD([w], lr=0.1, momentum=0.9)
     >>> opt.step([np.ones(3, np.float32)])
+    True
     >>> w
     array([-0.1, -0.1, -0.1], dtype=float32)
     """
 
-    _rule = _native.RULE_SGD
-    _hyper_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "l1")
-    _has_step_state = False
+    _spec = _spec.SGD
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
@@ -70,12 +68,6 @@ class SGD(Optimizer):
                         max_grad_norm=max_grad_norm, clip_value=clip_value)
         self._check_group(defaults)
         super().__init__(params, defaults)
-
-    def _check_group(self, group):
-        return _rules.sgd_row(**{k: group[k] for k in self._hyper_keys})
-
-    def _buffers(self, group):
-        return [(2, "momentum_buffer")] if group["momentum"] != 0 else []
 
     def _on_new_buffer(self, i, key):
         self._steps[i] = 0      # the next step is the buffer's first: it copies the gradient

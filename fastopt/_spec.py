@@ -1,0 +1,327 @@
+"""The rule specs: one declarative entry per rule, the single description of it.
+
+A ``Rule`` says, for one update rule:
+
+- ``hyper``: the group keys the rule reads, with torch's defaults, in its constructor's order
+  (``(name, default)``; ``_KW`` marks where keyword-only arguments start);
+- ``pack``: validates a group's values and returns the native argument record **by field
+  name** (the names of the C record ``fo_<rule>_args`` in csrc/fastopt.h). ``record`` orders
+  them as the C side reports (``_kernels.ARG_NAMES``), so no Python code depends on the C field
+  order, and a field that one side names and the other lacks raises, at import for the
+  defaults (see ``_check_all``) and in the tests for every option set;
+- ``buffers``: the state buffers (torch's key, the stream they occupy, the option that needs
+  them, their initial value);
+- ``step_state`` / ``aux``: whether state holds ``step``, and a per-param scalar state kept in
+  float64 next to it (NAdam's ``mu_product``);
+- ``reference``: how the NumPy twin (fastopt.reference) is called for one tensor.
+
+The optimizer classes (their checks, state creation and revalidation), the functional layer,
+the kernel API and the NumPy backend all read these entries; nothing else knows a rule's
+columns. Adding a rule: its element update in csrc/kernels_body.h (with its ``FO_RULE_LIST``
+line, argument record and scalars in csrc/), its NumPy twin in fastopt/reference.py, and one
+entry here (plus, for the public API, a class that names its parameters).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _validation as v
+from . import reference
+
+# The stream slots (csrc/fastopt.h: FO_P, FO_G, FO_S1..FO_S3).
+P, G, S1, S2, S3 = 0, 1, 2, 3, 4
+_KW = ("*", None)   # marks the start of keyword-only hyperparameters in ``hyper``
+
+# Every rule that reads a gradient also takes these (fastopt's additions to torch's rules).
+COMMON = (("max_grad_norm", None), ("clip_value", None))
+
+
+def _always(group: Mapping) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Buffer:
+    key: str                                     # torch's state key
+    stream: int                                  # S1, S2 or S3
+    needed: Callable[[Mapping], bool] = _always  # from the group's settings
+    fill: Callable[[Mapping], float] | None = None   # initial value (None: zeros)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str                                    # the C rule (csrc/fastopt.h FO_RULE_LIST)
+    hyper: tuple[tuple[str, Any], ...]
+    pack: Callable[[Mapping], dict[str, float]]
+    buffers: tuple[Buffer, ...] = ()
+    step_state: bool = True
+    aux: str | None = None
+    aux_init: float = 1.0
+    reference: Callable[..., None] | None = None
+    flags: tuple[str, ...] = ()                  # record fields that are booleans
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The group keys of the rule's own hyperparameters."""
+        return tuple(k for k, _ in self.hyper if k != "*")
+
+    def defaults(self) -> dict[str, Any]:
+        return {k: d for k, d in self.hyper if k != "*"}
+
+    def needed(self, group: Mapping) -> tuple[tuple[int, str], ...]:
+        """(stream, key) of each buffer the group's settings need."""
+        return tuple((b.stream, b.key) for b in self.buffers if b.needed(group))
+
+    def record(self, group: Mapping) -> list[float]:
+        """The validated argument record, in the C record's field order."""
+        from ._backend import native
+        fields = self.pack(group)
+        names = native.ARG_NAMES[self.name]
+        if set(fields) != set(names):
+            raise RuntimeError(
+                f"fastopt: the spec of {self.name!r} and its C record disagree: the spec has "
+                f"{sorted(set(fields) - set(names))} too many, {sorted(set(names) - set(fields))} "
+                "missing")
+        return [fields[n] for n in names]
+
+    def kwargs(self, record: list[float]) -> dict[str, Any]:
+        """The record as the NumPy twin's keyword arguments."""
+        from ._backend import native
+        out: dict[str, Any] = {}
+        for name, value in zip(native.ARG_NAMES[self.name], record):
+            if name in self.flags:
+                out[name] = bool(value)
+            elif name == "clip_value":
+                out[name] = value if value != 0.0 else None
+            else:
+                out[name] = value
+        return out
+
+
+# ---- validation pieces shared by several rules ---------------------------------------------
+
+def _common(group: Mapping) -> dict[str, float]:
+    clip = group.get("clip_value")
+    value = 0.0 if clip is None else v.real("clip_value", clip, low=0.0)
+    if clip is not None and value == 0.0:
+        raise ValueError("Invalid clip_value value: 0 (use None for no clipping)")
+    return {"weight_decay": v.real("weight_decay", group["weight_decay"]),
+            "maximize": float(v.flag("maximize", group["maximize"])),
+            "l1": v.real("l1", group["l1"]), "clip_value": value}
+
+
+def _eps(group: Mapping) -> float:
+    return v.real("eps", group["eps"], what="epsilon value")
+
+
+def _betas(group: Mapping) -> dict[str, float]:
+    beta1, beta2 = v.betas(group["betas"])
+    return {"beta1": beta1, "beta2": beta2}
+
+
+def check_max_grad_norm(group: Mapping) -> float:
+    """The group's max_grad_norm as the driver takes it (0: no clipping)."""
+    max_norm = group.get("max_grad_norm")
+    if max_norm is None:
+        return 0.0
+    value = v.real("max_grad_norm", max_norm, low=0.0)
+    if value <= 0:
+        raise ValueError(f"Invalid max_grad_norm value: {max_norm} (use None for no clipping)")
+    return value
+
+
+# ---- the rules ------------------------------------------------------------------------------
+
+def _pack_sgd(g: Mapping) -> dict[str, float]:
+    momentum = v.real("momentum", g["momentum"])
+    dampening = v.real("dampening", g["dampening"], low=None)
+    nesterov = v.flag("nesterov", g["nesterov"])
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    return {"lr": v.lr(g["lr"]), "momentum": momentum, "dampening": dampening,
+            "nesterov": float(nesterov), **_common(g)}
+
+
+def _ref_sgd(p, g, b, *, step, aux, **kw):
+    reference.sgd_step(p, g, b[S1] if kw["momentum"] != 0 else None, init_buffer=step <= 1,
+                       **kw)
+
+
+SGD = Rule(
+    "sgd",
+    (("lr", 1e-3), ("momentum", 0.0), ("dampening", 0.0), ("weight_decay", 0.0),
+     ("nesterov", False), _KW, ("maximize", False), ("l1", 0.0)),
+    _pack_sgd,
+    (Buffer("momentum_buffer", S1, lambda g: g["momentum"] != 0),),
+    step_state=False, reference=_ref_sgd, flags=("nesterov", "maximize"))
+
+
+def _pack_adam(g: Mapping, decoupled: bool | None = None) -> dict[str, float]:
+    dec = g["decoupled_weight_decay"] if decoupled is None else decoupled
+    return {"lr": v.lr(g["lr"]), **_betas(g), "eps": _eps(g),
+            "decoupled_weight_decay": float(v.flag("decoupled_weight_decay", dec)),
+            **_common(g)}
+
+
+def _ref_adam(p, g, b, *, step, aux, **kw):
+    reference.adam_step(p, g, b[S1], b[S2], b[S3], step=step, **kw)
+
+
+_ADAM_HYPER = (("lr", 1e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 0.0),
+               ("amsgrad", False), _KW, ("maximize", False), ("l1", 0.0))
+_ADAM_BUFFERS = (Buffer("exp_avg", S1), Buffer("exp_avg_sq", S2),
+                 Buffer("max_exp_avg_sq", S3, lambda g: bool(g["amsgrad"])))
+
+
+def _pack_adam_group(g: Mapping) -> dict[str, float]:
+    v.flag("amsgrad", g["amsgrad"])
+    return _pack_adam(g, g.get("decoupled_weight_decay", False))
+
+
+ADAM = Rule("adam", _ADAM_HYPER, _pack_adam_group,
+            _ADAM_BUFFERS, reference=_ref_adam,
+            flags=("decoupled_weight_decay", "maximize"))
+ADAMW = Rule("adam", tuple((k, 1e-2 if k == "weight_decay" else d) for k, d in _ADAM_HYPER),
+             lambda g: (v.flag("amsgrad", g["amsgrad"]), _pack_adam(g, True))[1],
+             _ADAM_BUFFERS, reference=_ref_adam,
+             flags=("decoupled_weight_decay", "maximize"))
+
+
+def _pack_rmsprop(g: Mapping) -> dict[str, float]:
+    return {"lr": v.lr(g["lr"]), "alpha": v.real("alpha", g["alpha"], high=1.0,
+                                                  what="alpha value"),
+            "eps": _eps(g), "momentum": v.real("momentum", g["momentum"]),
+            "centered": float(v.flag("centered", g["centered"])), **_common(g)}
+
+
+def _ref_rmsprop(p, g, b, *, step, aux, **kw):
+    kw["momentum"] = kw["momentum"] if b[S2] is not None else 0.0
+    kw["centered"] = kw["centered"] and b[S3] is not None
+    reference.rmsprop_step(p, g, b[S1], b[S2], b[S3], **kw)
+
+
+RMSPROP = Rule(
+    "rmsprop",
+    (("lr", 1e-2), ("alpha", 0.99), ("eps", 1e-8), ("weight_decay", 0.0), ("momentum", 0.0),
+     ("centered", False), _KW, ("maximize", False), ("l1", 0.0)),
+    _pack_rmsprop,
+    (Buffer("square_avg", S1), Buffer("momentum_buffer", S2, lambda g: g["momentum"] > 0),
+     Buffer("grad_avg", S3, lambda g: bool(g["centered"]))),
+    reference=_ref_rmsprop, flags=("centered", "maximize"))
+
+
+def _pack_adagrad(g: Mapping) -> dict[str, float]:
+    v.real("initial_accumulator_value", g["initial_accumulator_value"])
+    return {"lr": v.lr(g["lr"]), "lr_decay": v.real("lr_decay", g["lr_decay"]),
+            "eps": _eps(g), **_common(g)}
+
+
+def _ref_adagrad(p, g, b, *, step, aux, **kw):
+    reference.adagrad_step(p, g, b[S1], step=step, **kw)
+
+
+ADAGRAD = Rule(
+    "adagrad",
+    (("lr", 1e-2), ("lr_decay", 0.0), ("weight_decay", 0.0), ("initial_accumulator_value", 0.0),
+     ("eps", 1e-10), _KW, ("maximize", False), ("l1", 0.0)),
+    _pack_adagrad,
+    (Buffer("sum", S1, fill=lambda g: float(g["initial_accumulator_value"])),),
+    reference=_ref_adagrad, flags=("maximize",))
+
+
+def _pack_lion(g: Mapping) -> dict[str, float]:
+    return {"lr": v.lr(g["lr"]), **_betas(g), **_common(g)}
+
+
+def _ref_lion(p, g, b, *, step, aux, **kw):
+    reference.lion_step(p, g, b[S1], **kw)
+
+
+LION = Rule(
+    "lion",
+    (("lr", 1e-4), ("betas", (0.9, 0.99)), ("weight_decay", 0.0), _KW, ("maximize", False),
+     ("l1", 0.0)),
+    _pack_lion, (Buffer("exp_avg", S1),), step_state=True, reference=_ref_lion,
+    flags=("maximize",))
+
+
+def _pack_adamax(g: Mapping) -> dict[str, float]:
+    return {"lr": v.lr(g["lr"]), **_betas(g), "eps": _eps(g), **_common(g)}
+
+
+def _ref_adamax(p, g, b, *, step, aux, **kw):
+    reference.adamax_step(p, g, b[S1], b[S2], step=step, **kw)
+
+
+ADAMAX = Rule(
+    "adamax",
+    (("lr", 2e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 0.0), _KW,
+     ("maximize", False), ("l1", 0.0)),
+    _pack_adamax, (Buffer("exp_avg", S1), Buffer("exp_inf", S2)), reference=_ref_adamax,
+    flags=("maximize",))
+
+
+def _ref_radam(p, g, b, *, step, aux, **kw):
+    reference.radam_step(p, g, b[S1], b[S2], step=step, **kw)
+
+
+RADAM = Rule(
+    "radam",
+    (("lr", 1e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 0.0),
+     ("decoupled_weight_decay", False), _KW, ("maximize", False), ("l1", 0.0)),
+    _pack_adam, (Buffer("exp_avg", S1), Buffer("exp_avg_sq", S2)), reference=_ref_radam,
+    flags=("decoupled_weight_decay", "maximize"))
+
+
+def _pack_nadam(g: Mapping) -> dict[str, float]:
+    return {**_pack_adam(g), "momentum_decay": v.real("momentum_decay", g["momentum_decay"])}
+
+
+def _ref_nadam(p, g, b, *, step, aux, **kw):
+    reference.nadam_step(p, g, b[S1], b[S2], aux, step=step, **kw)
+
+
+NADAM = Rule(
+    "nadam",
+    (("lr", 2e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 0.0),
+     ("momentum_decay", 4e-3), ("decoupled_weight_decay", False), _KW, ("maximize", False),
+     ("l1", 0.0)),
+    _pack_nadam, (Buffer("exp_avg", S1), Buffer("exp_avg_sq", S2)), aux="mu_product",
+    reference=_ref_nadam, flags=("decoupled_weight_decay", "maximize"))
+
+
+def _ref_ema(p, g, b, *, step, aux, **kw):
+    reference.ema_update(p, g, **kw)
+
+
+EMA = Rule("ema", (("decay", 0.999),),
+           lambda g: {"decay": v.real("decay", g["decay"], high=1.0, what="decay value")},
+           step_state=False, reference=_ref_ema)
+
+
+def _ref_probe(p, g, b, *, step, aux, nstreams):
+    streams = [x for x in (p, g, b[S1], b[S2], b[S3])][:int(nstreams)]
+    total = streams[0] + streams[1]
+    for s in streams[2:]:
+        total = total + s
+    for k, s in enumerate(streams):
+        if k != G:
+            s[...] = total
+
+
+PROBE = Rule("probe", (("nstreams", 2),),
+             lambda g: {"nstreams": float(g["nstreams"])}, step_state=False,
+             reference=_ref_probe)
+
+RULES = {"SGD": SGD, "Adam": ADAM, "AdamW": ADAMW, "RMSprop": RMSPROP, "Adagrad": ADAGRAD,
+         "Lion": LION, "Adamax": ADAMAX, "RAdam": RADAM, "NAdam": NADAM, "EMA": EMA,
+         "probe": PROBE}
+
+
+def _check_all() -> None:
+    """Every spec's defaults pack into exactly its C record (raises otherwise)."""
+    for rule in RULES.values():
+        rule.record({**rule.defaults(), **dict(COMMON)})

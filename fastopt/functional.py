@@ -1,0 +1,422 @@
+"""The functional layer: keyword-only steps over lists of arrays, and the one place that runs
+a step, natively or in NumPy.
+
+Every step of fastopt goes through ``run_lists`` (NumPy arrays, as the kernel API and the
+NumPy backend of the optimizers pass them) or ``run_frame`` (descriptors an adapter already
+filled: the NumPy optimizers' fast path, the torch frontend). They are the only callers of the
+native driver (fastopt._kernels.run); with the NumPy backend (``FASTOPT_PUREPYTHON=1``, or no
+extension) ``run_lists`` runs ``fastopt.reference`` one tensor at a time instead, with the same
+checks, the same pre-pass and the same outcome (bitwise: the tests compare the two).
+
+Multi-tensor steps: ``<rule>(params, grads, <state lists...>, *, <hyperparameters>)``; a None
+gradient skips its tensor. Rules whose update depends on the step count take ``steps`` (one
+per tensor): the count of THIS step, from 1. ``probe`` is the benchmark's speed limit: the
+same memory traffic with no arithmetic. Single-tensor forms are in ``fastopt.kernels``.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _spec, _validation, reference
+from ._backend import BACKEND
+from ._backend import native as _native
+from ._threading import get_num_threads
+
+__all__ = ["adam", "sgd", "rmsprop", "adagrad", "lion", "adamax", "radam", "nadam", "probe",
+           "run_lists", "run_frame", "NATIVE"]
+
+Arrays = Sequence[np.ndarray]
+NATIVE = BACKEND == "native"
+OK, SKIPPED = 0, 1
+S = 6      # streams per tensor (csrc/fastopt.h FO_MAX_STREAMS)
+
+
+def _as_list(name, seq, n):
+    if (type(seq) is list or type(seq) is tuple) and len(seq) == n:
+        return list(seq)
+    if isinstance(seq, np.ndarray) or not isinstance(seq, Sequence) or isinstance(seq, str):
+        raise TypeError(f"{name}: expected a list or tuple of {n} arrays, got "
+                        f"{type(seq).__name__}")
+    if len(seq) != n:
+        raise ValueError(f"{name}: expected {n} entries (one per param), got {len(seq)}")
+    return list(seq)
+
+
+def _steps(steps, grads, n):
+    """Step counts, one per tensor, each >= 1 where the tensor steps."""
+    if type(steps) is not list and type(steps) is not tuple:
+        steps = list(np.asarray(steps).reshape(-1))
+    steps = [_validation.step_count(f"steps[{i}]", s)
+             for i, s in enumerate(_as_list("steps", steps, n))]
+    for i, s in enumerate(steps):
+        if s < 1 and grads[i] is not None:
+            raise ValueError(f"steps[{i}]: expected a step count >= 1 (the count of this "
+                             f"step), got {s}")
+    return steps
+
+
+# ---- the two entry points ------------------------------------------------------------------
+
+def _check_lists(streams: list, names: list[str], param_read_only: bool = False) -> None:
+    """Every check of run_lists in Python (the NumPy backend; the native one does them in C
+    and comes here only for the message): layouts, dtypes, shapes, then overlaps."""
+    params = streams[0]
+    written = []
+    for i, p in enumerate(params):
+        if param_read_only:
+            _validation.check_like(f"{names[0]}[{i}]", p, p, f"{names[0]}[{i}]",
+                                   writeable=False)
+            if not isinstance(p, np.ndarray) or p.dtype not in _validation.FLOAT_DTYPES:
+                _validation.check_param(f"{names[0]}[{i}]", p)
+        else:
+            _validation.check_param(f"{names[0]}[{i}]", p)
+            written.append((f"{names[0]}[{i}]", p))
+        for k in range(2, S):
+            col = streams[k]
+            if col is not None and col[i] is not None:
+                _validation.check_like(f"{names[k]}[{i}]", col[i], p, f"{names[0]}[{i}]",
+                                       writeable=True)
+                written.append((f"{names[k]}[{i}]", col[i]))
+    grads = streams[1]
+    for i, (g, p) in enumerate(zip(grads, params)):
+        if g is not None:
+            _validation.check_like(f"{names[1]}[{i}]", g, p, f"{names[0]}[{i}]",
+                                   writeable=False)
+    _validation.check_disjoint(written)
+    spans = _validation.WrittenSpans(written)
+    for i, g in enumerate(grads):
+        if g is not None:
+            _validation.check_no_overlap(f"{names[1]}[{i}]", g, spans)
+
+
+def _prepass_reference(grads, group, ngroups, check_finite):
+    """The driver's pre-pass in NumPy: per group, the sum of squares of its gradients (in
+    fastopt.reference.grad_norm's order, which is the native one) and a non-finite flag."""
+    sumsq, bad = [0.0] * ngroups, [False] * ngroups
+    for k in range(ngroups):
+        mine = [g for i, g in enumerate(grads) if g is not None and group[i] == k]
+        if mine:
+            sumsq[k] = reference.grad_sumsq(mine)
+            if check_finite:
+                bad[k] = not all(bool(np.isfinite(g).all()) for g in mine)
+    return sumsq, bad
+
+
+def _run_reference(rule, streams, group, records, gscale, steps, increment, aux, max_norms,
+                   check_finite, norms):
+    grads = streams[1]
+    ngroups = len(records)
+    gs = [float(x) for x in gscale]
+    if check_finite or (max_norms is not None and any(m > 0 for m in max_norms)):
+        sumsq, bad = _prepass_reference(grads, group, ngroups, check_finite)
+        if check_finite and any(bad):
+            return SKIPPED
+        for k in range(ngroups):
+            if max_norms is not None and max_norms[k] > 0:
+                norm = float(np.sqrt(sumsq[k]))
+                if norms is not None:
+                    norms[k] = norm
+                coef = max_norms[k] / (norm + 1e-6)
+                if not coef >= 1.0:
+                    gs[k] = gs[k] * coef
+    kwargs = [rule.kwargs(list(r)) for r in records]
+    with _signals_deferred():      # a step is applied whole, as the native one is
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            if increment:
+                steps[i] += 1
+            bufs = [None, None] + [None if streams[k] is None else streams[k][i]
+                                   for k in range(2, S)]
+            kw = dict(kwargs[group[i]])
+            if rule.name not in ("probe", "ema"):
+                kw["grad_scale"] = gs[group[i]]
+            rule.reference(streams[0][i], g, bufs, step=int(steps[i]),
+                           aux=None if aux is None else aux[i:i + 1], **kw)
+    return OK
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold back a Ctrl-C (SIGINT) until the block ends, then raise it: the NumPy step is many
+    array operations, and an interrupt between two of them would leave a param half-updated.
+    Only the main thread can install signal handlers; elsewhere nothing is deferred."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+        # SIG_IGN: ignored, as it would have been
+
+
+def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, records,
+              gscale=None, steps=None, increment: bool = False, aux=None, max_norms=None,
+              check_finite: bool = False, norms=None, param_read_only: bool = False,
+              memo=None) -> int:
+    """Run ``rule`` over NumPy lists: ``streams`` holds FO_MAX_STREAMS entries (params, grads,
+    then each state stream: a list with one entry per tensor, or None). ``names`` names each
+    stream for messages. ``records`` are the argument records (one per group), ``group`` the
+    record of each tensor (default all 0). Returns OK or SKIPPED (see fastopt._kernels.run);
+    nothing is modified unless every check passes."""
+    n = len(streams[0])
+    group = np.zeros(n, np.int32) if group is None else np.asarray(group, np.int32)
+    records = np.asarray(records, dtype=np.float64).reshape(len(records), -1)
+    gscale = np.ones(len(records)) if gscale is None else np.asarray(gscale, np.float64)
+    steps = np.ones(n, np.int64) if steps is None else steps
+    if not NATIVE:
+        _check_lists(streams, names, param_read_only)
+        return _run_reference(rule, streams, group, records, gscale, steps, increment, aux,
+                              max_norms, check_finite, norms)
+    frame = _native.Frame()
+    rc = frame.fill_numpy_lists(streams, n, param_read_only)
+    if rc >= 0:
+        _check_lists(streams, names, param_read_only)     # raises with the message
+        raise RuntimeError(f"fastopt: internal error, stream refused with reason {rc}")
+    try:
+        return _native.run(frame, _native.RULES[rule.name], group, records, gscale, steps,
+                           increment, get_num_threads(), aux, max_norms, check_finite, norms,
+                           memo)
+    except _native.ContractError:
+        _check_lists(streams, names, param_read_only)
+        raise
+
+
+def run_frame(frame: Any, rule: _spec.Rule, *, group, records, gscale, steps,
+              increment: bool, aux=None, max_norms=None, check_finite: bool = False,
+              norms=None, memo=None, nthreads: int | None = None) -> int:
+    """Run ``rule`` over a frame an adapter filled (native backend only). Raises
+    fastopt._kernels.ContractError, which the adapter turns into a message."""
+    return _native.run(frame, _native.RULES[rule.name], group, records, gscale, steps,
+                       increment, get_num_threads() if nthreads is None else nthreads, aux,
+                       max_norms, check_finite, norms, memo)
+
+
+def _call(rule, grad_scale, names, params, grads, buffers, row, steps=None, aux=None):
+    """The kernel API's call: check the lists, then ``rule`` over all tensors in one call.
+
+    ``names``: the name of params and of each buffer list (for messages); ``buffers``: one list
+    per state stream (S1, S2, S3), or None for a stream the call does not use.
+    """
+    if isinstance(params, np.ndarray) or not isinstance(params, Sequence):
+        raise TypeError(f"params: expected a list or tuple of arrays, got "
+                        f"{type(params).__name__}")
+    n = len(params)
+    params = list(params)
+    grads = _as_list("grads", grads, n)
+    buffers = [None if b is None else _as_list(name, b, n)
+               for name, b in zip(names[1:], buffers)]
+    steps = np.ones(n, np.int64) if steps is None else np.array(_steps(steps, grads, n),
+                                                                np.int64)
+    gs = _validation.real("grad_scale", grad_scale, low=None)
+    streams = [params, grads] + buffers + [None] * (S - 2 - len(buffers))
+    stream_names = [names[0], "grads"] + list(names[1:]) + ["master"] * (S - 1 - len(names))
+    run_lists(rule, streams, stream_names, records=[row], gscale=[gs], steps=steps, aux=aux)
+
+
+def _one(x):
+    return None if x is None else [x]
+
+
+# ---- Adam / AdamW --------------------------------------------------------------------------
+
+def adam(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
+         exp_avg_sqs: Arrays, max_exp_avg_sqs: Arrays | None, steps, *, lr: float = 1e-3,
+         beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+         decoupled_weight_decay: bool = False, maximize: bool = False,
+         l1: float = 0.0, clip_value: float | None = None,
+         grad_scale: float = 1.0) -> None:
+    """Adam/AdamW on many tensors in one native call; params and state modified in place.
+
+    ``max_exp_avg_sqs`` is a list (AMSGrad) or None. See ``fastopt.Adam`` for the formula.
+    """
+    row = _spec.ADAM.record(dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
+                                 decoupled_weight_decay=decoupled_weight_decay, amsgrad=False,
+                                 maximize=maximize, l1=l1, clip_value=clip_value))
+    _call(_spec.ADAM, grad_scale, ["params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], params,
+          grads, [exp_avgs, exp_avg_sqs, max_exp_avg_sqs], row, steps)
+
+
+
+
+# ---- SGD -----------------------------------------------------------------------------------
+
+def sgd(params: Arrays, grads: Sequence[np.ndarray | None],
+        momentum_buffers: Arrays | None = None, *, lr: float = 1e-3, momentum: float = 0.0,
+        dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+        maximize: bool = False, l1: float = 0.0,
+        init_buffers: bool | Sequence[bool] = False, clip_value: float | None = None,
+        grad_scale: float = 1.0) -> None:
+    """SGD on many tensors in one native call; params and buffers modified in place.
+
+    ``momentum_buffers`` is required when momentum != 0. ``init_buffers`` (a bool, or one per
+    tensor) marks a buffer's first step: it is set to the gradient instead of being decayed.
+    See ``fastopt.SGD`` for the formula.
+    """
+    row = _spec.SGD.record(dict(lr=lr, momentum=momentum, dampening=dampening,
+                                weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+                                l1=l1, clip_value=clip_value))
+    n = len(params)
+    if momentum != 0:
+        if momentum_buffers is None:
+            raise ValueError("momentum_buffers: required when momentum != 0")
+    else:
+        momentum_buffers = None
+    if isinstance(init_buffers, (bool, np.bool_)):
+        init = [bool(init_buffers)] * n
+    else:
+        init = [_validation.flag(f"init_buffers[{i}]", b)
+                for i, b in enumerate(_as_list("init_buffers", init_buffers, n))]
+    # the kernel initialises a buffer on its first step, i.e. when its step count is 1
+    _call(_spec.SGD, grad_scale, ["params", "momentum_buffers"], params, grads, [momentum_buffers],
+          row, [1 if b else 2 for b in init])
+
+
+
+
+# ---- RMSprop -------------------------------------------------------------------------------
+
+def rmsprop(params: Arrays, grads: Sequence[np.ndarray | None], square_avgs: Arrays,
+            momentum_buffers: Arrays | None = None, grad_avgs: Arrays | None = None, *,
+            lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
+            momentum: float = 0.0, centered: bool = False, maximize: bool = False,
+            l1: float = 0.0, clip_value: float | None = None,
+            grad_scale: float = 1.0) -> None:
+    """RMSprop on many tensors in one native call; params and state modified in place.
+
+    ``momentum_buffers`` is required when momentum > 0, ``grad_avgs`` when centered.
+    See ``fastopt.RMSprop`` for the formula.
+    """
+    row = _spec.RMSPROP.record(dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                    momentum=momentum, centered=centered, maximize=maximize,
+                                    l1=l1, clip_value=clip_value))
+    if momentum > 0 and momentum_buffers is None:
+        raise ValueError("momentum_buffers: required when momentum > 0")
+    if centered and grad_avgs is None:
+        raise ValueError("grad_avgs: required when centered")
+    _call(_spec.RMSPROP, grad_scale, ["params", "square_avgs", "momentum_buffers", "grad_avgs"],
+          params, grads, [square_avgs, momentum_buffers if momentum > 0 else None,
+                          grad_avgs if centered else None], row)
+
+
+
+
+# ---- Adagrad -------------------------------------------------------------------------------
+
+def adagrad(params: Arrays, grads: Sequence[np.ndarray | None], state_sums: Arrays, steps, *,
+            lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
+            eps: float = 1e-10, maximize: bool = False, l1: float = 0.0,
+            clip_value: float | None = None,
+            grad_scale: float = 1.0) -> None:
+    """Adagrad on many tensors in one native call; params and sums modified in place."""
+    row = _spec.ADAGRAD.record(dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                    eps=eps, initial_accumulator_value=0.0, maximize=maximize,
+                                    l1=l1, clip_value=clip_value))
+    _call(_spec.ADAGRAD, grad_scale, ["params", "state_sums"], params, grads, [state_sums], row,
+          steps)
+
+
+
+
+# ---- Lion ----------------------------------------------------------------------------------
+
+def lion(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays, *,
+         lr: float = 1e-4, beta1: float = 0.9, beta2: float = 0.99, weight_decay: float = 0.0,
+         maximize: bool = False, l1: float = 0.0, clip_value: float | None = None,
+         grad_scale: float = 1.0) -> None:
+    """Lion on many tensors in one native call; params and exp_avgs modified in place."""
+    row = _spec.LION.record(dict(lr=lr, betas=(beta1, beta2), weight_decay=weight_decay,
+                                 maximize=maximize, l1=l1, clip_value=clip_value))
+    _call(_spec.LION, grad_scale, ["params", "exp_avgs"], params, grads, [exp_avgs], row)
+
+
+
+
+# ---- Adamax --------------------------------------------------------------------------------
+
+def adamax(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
+           exp_infs: Arrays, steps, *, lr: float = 2e-3, beta1: float = 0.9,
+           beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+           maximize: bool = False, l1: float = 0.0, clip_value: float | None = None,
+           grad_scale: float = 1.0) -> None:
+    """Adamax on many tensors in one native call; params and state modified in place."""
+    row = _spec.ADAMAX.record(dict(lr=lr, betas=(beta1, beta2), eps=eps,
+                                   weight_decay=weight_decay, maximize=maximize, l1=l1,
+                                   clip_value=clip_value))
+    _call(_spec.ADAMAX, grad_scale, ["params", "exp_avgs", "exp_infs"], params, grads,
+          [exp_avgs, exp_infs], row, steps)
+
+
+
+
+# ---- RAdam ---------------------------------------------------------------------------------
+
+def radam(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
+          exp_avg_sqs: Arrays, steps, *, lr: float = 1e-3, beta1: float = 0.9,
+          beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+          decoupled_weight_decay: bool = False, maximize: bool = False,
+          l1: float = 0.0, clip_value: float | None = None,
+          grad_scale: float = 1.0) -> None:
+    """RAdam on many tensors in one native call; params and state modified in place."""
+    row = _spec.RADAM.record(dict(lr=lr, betas=(beta1, beta2), eps=eps,
+                                  weight_decay=weight_decay,
+                                  decoupled_weight_decay=decoupled_weight_decay,
+                                  maximize=maximize, l1=l1, clip_value=clip_value))
+    _call(_spec.RADAM, grad_scale, ["params", "exp_avgs", "exp_avg_sqs"], params, grads,
+          [exp_avgs, exp_avg_sqs], row, steps)
+
+
+
+
+# ---- NAdam ---------------------------------------------------------------------------------
+
+def nadam(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
+          exp_avg_sqs: Arrays, mu_products: np.ndarray, steps, *, lr: float = 2e-3,
+          beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+          weight_decay: float = 0.0, momentum_decay: float = 4e-3,
+          decoupled_weight_decay: bool = False, maximize: bool = False, l1: float = 0.0,
+          clip_value: float | None = None, grad_scale: float = 1.0) -> None:
+    """NAdam on many tensors in one native call; params, state and ``mu_products`` (a float64
+    array with one running product per tensor, starting at 1) modified in place."""
+    row = _spec.NADAM.record(dict(lr=lr, betas=(beta1, beta2), eps=eps,
+                                  weight_decay=weight_decay, momentum_decay=momentum_decay,
+                                  decoupled_weight_decay=decoupled_weight_decay,
+                                  maximize=maximize, l1=l1, clip_value=clip_value))
+    if (not isinstance(mu_products, np.ndarray) or mu_products.dtype != np.float64
+            or mu_products.shape != (len(params),) or not mu_products.flags.c_contiguous
+            or not mu_products.flags.writeable):
+        raise TypeError(f"mu_products: expected a writeable float64 array of shape "
+                        f"({len(params)},)")
+    _call(_spec.NADAM, grad_scale, ["params", "exp_avgs", "exp_avg_sqs"], params, grads,
+          [exp_avgs, exp_avg_sqs], row, steps, mu_products)
+
+
+
+
+# ---- the probe -----------------------------------------------------------------------------
+
+def probe(arrays: Sequence[np.ndarray]) -> None:
+    """The speed limit of a rule: reads every array and writes all but ``arrays[1]`` (2 to 5
+    arrays of one shape and dtype, as [param, grad, state...]). Used by the benchmark."""
+    arrays = list(arrays)
+    if not 2 <= len(arrays) <= 5:
+        raise ValueError(f"probe: expected 2 to 5 arrays, got {len(arrays)}")
+    p, g, *rest = arrays
+    bufs: list[list[np.ndarray] | None] = [[b] for b in rest]
+    bufs += [None] * (3 - len(bufs))
+    _call(_spec.PROBE, 1.0, ["arrays", "state0", "state1", "state2"], [p], [g], bufs,
+          [float(len(arrays))])
