@@ -308,3 +308,111 @@ def nadam(params, grads, exp_avgs, exp_avg_sqs, mu_products, steps, **hyper):
 def radam(params, grads, exp_avgs, exp_avg_sqs, steps, **hyper):
     """radam_step over lists; steps[i] is tensor i's count."""
     _each(radam_step, params, grads, [exp_avgs, exp_avg_sqs], steps, **hyper)
+
+
+# ---- the gradient norm -----------------------------------------------------------------------
+
+NORM_BLOCK = 8192       # elements per block (fastopt/_kernels.pyx: NORM_BLOCK)
+NORM_LANES = 8          # accumulators per block (csrc/dispatch.c: FO_NORM_BLOCK)
+
+
+def grad_norm(arrays, norm_type):
+    """The norm (``norm_type`` 2, 1 or inf) of all ``arrays`` taken together as one vector,
+    computed bitwise as the native driver computes it (fastopt._kernels.grad_norm with
+    csrc/dispatch.c's fo_norm_block), for float32 and float64 arrays, in float64 throughout.
+
+    The order of operations, which fixes every rounding:
+
+    1. Each array (flattened in C order) is cut into blocks of 8192 elements, the last one
+       partial; the blocks of all arrays are then taken in order, array by array.
+    2. In a block, every element is converted to float64 and turned into its term: ``x*x``
+       (norm 2) or ``|x|`` (norms 1 and inf). Element i of the block goes to accumulator
+       ``i % 8``; each of the eight accumulators starts at 0.0 and adds its terms one at a time,
+       in increasing i (``acc = acc + term``). Here: the block as rows of 8, added row after
+       row into a vector of eight accumulators (not ``np.sum``, which adds pairwise), for many
+       blocks at once.
+    3. The eight accumulators are combined pairwise:
+       ``((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))``.
+    4. The block results are added one at a time, in block order, to a total starting at 0.0;
+       the 2-norm is then ``sqrt(total)`` (correctly rounded).
+
+    For the inf norm "+" is replaced by the NaN-propagating maximum ``b if (b > a or b != b)
+    else a``. A maximum is exact, so without NaN the result is just the largest ``|x|`` (0.0
+    for no elements). With NaN it is NaN, and the order decides which NaN: each accumulator
+    keeps the last NaN it meets, the pairwise step keeps the NaN of the highest-numbered
+    accumulator, and the total the NaN of the last block with one. So: in the last block that
+    has a NaN, the last NaN among its elements at the highest position ``i % 8`` that holds one.
+
+    Zero padding (of a block to more rows of 8) changes nothing: every term is >= +0.0 or
+    NaN, and adding +0.0 to such an accumulator leaves its bits as they are. The result does
+    not depend on the thread count or on the instruction set: the native blocks are
+    independent, and fo_norm_block is compiled once, for the baseline (no AVX copy).
+
+    A sum that meets several NaNs returns one of them; which one depends on the operand order
+    the C compiler chose, which C leaves open, so there only NaN-ness is reproduced.
+    """
+    if norm_type not in (1.0, 2.0, np.inf):
+        raise ValueError(f"norm_type must be 1, 2 or inf, got {norm_type}")
+    flat = [np.asarray(a).reshape(-1) for a in arrays]
+    if norm_type == np.inf:
+        return _max_abs(flat)
+    with np.errstate(over="ignore"):        # overflow gives inf, silently, as in C
+        return _sum_norm(flat, norm_type)
+
+
+def _sum_norm(flat, norm_type):
+    """grad_norm's 2 and 1 norms of flat float vectors, in the native order."""
+    terms = [np.multiply(x, x, dtype=np.float64) if norm_type == 2.0
+             else np.abs(x, dtype=np.float64) for x in flat]
+    # The blocks as stacks [block, row of 8, accumulator], each with its blocks' places in the
+    # native order, so that many blocks are summed at once: all whole blocks in one stack; the
+    # partial last blocks zero-padded to a power of two of rows (at most twice their size),
+    # those of the same height stacked together.
+    whole_places: list[int] = []
+    whole_blocks: list[np.ndarray] = []
+    partial: dict[int, list[tuple[int, np.ndarray]]] = {}
+    nblocks = 0
+    for t in terms:
+        whole = t.size // NORM_BLOCK
+        if whole:
+            whole_places += range(nblocks, nblocks + whole)
+            whole_blocks.append(t[:whole * NORM_BLOCK].reshape(whole, -1, NORM_LANES))
+            nblocks += whole
+        rest = t[whole * NORM_BLOCK:]
+        if rest.size:
+            rows = -(-rest.size // NORM_LANES)
+            partial.setdefault(1 << (rows - 1).bit_length(), []).append((nblocks, rest))
+            nblocks += 1
+    stacks = []
+    if whole_blocks:
+        stacks.append((whole_places, whole_blocks[0] if len(whole_blocks) == 1
+                       else np.concatenate(whole_blocks)))
+    for rows, members in partial.items():
+        stack = np.zeros((len(members), rows * NORM_LANES))
+        for j, (_, rest) in enumerate(members):
+            stack[j, :rest.size] = rest
+        stacks.append(([k for k, _ in members], stack.reshape(len(members), rows, NORM_LANES)))
+    results = np.zeros(nblocks)         # each block's result, in block order
+    for places, stack in stacks:
+        acc = np.zeros((stack.shape[0], NORM_LANES))
+        for row in range(stack.shape[1]):
+            acc += stack[:, row]        # acc[k] = acc[k] + term, row after row
+        a = acc.T
+        results[places] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+    total = 0.0
+    for r in results.tolist():
+        total = total + r
+    return float(np.sqrt(total)) if norm_type == 2.0 else total
+
+
+def _max_abs(flat):
+    """grad_norm's inf norm of flat float vectors (see there for which NaN it returns)."""
+    absolute = [np.abs(x, dtype=np.float64) for x in flat if x.size]
+    maxima = [float(np.max(x)) for x in absolute]       # NaN where there is one
+    for x, m in zip(reversed(absolute), reversed(maxima)):
+        if m != m:
+            nan_at = np.flatnonzero(np.isnan(x))
+            last_block = nan_at[nan_at // NORM_BLOCK == nan_at[-1] // NORM_BLOCK]
+            lane = last_block % NORM_LANES
+            return float(x[last_block[lane == lane.max()][-1]])
+    return max([0.0] + maxima)
