@@ -3,10 +3,11 @@
 ``save(optimizer, path)`` writes the optimizer's ``state_dict()`` atomically: to a temporary
 file in the same directory, flushed and fsync'ed, then renamed over ``path`` (and the directory
 fsync'ed), so a crash at any moment leaves either the previous checkpoint or the new one, never
-a torn file. ``load(optimizer, path)`` reads it with ``allow_pickle=False``, refuses a
-checkpoint made for another model (other optimizer class, param count, shapes or dtypes) with a
-ValueError, and loads it through ``load_state_dict`` (which changes nothing unless everything
-fits).
+a torn file. ``load(optimizer, path)`` reads the whole file and checks it (the zip structure,
+each member's CRC-32, the metadata; nothing is ever unpickled), refuses a truncated or corrupted
+file, or a checkpoint made for another model (other optimizer class, param count, shapes or
+dtypes), with a ValueError naming the file, and loads it through ``load_state_dict`` (which
+changes nothing unless everything fits).
 
 Layout: one npz archive; ``__meta__`` holds JSON (format version, optimizer class, each param's
 shape and dtype, the param groups' hyperparameters, each state's keys and step); each state
@@ -14,12 +15,16 @@ array is stored as ``state/<index>/<key>``.
 """
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import tempfile
+import zipfile
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from .optimizer import Optimizer
 
@@ -43,7 +48,7 @@ def _jsonable(value: Any, where: str) -> Any:
 
 
 def _from_json(value: Any) -> Any:
-    if isinstance(value, dict) and "__tuple__" in value:
+    if isinstance(value, dict) and isinstance(value.get("__tuple__"), list):
         return tuple(_from_json(v) for v in value["__tuple__"])
     return value
 
@@ -104,33 +109,150 @@ def save(optimizer: Optimizer, path: str | os.PathLike) -> None:
             os.close(dfd)
 
 
+# What zipfile and NumPy's npy header reader raise on damaged data. Other errors are kept out
+# before reading: only uncompressed, unencrypted members whose offset lies inside the file are
+# read (which is what save writes), so no decompressor runs and no seek goes out of the file.
+_ZIP_ERRORS = (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError)
+
+
 def load(optimizer: Optimizer, path: str | os.PathLike) -> None:
-    """Load a checkpoint written by ``save`` into ``optimizer`` (of the same params)."""
+    """Load a checkpoint written by ``save`` into ``optimizer`` (of the same params).
+
+    The whole file is read and checked first (the zip structure, every member's CRC-32, the
+    metadata), then handed to ``load_state_dict`` in one call: a truncated or corrupted file, or
+    one made for another model, raises ValueError naming the file, and the optimizer is left as
+    it was. A missing or unreadable file raises the usual OSError (FileNotFoundError, ...).
+    """
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"load: expected a fastopt optimizer, got {type(optimizer).__name__}")
-    with np.load(os.fspath(path), allow_pickle=False) as npz:
-        if "__meta__" not in npz.files:
-            raise ValueError(f"load: {path} is not a fastopt checkpoint (no __meta__)")
-        meta = json.loads(str(npz["__meta__"]))
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise ValueError(f"load: {path} is not a version-{VERSION} fastopt checkpoint")
-        if meta["optimizer"] != type(optimizer).__name__:
-            raise ValueError(f"load: the checkpoint is for {meta['optimizer']}, not "
-                             f"{type(optimizer).__name__}")
-        ours = [{"shape": list(p.shape), "dtype": p.dtype.str} for p in optimizer._params]
-        if meta["params"] != ours:
-            if len(meta["params"]) != len(ours):
-                raise ValueError(f"load: the checkpoint is for a different model: it has "
-                                 f"{len(meta['params'])} params, the optimizer has {len(ours)}")
-            i = next(k for k, (a, b) in enumerate(zip(meta["params"], ours)) if a != b)
-            raise ValueError(f"load: the checkpoint is for a different model: its param {i} is "
-                             f"{meta['params'][i]}, the optimizer's is {ours[i]}")
-        state: dict[int, dict[str, Any]] = {}
-        for key, st in meta["state"].items():
-            entry: dict[str, Any] = {k: npz[f"state/{key}/{k}"] for k in st["keys"]}
-            if st["step"] is not None:
-                entry["step"] = st["step"]
-            state[int(key)] = entry
-    groups = [{k: (v if k == "params" else _from_json(v)) for k, v in g.items()}
-              for g in meta["param_groups"]]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    path = os.fspath(path)
+    with open(path, "rb") as f:         # a missing file stays FileNotFoundError
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise ValueError(f"load: {path} is empty, not a fastopt checkpoint")
+        try:
+            zf = zipfile.ZipFile(f)
+        except _ZIP_ERRORS as e:
+            raise ValueError(f"load: {path} is not a fastopt checkpoint, or it is truncated: "
+                             f"no zip archive can be read from it ({e})") from e
+        with zf:
+            state_dict = _read(zf, path, size, optimizer)
+    try:
+        optimizer.load_state_dict(state_dict)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"load: {path} holds a state the optimizer refuses: {e}") from e
+
+
+def _member(zf: zipfile.ZipFile, name: str, path: str, size: int) -> np.ndarray:
+    """The array stored as ``name``, read whole (so that zipfile checks its CRC-32): a
+    read-only array over the member's bytes."""
+    try:
+        info = zf.getinfo(name + ".npy")
+    except KeyError:
+        raise ValueError(f"load: {path} is corrupted: it lacks the array {name!r}, which its "
+                         "__meta__ lists") from None
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1:
+        raise ValueError(f"load: {path} is corrupted: its member {name!r} is compressed or "
+                         "encrypted (save writes neither)")
+    if not 0 <= info.header_offset < size:
+        raise ValueError(f"load: {path} is corrupted: its member {name!r} starts at byte "
+                         f"{info.header_offset}, outside the file's {size} bytes")
+    try:
+        raw = zf.read(info)
+        buf = io.BytesIO(raw)
+        version = npy_format.read_magic(buf)
+        if version == (1, 0):
+            shape, fortran_order, dtype = npy_format.read_array_header_1_0(buf)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = npy_format.read_array_header_2_0(buf)
+        else:
+            raise ValueError(f"npy format version {version} (save writes 1.0)")
+        start = buf.tell()
+        count = math.prod(shape)
+        if min(shape, default=0) < 0 or count * dtype.itemsize != len(raw) - start:
+            raise ValueError(f"its header says shape {shape} and dtype {dtype}, which do not "
+                             f"fit the {len(raw) - start} bytes of data")
+        array = np.frombuffer(raw, dtype=dtype, count=count, offset=start)
+        return array.reshape(shape, order="F" if fortran_order else "C")
+    except _ZIP_ERRORS as e:
+        why = str(e) or ("its data ends early" if isinstance(e, EOFError) else type(e).__name__)
+        raise ValueError(f"load: {path} is corrupted: its member {name!r} cannot be read "
+                         f"({why})") from e
+
+
+def _read(zf: zipfile.ZipFile, path: str, size: int, optimizer: Optimizer) -> dict:
+    """The state dict stored in the checkpoint, every part of it read and its layout checked."""
+    def corrupted(what: str) -> ValueError:
+        return ValueError(f"load: {path} is corrupted: its __meta__ {what}")
+
+    if "__meta__.npy" not in zf.namelist():
+        raise ValueError(f"load: {path} is not a fastopt checkpoint (no __meta__)")
+    text = _member(zf, "__meta__", path, size)
+    if text.dtype.kind != "U" or text.shape != ():
+        raise corrupted(f"is not a string but an array of dtype {text.dtype} and shape "
+                        f"{text.shape}")
+    try:
+        meta = json.loads(str(text[()]))
+    except ValueError as e:
+        raise corrupted(f"is not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise corrupted(f"is a JSON {type(meta).__name__}, not an object")
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ValueError(f"load: {path} is not a version-{VERSION} fastopt checkpoint")
+    for key, kind in (("optimizer", str), ("params", list), ("param_groups", list),
+                      ("state", dict)):
+        if key not in meta:
+            raise corrupted(f"lacks {key!r}")
+        if not isinstance(meta[key], kind):
+            raise corrupted(f"has {key!r} = {_short(meta[key])}, expected a JSON "
+                            f"{_JSON_NAMES[kind]}")
+    if meta["optimizer"] != type(optimizer).__name__:
+        raise ValueError(f"load: {path}: the checkpoint is for {meta['optimizer']}, not "
+                         f"{type(optimizer).__name__}")
+    for i, p in enumerate(meta["params"]):
+        if not (isinstance(p, dict) and set(p) == {"shape", "dtype"}
+                and isinstance(p["shape"], list) and all(_is_int(n) for n in p["shape"])
+                and isinstance(p["dtype"], str)):
+            raise corrupted(f"has params[{i}] = {_short(p)}, expected "
+                            '{"shape": [ints], "dtype": string}')
+    ours = [{"shape": list(p.shape), "dtype": p.dtype.str} for p in optimizer._params]
+    if meta["params"] != ours:
+        if len(meta["params"]) != len(ours):
+            raise ValueError(f"load: {path}: the checkpoint is for a different model: it has "
+                             f"{len(meta['params'])} params, the optimizer has {len(ours)}")
+        i = next(k for k, (a, b) in enumerate(zip(meta["params"], ours)) if a != b)
+        raise ValueError(f"load: {path}: the checkpoint is for a different model: its param "
+                         f"{i} is {meta['params'][i]}, the optimizer's is {ours[i]}")
+    groups = []
+    for gi, g in enumerate(meta["param_groups"]):
+        if not (isinstance(g, dict) and isinstance(g.get("params"), list)
+                and all(_is_int(n) for n in g["params"])):
+            raise corrupted(f"has param_groups[{gi}] = {_short(g)}, expected an object with "
+                            '"params": [ints]')
+        groups.append({k: (v if k == "params" else _from_json(v)) for k, v in g.items()})
+    state: dict[int, dict[str, Any]] = {}
+    for key, st in meta["state"].items():
+        if not key.isdecimal() or str(int(key)) != key:
+            raise corrupted(f"has a state for {key!r}, not a param index")
+        if not (isinstance(st, dict) and set(st) == {"step", "keys"}
+                and isinstance(st["keys"], list) and all(isinstance(k, str) for k in st["keys"])):
+            raise corrupted(f"has state[{key!r}] = {_short(st)}, expected "
+                            '{"step": integer or null, "keys": [strings]}')
+        entry: dict[str, Any] = {k: _member(zf, f"state/{key}/{k}", path, size)
+                                 for k in st["keys"]}
+        if st["step"] is not None:
+            entry["step"] = st["step"]
+        state[int(key)] = entry
+    return {"state": state, "param_groups": groups}
+
+
+_JSON_NAMES = {str: "string", list: "array", dict: "object"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
