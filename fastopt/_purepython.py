@@ -6,8 +6,6 @@ steps themselves run in fastopt.functional, which calls fastopt.reference one te
 """
 from __future__ import annotations
 
-import numpy as np
-
 from . import reference
 
 MAX_STREAMS = 6

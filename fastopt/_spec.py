@@ -76,7 +76,24 @@ class Rule:
         return tuple((b.stream, b.key) for b in self.buffers if b.needed(group))
 
     def record(self, group: Mapping) -> list[float]:
-        """The validated argument record, in the C record's field order."""
+        """The validated argument record, in the C record's field order (memoised by the
+        exact values and their types, so a call with the same hyperparameters is not
+        revalidated: the kernel API's small-call cost)."""
+        try:
+            key = (self.name, id(self.pack), _typed(tuple(group.items())))
+            hit = _RECORDS.get(key)
+        except TypeError:       # an unhashable value (a list): validate, do not memoise
+            key, hit = None, None
+        if hit is not None:
+            return list(hit)
+        out = self._record(group)
+        if key is not None:
+            if len(_RECORDS) >= 256:
+                _RECORDS.clear()
+            _RECORDS[key] = tuple(out)
+        return out
+
+    def _record(self, group: Mapping) -> list[float]:
         from ._backend import native
         fields = self.pack(group)
         names = native.ARG_NAMES[self.name]
@@ -99,6 +116,16 @@ class Rule:
             else:
                 out[name] = value
         return out
+
+
+_RECORDS: dict = {}
+
+
+def _typed(value):
+    """A hashable key that tells True from 1 and 1.0 (they are equal and hash alike)."""
+    if type(value) is tuple:
+        return tuple(map(_typed, value))
+    return (type(value), value)
 
 
 # ---- validation pieces shared by several rules ---------------------------------------------

@@ -73,6 +73,8 @@ class Optimizer:
         self._max_norms: Any = None     # per group: max_grad_norm (0: none)
         self._ones = np.ones(0)
         self._norms = np.zeros(0)
+        self._clipped = False
+        self._kwargs: Any = None        # the driver's arguments, made once per validation
         self._frame: Any = _native.Frame() if _NATIVE else None
         self._memo: Any = _native.Memo() if _NATIVE else None
         self._lock = threading.Lock()   # steps of one optimizer from several threads serialize
@@ -188,13 +190,20 @@ class Optimizer:
         if len(groups) != len(self._sizes):
             raise ValueError(f"param_groups has {len(groups)} groups, the optimizer was given "
                              f"{len(self._sizes)}: add groups with add_param_group")
-        key = tuple(map(self._get_hyper, groups))
-        old = self._args_key
-        if old is None or len(old) != len(key) or not all(
-                map(operator.is_, chain.from_iterable(key), chain.from_iterable(old))):
+        if len(groups) == 1:
+            key = self._get_hyper(groups[0])
+            old = self._args_key
+            same = old is not None and all(map(operator.is_, key, old))
+        else:
+            key = tuple(map(self._get_hyper, groups))
+            old = self._args_key
+            same = old is not None and len(old) == len(key) and all(
+                map(operator.is_, chain.from_iterable(key), chain.from_iterable(old)))
+        if not same:
             for g in groups:
                 _freeze(g)
-            key = tuple(map(self._get_hyper, groups))
+            key = (self._get_hyper(groups[0]) if len(groups) == 1
+                   else tuple(map(self._get_hyper, groups)))
             rows = [self._row(g) for g in groups]
             self._max_norms = np.array([_spec.check_max_grad_norm(g) for g in groups])
             self.last_grad_norms = [None] * len(groups)
@@ -202,6 +211,8 @@ class Optimizer:
             self._args = np.array(rows, dtype=np.float64)
             self._ones = np.ones(len(groups))
             self._norms = np.zeros(len(groups))
+            self._clipped = bool(self._max_norms.any())
+            self._kwargs = None
             self._args_key = key
             if self._memo is not None:
                 self._memo.invalidate()
@@ -245,16 +256,21 @@ class Optimizer:
             return rc == functional.OK
 
     def _run_kwargs(self, records, gscale, check):
-        clipped = bool(self._max_norms.any())
-        return dict(group=self._group_of, records=records, gscale=gscale, steps=self._steps,
-                    increment=True, aux=self._aux if self._spec.aux is not None else None,
-                    max_norms=self._max_norms if clipped else None, check_finite=check,
-                    norms=self._norms if clipped else None)
+        if check or gscale is not self._ones or self._kwargs is None:
+            clipped = self._clipped
+            kw = dict(group=self._group_of, records=records, gscale=gscale, steps=self._steps,
+                      increment=True, aux=self._aux if self._spec.aux is not None else None,
+                      max_norms=self._max_norms if clipped else None, check_finite=check,
+                      norms=self._norms if clipped else None)
+            if check or gscale is not self._ones:
+                return kw
+            self._kwargs = kw
+        return self._kwargs
 
     def _after(self, rc, created):
         if rc != functional.OK:
             self._rollback(created)
-        elif self._max_norms.any():
+        elif self._clipped:
             self.last_grad_norms = [float(n) if m > 0 else None
                                     for n, m in zip(self._norms, self._max_norms)]
         return rc
