@@ -279,11 +279,11 @@ class _Native:
                 continue
             fresh = []
             if self._fo_has_step or any(k is not None for k in keys):
-                for p in ps:
-                    st = self.state[p]
+                state = self.state
+                states = [state[p] for p in ps]
+                for p, st in zip(ps, states):
                     fresh.append(any(k is not None and k not in st for k in keys))
                     self._fo_new_state(p, group, st)
-                states = [self.state[p] for p in ps]
             else:   # plain SGD keeps no state, as torch's
                 fresh, states = [False] * len(ps), []
             buffers = [None if k is None else [st[k] for st in states] for k in keys]

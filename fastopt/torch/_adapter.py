@@ -53,6 +53,8 @@ def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def check_param(name: str, p: torch.Tensor) -> None:
     """Raise a clear error if ``p`` cannot be stepped in place natively."""
+    if p.is_cpu and p.layout == torch.strided and p.is_contiguous():
+        return
     if p.device.type != "cpu":
         raise RuntimeError(f"fastopt.torch: {name} is on device {p.device}; fastopt steps CPU "
                            "tensors only (use torch.optim, or fused=False, for other devices)")
@@ -80,6 +82,10 @@ def check_grad(name: str, g: torch.Tensor, p: torch.Tensor) -> None:
 
 
 def check_state(name: str, key: str, t, p: torch.Tensor) -> None:
+    if (isinstance(t, torch.Tensor) and t.dtype == p.dtype and t.shape == p.shape
+            and t.is_cpu and t.layout == torch.strided and t.is_contiguous()
+            and p.is_contiguous()):
+        return
     if not isinstance(t, torch.Tensor) or t.dtype != p.dtype or t.shape != p.shape \
             or t.device != p.device or t.layout != torch.strided \
             or (p.numel() > 1 and not _same_layout(t, p)):
@@ -92,6 +98,8 @@ def check_state(name: str, key: str, t, p: torch.Tensor) -> None:
 
 def _array(t: torch.Tensor) -> np.ndarray:
     """A zero-copy NumPy view of a dense tensor's elements (1-D when not contiguous)."""
+    if t.is_contiguous() and not t.is_complex():
+        return t.detach().numpy() if t.requires_grad else t.numpy()
     if t.is_complex():
         t = torch.view_as_real(t)
     t = t.detach()
@@ -102,6 +110,8 @@ def _array(t: torch.Tensor) -> np.ndarray:
 
 def _grad_array(g: torch.Tensor, p: torch.Tensor) -> np.ndarray:
     """The gradient as an array laid out as its param's (a temporary copy when it is not)."""
+    if g.is_contiguous() and p.is_contiguous():
+        return _array(g)
     if p.numel() > 1 and not (_same_layout(g, p) and _dense(g)):
         g = torch.empty_like(p).copy_(g)
     return _array(g)
