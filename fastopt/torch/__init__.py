@@ -1,0 +1,638 @@
+"""fastopt for PyTorch: drop-in replacements of torch.optim's CPU optimizers.
+
+``from fastopt.torch import AdamW`` instead of ``from torch.optim import AdamW``: each class is
+a subclass of the torch.optim class of the same name (``Lion``, which torch lacks, of
+``torch.optim.Optimizer``), so torch's own ``__init__`` gives torch's signature, defaults,
+validation and error messages, and everything else is torch's: param groups,
+``add_param_group``, ``zero_grad``, ``state`` (keyed by tensor, with torch's keys, dtypes and
+shapes), ``state_dict``/``load_state_dict`` and their hooks, step hooks, schedulers, pickling.
+Only ``step`` differs: it updates all the params of a group that have a gradient in ONE fused
+native call of fastopt's kernels, reading and writing the tensors in place (zero copy).
+
+Flags and extras (keyword-only):
+
+- ``fused=None`` (default) or ``True``: fastopt's native step. ``fused=False``: torch's own
+  implementation (for-loop, or foreach with ``foreach=True``), as torch.optim would run it.
+  ``RMSprop``, ``Adamax``, ``NAdam``, ``RAdam`` (torch has no fused version) and ``Lion``
+  gain a ``fused`` argument for this choice.
+- ``differentiable=True`` or ``capturable=True``: routed to torch's implementation (whose
+  behaviour, including its errors for capturable CPU tensors, is torch's).
+- ``l1=0``, ``max_grad_norm=None``, ``clip_value=None``: fastopt's L1 regularisation and gradient
+  clipping inside the fused step (per group; see ``fastopt.Optimizer``). ``max_grad_norm`` clips
+  each group's gradients by their global 2-norm (not the whole model's); the norm of the last
+  step is in ``opt.last_grad_norms``. They are stored in the groups and in ``defaults``; a state
+  dict from torch.optim, which lacks them, loads with the optimizer's defaults. torch's own
+  implementations know nothing of them: they are refused with ``fused=False``.
+
+Where fastopt differs from torch:
+
+- Numerics: Adam-family steps multiply by ``1/sqrt(1-beta2^t)`` where torch divides (about an
+  ulp per step; see ``fastopt.Adam``), and fastopt never contracts ``a*b+c`` into an FMA. float64
+  trajectories agree with torch to ~1e-12 relative, float32 to float32 rounding (the tests
+  derive the bound). RMSprop centered clamps ``v - mean^2`` at 0 where torch returns NaN.
+- float16/bfloat16 params (and SGD/Adagrad's sparse gradients) are stepped by torch's
+  implementation; with fastopt's extras set on their group they are refused.
+- Layout: a param must cover one dense block of memory (contiguous, or permuted such as
+  channels-last); a param with gaps (a strided slice) is refused with ValueError rather than
+  updated through a copy. A gradient whose strides differ from its param's is read through a
+  temporary copy (correct, one copy per step). Sparse gradients (Adam etc.), and tensors that
+  are not on the CPU (CUDA, meta) raise RuntimeError at step time.
+- GradScaler: ``_step_supports_amp_scaling`` is True on the native path, so
+  ``torch.amp.GradScaler`` hands ``grad_scale``/``found_inf`` to the step: the gradients are
+  multiplied by GradScaler's own float32-rounded inverse scale (``scale.double().reciprocal()
+  .float()``, as its ``unscale_`` does; torch's fused kernels divide by the scale, which
+  differs by an ulp unless the scale is a power of two), and when ``found_inf`` is non-zero
+  NOTHING is touched: no param, no state, no step count, and no state is created on a first
+  step (torch's fused SGD leaves an uninitialised momentum buffer there).
+- Threads: by default the native step uses ``torch.get_num_threads()`` threads (so torchrun's
+  ``OMP_NUM_THREADS=1`` is respected); ``fastopt.set_num_threads(n)`` overrides it.
+- Each param group is checked whole before any group is updated (layouts, dtypes,
+  hyperparameters): a refused step raises and modifies nothing.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.optim.optimizer import _get_scalar_dtype
+
+from . import _adapter
+
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Lion"]
+
+_EXTRAS = {"l1": 0.0, "max_grad_norm": None, "clip_value": None}
+
+
+def _f(x) -> float:
+    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+def _torch_step(cls):
+    """The torch.optim step this class overrides, without torch's hook wrapper (so that hooks
+    fire once, from our own wrapped step)."""
+    for base in cls.__mro__:
+        if base.__module__.startswith("torch.") and "step" in base.__dict__:
+            fn = base.__dict__["step"]
+            while getattr(fn, "hooked", False):
+                fn = fn.__wrapped__
+            return fn
+    raise AssertionError("no torch step")   # pragma: no cover
+
+
+def _check_extras(group: dict) -> None:
+    l1 = group.get("l1", 0.0)
+    if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not l1 >= 0:
+        raise ValueError(f"Invalid l1 value: {l1}")
+    mgn = group.get("max_grad_norm")
+    if mgn is not None and (isinstance(mgn, bool) or not isinstance(mgn, (int, float))
+                            or not mgn > 0 or math.isinf(mgn)):
+        raise ValueError(f"Invalid max_grad_norm value: {mgn} (a positive number, or None)")
+    cv = group.get("clip_value")
+    if cv is not None and (isinstance(cv, bool) or not isinstance(cv, (int, float))
+                           or not cv > 0):
+        raise ValueError(f"Invalid clip_value value: {cv} (a positive number, or None)")
+
+
+def _extras_set(group: dict) -> bool:
+    return (group.get("l1", 0.0) != 0 or group.get("max_grad_norm") is not None
+            or group.get("clip_value") is not None)
+
+
+class _Native:
+    """The mixin holding fastopt's step; subclasses describe their rule."""
+
+    _fo_rule: str
+    _fo_has_step = True
+    _fo_own_fused = False       # torch's class has no `fused` argument: we add it
+    _fo_sparse_to_torch = False  # torch's rule supports sparse gradients
+
+    # ---- construction ------------------------------------------------------------------
+
+    def _fo_begin(self, extras: dict) -> None:
+        _check_extras(extras)
+        if self._fo_own_fused and extras.get("fused") is True and extras.get("differentiable"):
+            raise RuntimeError("`fused` does not support `differentiable`")
+        self._fo_init_extras = extras
+        self.last_grad_norms: list = []
+
+    def _fo_end(self) -> None:
+        del self._fo_init_extras
+        for group in self.param_groups:
+            self._fo_validate_group(group)
+
+    def add_param_group(self, param_group: dict) -> None:
+        for k, v in self.__dict__.get("_fo_init_extras", {}).items():
+            self.defaults.setdefault(k, v)
+        _check_extras({k: param_group.get(k, self.defaults.get(k)) for k in _EXTRAS})
+        super().add_param_group(param_group)
+        if "_fo_init_extras" not in self.__dict__:
+            try:
+                self._fo_validate_group(self.param_groups[-1])
+            except (TypeError, ValueError):
+                self.param_groups.pop()
+                raise
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        extras = dict(_EXTRAS, fused=None) if self._fo_own_fused else dict(_EXTRAS)
+        for k, v in extras.items():
+            self.defaults.setdefault(k, v)
+        for group in self.param_groups:
+            for k in extras:
+                group.setdefault(k, self.defaults[k])
+        if "last_grad_norms" not in self.__dict__:
+            self.last_grad_norms = []
+
+    def _fo_validate_group(self, group: dict) -> None:
+        _check_extras(group)
+        if self._fo_native_group(group):
+            _adapter.validate(self._fo_rule, self._fo_hyper(group),
+                              [k for k in self._fo_buffer_keys(group)])
+        elif _extras_set(group):
+            raise ValueError("l1, max_grad_norm and clip_value are fastopt's: they need the "
+                             "native step (fused=None or True, capturable=False, "
+                             "differentiable=False)")
+
+    # ---- which implementation ----------------------------------------------------------
+
+    @staticmethod
+    def _fo_native_group(group: dict) -> bool:
+        return (group.get("fused") is not False and not group.get("differentiable", False)
+                and not group.get("capturable", False))
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:   # read by torch.amp.GradScaler
+        return bool(self.param_groups) and all(map(self._fo_native_group, self.param_groups))
+
+    @_step_supports_amp_scaling.setter
+    def _step_supports_amp_scaling(self, value) -> None:
+        pass    # torch's __init__ sets it for fused=True; ours is derived from the groups
+
+    # ---- the rule (subclasses) ---------------------------------------------------------
+
+    def _fo_buffer_keys(self, group: dict) -> list:
+        """The state key of each of the kernel's state streams, in its order (None: unused)."""
+        raise NotImplementedError
+
+    def _fo_hyper(self, group: dict) -> dict:
+        raise NotImplementedError
+
+    def _fo_new_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
+        """Create the missing state of ``p`` as torch does (keys, dtypes, shapes)."""
+        if not state and self._fo_has_step:
+            state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype(is_fused=group.get(
+                "fused")))
+        for key in self._fo_buffer_keys(group):
+            if key is not None and key not in state:
+                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _fo_torch_fallback(self, groups: list) -> None:
+        """Step ``groups`` (dicts like param groups) with torch's implementation."""
+        saved = self.param_groups
+        self.param_groups = groups
+        try:
+            self._fo_torch_step()
+        finally:
+            self.param_groups = saved
+
+    def _fo_torch_step(self, closure=None):
+        """torch's own step (without its hook wrapper: hooks fire once, around ``step``)."""
+        return _torch_step(type(self))(self, closure)
+
+    # ---- step --------------------------------------------------------------------------
+
+    def step(self, closure=None):
+        """Perform a single optimization step (torch's semantics; see the module docstring).
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns
+                the loss; it runs with grad enabled and its loss is returned.
+        """
+        if not any(map(self._fo_native_group, self.param_groups)):
+            return self._fo_torch_step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._fo_step()
+        return loss
+
+    @torch._disable_dynamo
+    def _fo_step(self) -> None:
+        with torch.no_grad():
+            self._fo_step_impl()
+
+    def _fo_step_impl(self) -> None:
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and _f(found_inf) != 0.0:
+            return      # GradScaler found inf/NaN: skip the step whole, touch nothing
+        inv = 1.0
+        if grad_scale is not None:
+            inv = float(np.float32(1.0 / _f(grad_scale)))
+        # 1. check every group before anything is modified
+        native, slow, torch_groups = [], [], []
+        for gi, group in enumerate(self.param_groups):
+            if not self._fo_native_group(group):
+                torch_groups.append(group)
+                continue
+            _check_extras(group)
+            keys = self._fo_buffer_keys(group)
+            hyper = self._fo_hyper(group)
+            _adapter.validate(self._fo_rule, hyper, keys)
+            ps, gs, others = [], [], []
+            for pi, p in enumerate(group["params"]):
+                g = p.grad
+                if g is None:
+                    continue
+                name = f"param_groups[{gi}]['params'][{pi}]"
+                if p.dtype not in _adapter.NATIVE_DTYPES or (
+                        g.is_sparse and self._fo_sparse_to_torch):
+                    if p.device.type not in ("cpu",):
+                        _adapter.check_param(name, p)
+                    others.append(p)
+                    continue
+                _adapter.check_param(name, p)
+                _adapter.check_grad(name, g, p)
+                st = self.state.get(p)
+                if st:
+                    for key in keys:
+                        if key is not None and key in st:
+                            _adapter.check_state(name, key, st[key], p)
+                ps.append(p)
+                gs.append(g)
+            if others:
+                if _extras_set(group):
+                    raise ValueError(
+                        f"fastopt.torch: param_groups[{gi}] has {others[0].dtype} params (or "
+                        "sparse gradients), stepped by torch's implementation, which knows "
+                        "nothing of l1, max_grad_norm and clip_value; remove them or use "
+                        "float32/float64 params")
+                slow.append(dict(group, params=others))
+            native.append((gi, group, keys, hyper, ps, gs))
+        # 2. state, then one native call per group
+        if len(self.last_grad_norms) != len(self.param_groups):
+            self.last_grad_norms = [None] * len(self.param_groups)
+        for gi, group, keys, hyper, ps, gs in native:
+            if not ps:
+                continue
+            fresh = []
+            if self._fo_has_step or any(k is not None for k in keys):
+                state = self.state
+                states = [state[p] for p in ps]
+                for p, st in zip(ps, states):
+                    fresh.append(any(k is not None and k not in st for k in keys))
+                    self._fo_new_state(p, group, st)
+            else:   # plain SGD keeps no state, as torch's
+                fresh, states = [False] * len(ps), []
+            buffers = [None if k is None else [st[k] for st in states] for k in keys]
+            kw = {}
+            step_tensors = None
+            if self._fo_has_step:
+                step_tensors = [st["step"] for st in states]
+                kw["steps"] = [int(s) + 1 for s in torch.stack(step_tensors).tolist()]
+            if self._fo_rule == "nadam":
+                kw["mu_products"] = [st["mu_product"] for st in states]
+            if self._fo_rule == "sgd":
+                kw["init_buffers"] = fresh
+            self.last_grad_norms[gi] = _adapter.run(
+                self._fo_rule, ps, gs, buffers, hyper, grad_scale=inv,
+                max_grad_norm=group.get("max_grad_norm"), **kw)
+            if step_tensors:
+                torch._foreach_add_(step_tensors, 1.0)
+        # 3. what torch steps: low-precision params and groups routed to torch
+        if slow:
+            if inv != 1.0:
+                torch._foreach_mul_([p.grad for g in slow for p in g["params"]], inv)
+            hidden = {k: self.__dict__.pop(k) for k in ("grad_scale", "found_inf")
+                      if k in self.__dict__}
+            try:
+                self._fo_torch_fallback(slow)
+            finally:
+                self.__dict__.update(hidden)
+        if torch_groups:    # a mixed optimizer: GradScaler unscaled these grads itself
+            self._fo_torch_fallback(torch_groups)
+
+
+def _common_doc(cls, torch_cls):
+    cls.__doc__ = (f"fastopt's fused native step with {torch_cls.__module__}."
+                   f"{torch_cls.__name__}'s rule and interface (a subclass of it).\n\n"
+                   "    Extra keyword-only arguments: l1, max_grad_norm, clip_value (and fused "
+                   "where torch lacks it); see fastopt.torch's module docstring for the flags "
+                   "and where fastopt differs from torch.\n")
+    return cls
+
+
+# ---- SGD -----------------------------------------------------------------------------------
+
+class SGD(_Native, torch.optim.SGD):
+    _fo_rule = "sgd"
+    _fo_has_step = False
+    _fo_sparse_to_torch = True
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
+                 nesterov=False, *, maximize=False, foreach=None, differentiable=False,
+                 fused=None, l1=0.0, max_grad_norm=None, clip_value=None):
+        self._fo_begin(dict(l1=l1, max_grad_norm=max_grad_norm, clip_value=clip_value))
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
+                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+                         foreach=foreach, differentiable=differentiable, fused=fused)
+        self._fo_end()
+
+    def _fo_buffer_keys(self, group):
+        return ["momentum_buffer" if group["momentum"] != 0 else None]
+
+    def _fo_hyper(self, group):
+        return dict(lr=_f(group["lr"]), momentum=_f(group["momentum"]),
+                    dampening=_f(group["dampening"]), weight_decay=_f(group["weight_decay"]),
+                    nesterov=bool(group["nesterov"]), maximize=bool(group["maximize"]),
+                    l1=group.get("l1", 0.0), clip_value=group.get("clip_value"))
+
+    def _fo_new_state(self, p, group, state):
+        if group["momentum"] != 0 and "momentum_buffer" not in state:
+            # torch starts the buffer as a copy of the gradient: the kernel fills it
+            state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
+
+
+# ---- Adam / AdamW --------------------------------------------------------------------------
+
+class _AdamRule(_Native):
+    _fo_rule = "adam"
+
+    def _fo_buffer_keys(self, group):
+        return ["exp_avg", "exp_avg_sq", "max_exp_avg_sq" if group["amsgrad"] else None]
+
+    def _fo_hyper(self, group):
+        b1, b2 = group["betas"]
+        return dict(lr=_f(group["lr"]), beta1=_f(b1), beta2=_f(b2), eps=_f(group["eps"]),
+                    weight_decay=_f(group["weight_decay"]),
+                    decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
+                    maximize=bool(group["maximize"]), l1=group.get("l1", 0.0),
+                    clip_value=group.get("clip_value"))
+
+
+class Adam(_AdamRule, torch.optim.Adam):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False, fused=None, decoupled_weight_decay=False,
+                 l1=0.0, max_grad_norm=None, clip_value=None):
+        self._fo_begin(dict(l1=l1, max_grad_norm=max_grad_norm, clip_value=clip_value))
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=decoupled_weight_decay)
+        self._fo_end()
+
+
+class AdamW(_AdamRule, torch.optim.AdamW):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
+                 differentiable=False, fused=None, l1=0.0, max_grad_norm=None,
+                 clip_value=None):
+        self._fo_begin(dict(l1=l1, max_grad_norm=max_grad_norm, clip_value=clip_value))
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, maximize=maximize, foreach=foreach,
+                         capturable=capturable, differentiable=differentiable, fused=fused)
+        self._fo_end()
+
+
+# ---- RMSprop / Adagrad ---------------------------------------------------------------------
+
+class RMSprop(_Native, torch.optim.RMSprop):
+    _fo_rule = "rmsprop"
+    _fo_own_fused = True
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                 centered=False, capturable=False, foreach=None, maximize=False,
+                 differentiable=False, *, fused=None, l1=0.0, max_grad_norm=None,
+                 clip_value=None):
+        self._fo_begin(dict(fused=fused, differentiable=differentiable, l1=l1,
+                            max_grad_norm=max_grad_norm, clip_value=clip_value))
+        self._fo_init_extras.pop("differentiable")
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                         momentum=momentum, centered=centered, capturable=capturable,
+                         foreach=foreach, maximize=maximize, differentiable=differentiable)
+        self._fo_end()
+
+    def _fo_buffer_keys(self, group):
+        return ["square_avg", "momentum_buffer" if group["momentum"] > 0 else None,
+                "grad_avg" if group["centered"] else None]
+
+    def _fo_hyper(self, group):
+        return dict(lr=_f(group["lr"]), alpha=_f(group["alpha"]), eps=_f(group["eps"]),
+                    weight_decay=_f(group["weight_decay"]), momentum=_f(group["momentum"]),
+                    centered=bool(group["centered"]), maximize=bool(group["maximize"]),
+                    l1=group.get("l1", 0.0), clip_value=group.get("clip_value"))
+
+
+class Adagrad(_Native, torch.optim.Adagrad):
+    _fo_rule = "adagrad"
+    _fo_sparse_to_torch = True
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
+                 initial_accumulator_value=0, eps=1e-10, foreach=None, *, maximize=False,
+                 differentiable=False, fused=None, l1=0.0, max_grad_norm=None,
+                 clip_value=None):
+        self._fo_begin(dict(l1=l1, max_grad_norm=max_grad_norm, clip_value=clip_value))
+        super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                         initial_accumulator_value=initial_accumulator_value, eps=eps,
+                         foreach=foreach, maximize=maximize, differentiable=differentiable,
+                         fused=fused)
+        self._fo_end()
+
+    def _fo_buffer_keys(self, group):
+        return ["sum"]
+
+    def _fo_hyper(self, group):
+        return dict(lr=_f(group["lr"]), lr_decay=_f(group["lr_decay"]),
+                    weight_decay=_f(group["weight_decay"]), eps=_f(group["eps"]),
+                    maximize=bool(group["maximize"]), l1=group.get("l1", 0.0),
+                    clip_value=group.get("clip_value"))
+
+    def _fo_new_state(self, p, group, state):
+        if not state:
+            state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype(is_fused=group.get(
+                "fused")))
+        if "sum" not in state:
+            v = self.defaults["initial_accumulator_value"]   # torch reads defaults, too
+            state["sum"] = torch.full_like(p, complex(v, v) if p.is_complex() else v,
+                                           memory_format=torch.preserve_format)
+
+
+# ---- Adamax / RAdam / NAdam ----------------------------------------------------------------
+
+class Adamax(_Native, torch.optim.Adamax):
+    _fo_rule = "adamax"
+    _fo_own_fused = True
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 foreach=None, *, maximize=False, differentiable=False, capturable=False,
+                 fused=None, l1=0.0, max_grad_norm=None, clip_value=None):
+        self._fo_begin(dict(fused=fused, l1=l1, max_grad_norm=max_grad_norm,
+                            clip_value=clip_value))
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         foreach=foreach, maximize=maximize, differentiable=differentiable,
+                         capturable=capturable)
+        self._fo_end()
+
+    def _fo_buffer_keys(self, group):
+        return ["exp_avg", "exp_inf"]
+
+    def _fo_hyper(self, group):
+        b1, b2 = group["betas"]
+        return dict(lr=_f(group["lr"]), beta1=_f(b1), beta2=_f(b2), eps=_f(group["eps"]),
+                    weight_decay=_f(group["weight_decay"]), maximize=bool(group["maximize"]),
+                    l1=group.get("l1", 0.0), clip_value=group.get("clip_value"))
+
+
+class RAdam(_Native, torch.optim.RAdam):
+    _fo_rule = "radam"
+    _fo_own_fused = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 decoupled_weight_decay=False, *, foreach=None, maximize=False,
+                 capturable=False, differentiable=False, fused=None, l1=0.0,
+                 max_grad_norm=None, clip_value=None):
+        self._fo_begin(dict(fused=fused, l1=l1, max_grad_norm=max_grad_norm,
+                            clip_value=clip_value))
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         decoupled_weight_decay=decoupled_weight_decay, foreach=foreach,
+                         maximize=maximize, capturable=capturable,
+                         differentiable=differentiable)
+        self._fo_end()
+
+    def _fo_buffer_keys(self, group):
+        return ["exp_avg", "exp_avg_sq"]
+
+    def _fo_hyper(self, group):
+        b1, b2 = group["betas"]
+        return dict(lr=_f(group["lr"]), beta1=_f(b1), beta2=_f(b2), eps=_f(group["eps"]),
+                    weight_decay=_f(group["weight_decay"]),
+                    decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
+                    maximize=bool(group["maximize"]), l1=group.get("l1", 0.0),
+                    clip_value=group.get("clip_value"))
+
+
+class NAdam(_Native, torch.optim.NAdam):
+    _fo_rule = "nadam"
+    _fo_own_fused = True
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, *, foreach=None,
+                 maximize=False, capturable=False, differentiable=False, fused=None,
+                 l1=0.0, max_grad_norm=None, clip_value=None):
+        self._fo_begin(dict(fused=fused, l1=l1, max_grad_norm=max_grad_norm,
+                            clip_value=clip_value))
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         momentum_decay=momentum_decay,
+                         decoupled_weight_decay=decoupled_weight_decay, foreach=foreach,
+                         maximize=maximize, capturable=capturable,
+                         differentiable=differentiable)
+        self._fo_end()
+
+    def _fo_buffer_keys(self, group):
+        return ["exp_avg", "exp_avg_sq"]
+
+    def _fo_hyper(self, group):
+        b1, b2 = group["betas"]
+        return dict(lr=_f(group["lr"]), beta1=_f(b1), beta2=_f(b2), eps=_f(group["eps"]),
+                    weight_decay=_f(group["weight_decay"]),
+                    momentum_decay=_f(group["momentum_decay"]),
+                    decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
+                    maximize=bool(group["maximize"]), l1=group.get("l1", 0.0),
+                    clip_value=group.get("clip_value"))
+
+    def _fo_new_state(self, p, group, state):
+        if not state:
+            state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+            state["mu_product"] = torch.tensor(1.0, dtype=_get_scalar_dtype())
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key not in state:
+                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+# ---- Lion ----------------------------------------------------------------------------------
+
+class Lion(_Native, torch.optim.Optimizer):
+    r"""Lion (Chen et al., 2023), fastopt's rule (see ``fastopt.Lion``); torch has none.
+
+    ``Lion(params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0, *, maximize=False, fused=None,
+    l1=0, max_grad_norm=None, clip_value=None)``. State: ``step`` (0-d float32 tensor) and
+    ``exp_avg``. ``fused=False`` runs a plain torch implementation of the same rule (also used
+    for float16/bfloat16 params), equal to the native one up to rounding.
+    """
+
+    _fo_rule = "lion"
+    _fo_own_fused = True
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
+                 maximize=False, fused=None, l1=0.0, max_grad_norm=None, clip_value=None):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        self._fo_begin(dict(fused=fused, l1=l1, max_grad_norm=max_grad_norm,
+                            clip_value=clip_value))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                                      maximize=maximize, differentiable=False))
+        self._fo_end()
+
+    def _fo_buffer_keys(self, group):
+        return ["exp_avg"]
+
+    def _fo_hyper(self, group):
+        b1, b2 = group["betas"]
+        return dict(lr=_f(group["lr"]), beta1=_f(b1), beta2=_f(b2),
+                    weight_decay=_f(group["weight_decay"]), maximize=bool(group["maximize"]),
+                    l1=group.get("l1", 0.0), clip_value=group.get("clip_value"))
+
+    def step(self, closure=None):
+        """Perform a single optimization step (see ``fastopt.torch``)."""
+        return _Native.step(self, closure)
+
+    def _fo_torch_step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        _lion_torch(self, self.param_groups)
+        return loss
+
+
+@torch.no_grad()
+def _lion_torch(opt, groups):
+    """Lion in plain torch operations (fused=False, and low-precision params)."""
+    for group in groups:
+        lr, (b1, b2), wd = _f(group["lr"]), group["betas"], _f(group["weight_decay"])
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            g = -p.grad if group["maximize"] else p.grad
+            st = opt.state[p]
+            if not st:
+                st["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["step"] += 1
+            m = st["exp_avg"]
+            pr, mr, gr = ((torch.view_as_real(x) for x in (p, m, g)) if p.is_complex()
+                          else (p, m, g))
+            if wd != 0:
+                pr.mul_(1 - lr * wd)
+            c = mr.mul(b1).add_(gr, alpha=1 - _f(b1))
+            pr.add_(torch.sign(c), alpha=-lr)
+            mr.mul_(b2).add_(gr, alpha=1 - _f(b2))
+
+
+for _cls, _tcls in ((SGD, torch.optim.SGD), (Adam, torch.optim.Adam),
+                    (AdamW, torch.optim.AdamW), (RMSprop, torch.optim.RMSprop),
+                    (Adagrad, torch.optim.Adagrad), (Adamax, torch.optim.Adamax),
+                    (NAdam, torch.optim.NAdam), (RAdam, torch.optim.RAdam)):
+    _common_doc(_cls, _tcls)
+del _cls, _tcls
