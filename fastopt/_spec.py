@@ -121,11 +121,12 @@ class Rule:
 _RECORDS: dict = {}
 
 
-def _typed(value):
-    """A hashable key that tells True from 1 and 1.0 (they are equal and hash alike)."""
-    if type(value) is tuple:
-        return tuple(map(_typed, value))
-    return (type(value), value)
+def _typed(items: tuple):
+    """A hashable key of a group's items that tells True from 1 and 1.0 (they are equal and
+    hash alike), one level into tuple values (betas)."""
+    values = [v for _, v in items]
+    return (items, tuple(map(type, values)),
+            tuple(tuple(map(type, x)) for x in values if type(x) is tuple))
 
 
 # ---- validation pieces shared by several rules ---------------------------------------------

@@ -1,0 +1,206 @@
+"""The core's guarantees (issue "One core for every frontend"): a replaced param or state buffer
+is honoured or refused with nothing modified, steps hold their own references, hyperparameters
+are revalidated by identity, the thread budget holds across Python threads, a skipped step
+modifies nothing, and the rule specs agree with the C records."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import _spec
+from fastopt._backend import native
+
+NATIVE = fastopt.config()["backend"] == "native"
+
+
+def _adam(n=1000, **kw):
+    p = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    return p, fastopt.Adam([p], lr=1e-2, **kw)
+
+
+def _snapshot(opt):
+    sd = opt.state_dict()
+    return {i: {k: (np.array(v).tobytes() if not isinstance(v, int) else v)
+                for k, v in st.items()} for i, st in sd["state"].items()}
+
+
+def test_replaced_state_buffer_is_used():
+    p, opt = _adam()
+    g = np.ones_like(p)
+    opt.step([g])
+    new = np.full_like(p, 0.5)
+    opt.state[0]["exp_avg"] = new
+    opt.step([g])
+    # the replacement took the update (it is no longer 0.5), and state_dict shows it
+    assert not np.all(new == 0.5)
+    np.testing.assert_array_equal(opt.state_dict()["state"][0]["exp_avg"], new)
+
+
+@pytest.mark.parametrize("bad", ["view", "float64", "readonly", "alias"])
+def test_bad_replacement_refused_nothing_modified(bad):
+    p, opt = _adam()
+    g = np.ones_like(p)
+    opt.step([g])
+    big = np.zeros(1000, np.float32)
+    if bad == "view":
+        repl = big[:1]
+    elif bad == "float64":
+        repl = np.zeros(p.shape, np.float64)
+    elif bad == "readonly":
+        repl = np.zeros_like(p)
+        repl.flags.writeable = False
+    else:
+        repl = opt.state[0]["exp_avg_sq"]
+    opt.state[0]["exp_avg"] = repl
+    before_p, before_big = p.copy(), big.copy()
+    before_sq = opt.state[0]["exp_avg_sq"].copy()
+    step = int(opt.state[0]["step"])
+    with pytest.raises((ValueError, TypeError), match=r"state\[0\]\['exp_avg"):
+        opt.step([g])
+    np.testing.assert_array_equal(p, before_p)
+    np.testing.assert_array_equal(big, before_big)
+    np.testing.assert_array_equal(opt.state[0]["exp_avg_sq"], before_sq)
+    assert int(opt.state[0]["step"]) == step
+    # a plan rebuild (amsgrad switched on) never writes past the 1-element view either
+    opt.param_groups[0]["amsgrad"] = True
+    with pytest.raises((ValueError, TypeError)):
+        opt.step([g])
+    np.testing.assert_array_equal(big, before_big)
+
+
+def test_replaced_param_is_stepped():
+    p, opt = _adam()
+    g = np.ones_like(p)
+    opt.step([g])
+    q = p.copy()
+    opt.param_groups[0]["params"][0] = q
+    opt.step([g])
+    assert not np.array_equal(q, p)         # the new param moved, the old one did not
+    bad = np.zeros(7, np.float32)
+    opt.param_groups[0]["params"][0] = bad
+    with pytest.raises(ValueError, match="shape"):
+        opt.step([np.ones(7, np.float32)])
+    np.testing.assert_array_equal(bad, 0)
+
+
+def test_replaced_step_entry_is_adopted():
+    p, opt = _adam()
+    g = np.ones_like(p)
+    opt.step([g])
+    opt.state[0]["step"] = 10
+    opt.step([g])
+    assert int(opt.state[0]["step"]) == 11
+
+
+def test_lr_true_after_float_is_refused():
+    p, opt = _adam()
+    g = np.ones_like(p)
+    opt.step([g])
+    opt.param_groups[0]["lr"] = True
+    before = p.copy()
+    with pytest.raises(TypeError, match="learning rate"):
+        opt.step([g])
+    np.testing.assert_array_equal(p, before)
+    opt.param_groups[0]["lr"] = 1.0
+    assert opt.step([g])
+
+
+@pytest.mark.skipif(not NATIVE, reason="the NumPy backend runs steps under the GIL")
+def test_gradient_list_emptied_by_another_thread():
+    """The step holds its own references: emptying the caller's list mid-step is harmless."""
+    n = 2_000_000
+    params = [np.zeros(n, np.float32) for _ in range(4)]
+    opt = fastopt.SGD(params, lr=0.1)
+    stop = threading.Event()
+    grads = [np.ones(n, np.float32) for _ in range(4)]
+
+    def clear():
+        while not stop.is_set():
+            grads.clear()
+            grads.extend(np.ones(n, np.float32) for _ in range(4))
+
+    t = threading.Thread(target=clear)
+    t.start()
+    try:
+        for _ in range(20):
+            try:
+                opt.step(list(grads) if len(grads) == 4 else [None] * 4)
+            except ValueError:
+                pass
+    finally:
+        stop.set()
+        t.join()
+    assert all(np.all(p <= 0) for p in params)
+
+
+@pytest.mark.skipif(not NATIVE, reason="no threads in the NumPy backend")
+def test_concurrent_steps_share_the_thread_budget():
+    budget = native.omp_max_threads()
+    params = [np.zeros(3_000_000, np.float32) for _ in range(3)]
+    g = np.ones(3_000_000, np.float32)
+    native.peak_threads(reset=True)
+
+    def run(p):
+        opt = fastopt.Adam([p])
+        for _ in range(10):
+            opt.step([g])
+
+    ts = [threading.Thread(target=run, args=(p,)) for p in params]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert 1 <= native.peak_threads() <= budget
+    assert native.threads_in_use() == 0
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "NAdam", "RMSprop"])
+def test_skipped_step_modifies_nothing_first_step_too(name):
+    cls = getattr(fastopt, name)
+    kw = {"momentum": 0.9} if name in ("SGD", "RMSprop") else {}
+    p = np.linspace(-1, 1, 50).astype(np.float32)
+    opt = cls([p], lr=0.1, **kw)
+    bad = np.ones_like(p)
+    bad[7] = np.inf
+    assert opt.step([bad], grad_scale=1024.0) is False
+    assert opt.state == {}
+    np.testing.assert_array_equal(p, np.linspace(-1, 1, 50).astype(np.float32))
+    assert opt.step([np.ones_like(p)], grad_scale=2.0) is True
+    snap, before = _snapshot(opt), p.copy()
+    bad[7] = np.nan
+    assert opt.step([bad], grad_scale=2.0) is False
+    assert _snapshot(opt) == snap
+    np.testing.assert_array_equal(p, before)
+
+
+def test_grad_scale_divides_the_gradient():
+    p1, o1 = _adam()
+    p2, o2 = _adam()
+    g = np.random.default_rng(1).standard_normal(1000).astype(np.float32)
+    o1.step([g * np.float32(8)], grad_scale=8.0)
+    o2.step([g])
+    np.testing.assert_array_equal(p1, p2)      # a power of two: exact
+
+
+def test_specs_match_the_c_records():
+    if not NATIVE:
+        pytest.skip("the C records exist in the native build only")
+    for rule in _spec.RULES.values():
+        fields = rule.pack({**rule.defaults(), **dict(_spec.COMMON)})
+        assert set(fields) == set(native.ARG_NAMES[rule.name]), rule.name
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Lion",
+                                  "Adamax", "RAdam", "NAdam"])
+def test_class_signatures_match_the_spec(name):
+    import inspect
+    cls = getattr(fastopt, name)
+    sig = inspect.signature(cls.__init__)
+    spec = cls._spec
+    for key, default in spec.defaults().items():
+        assert key in sig.parameters or key in ("betas",), (name, key)
+        if key in sig.parameters:
+            assert sig.parameters[key].default == default, (name, key)
