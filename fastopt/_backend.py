@@ -7,22 +7,25 @@ platform where it could not be built), fastopt falls back to NumPy with a warnin
 """
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
+from typing import Any
 
 ENV_PUREPYTHON = "FASTOPT_PUREPYTHON"
 
+native: Any
 if os.environ.get(ENV_PUREPYTHON, "").strip() == "1":
-    from . import _purepython as native
+    native = importlib.import_module("._purepython", __package__)
     BACKEND = f"numpy ({ENV_PUREPYTHON}=1)"
 else:
     try:
-        from . import _kernels as native  # type: ignore[no-redef]
+        native = importlib.import_module("._kernels", __package__)
         BACKEND = "native"
     except ImportError as e:   # pragma: no cover - only where the extension was not built
         warnings.warn(f"fastopt: the compiled extension is unavailable ({e}); using the "
                       "NumPy fallback, which is correct but slow", RuntimeWarning, stacklevel=2)
-        from . import _purepython as native
+        native = importlib.import_module("._purepython", __package__)
         BACKEND = "numpy (extension unavailable)"
 
 __all__ = ["BACKEND", "native"]

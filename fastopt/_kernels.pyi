@@ -1,24 +1,41 @@
-# Type stubs of the native driver (fastopt/_kernels.pyx); fastopt/_purepython.py mirrors it.
-from collections.abc import Sequence
+# Type stubs of the native driver (fastopt/_kernels.pyx).
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-RULE_SGD: int
-RULE_ADAM: int
-RULE_PROBE: int
-RULE_RMSPROP: int
-RULE_ADAGRAD: int
-RULE_LION: int
-RULE_ADAMAX: int
-RULE_RADAM: int
-RULE_EMA: int
-RULE_NADAM: int
-NARGS: dict[int, int]
 MAX_STREAMS: int
+STREAM_P: int
+STREAM_G: int
+STREAM_M: int
+DT_NONE: int
+DT_F32: int
+DT_F64: int
+DT_F16: int
+DT_BF16: int
+RULES: dict[str, int]
+ARG_NAMES: dict[str, tuple[str, ...]]
 OK: int
-NEEDS_STATE: int
+SKIPPED: int
+R_TYPE: int
+R_DTYPE: int
+R_SHAPE: int
+R_LAYOUT: int
+R_ALIGN: int
+R_READONLY: int
+R_OVERLAP: int
+R_SIGNATURE: int
+R_GROUP_SIZE: int
+R_NEEDS_STATE: int
+R_NULL: int
 
+class ContractError(ValueError):
+    reason: int
+    tensor: int
+    stream: int
+    other: tuple[int, int] | None
+
+def signatures() -> tuple[str, ...]: ...
 def openmp_enabled() -> bool: ...
 def openmp_version() -> int: ...
 def omp_max_threads() -> int: ...
@@ -30,21 +47,30 @@ def address(a: np.ndarray) -> int: ...
 def grad_norm(arrays: list[np.ndarray], norm_type: float, nthreads: int) -> float: ...
 def set_parallel_grain(elems: int) -> int: ...
 def get_parallel_grain() -> int: ...
-def active_steps() -> int: ...
+def threads_in_use() -> int: ...
+def peak_threads(reset: bool = False) -> int: ...
 
-class Plan:
-    rule: int
+class Frame:
     ntensors: int
-    def __init__(
-        self, rule: int, streams: list[Sequence[np.ndarray | None]], groups: Sequence[int]
-    ) -> None: ...
-    def check(self, grads: Sequence[np.ndarray | None]) -> int: ...
-    def step(
-        self,
-        grads: Sequence[np.ndarray | None],
-        args: npt.NDArray[np.float64],
-        steps: npt.NDArray[np.int64],
-        increment: bool,
-        nthreads: int,
-        aux: npt.NDArray[np.float64] | None = None,
-    ) -> int: ...
+    reason: int
+    bad_tensor: int
+    bad_stream: int
+    def release(self) -> None: ...
+    def fill_numpy_lists(self, streams: list[Any], n: int,
+                         param_read_only: bool = False) -> int: ...
+    def fill_optimizer(self, groups: list[dict], sizes: list[int], grads: Any,
+                       state: dict, slots_by_group: list[tuple], step_views: list[Any]) -> int: ...
+    def fill_raw(self, addr: npt.NDArray[np.uint64], dtypes: npt.NDArray[np.uint8],
+                 counts: npt.NDArray[np.int64], owners: list[Any]) -> int: ...
+    def stepping(self) -> list[bool]: ...
+    def streams_of(self, i: int) -> list[tuple[int, int]]: ...
+
+class Memo:
+    def invalidate(self) -> None: ...
+
+def run(f: Frame, rule: int, group: npt.NDArray[np.int32], args: npt.NDArray[np.float64],
+        gscale: npt.NDArray[np.float64], steps: npt.NDArray[np.int64], increment: bool,
+        nthreads: int, aux: npt.NDArray[np.float64] | None = None,
+        max_norms: npt.NDArray[np.float64] | None = None, check_finite: bool = False,
+        norms: npt.NDArray[np.float64] | None = None, memo: Memo | None = None,
+        release: bool = True) -> int: ...
