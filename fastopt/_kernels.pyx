@@ -410,11 +410,11 @@ cdef class Frame:
             self.count[i] = cnp.PyArray_SIZE(a)
         return -1
 
-    def fill_numpy_lists(self, list streams not None, Py_ssize_t n, bint param_read_only=False):
+    def fill_numpy_lists(self, list streams not None, Py_ssize_t n):
         """Fill from NumPy lists: ``streams`` has FO_MAX_STREAMS entries, each None (stream
         absent) or a list of n entries (an array, or None to leave that tensor's stream
-        absent; a None gradient skips its tensor). Stream 0 are the params, written unless
-        ``param_read_only``; stream 1, read only; the rest, written.
+        absent; a None gradient skips its tensor). Stream 1 (the gradients) is read, the others
+        written.
         Returns -1, or a reason code (``bad_tensor`` and ``bad_stream`` locate it)."""
         cdef Py_ssize_t i
         cdef int k, rc
@@ -430,7 +430,7 @@ cdef class Frame:
         params = streams[0]
         for i in range(n):
             o = params[i]
-            rc = self._put_numpy(i, 0, o, None, not param_read_only)
+            rc = self._put_numpy(i, 0, o, None, True)
             if rc >= 0:
                 return rc
             p = <cnp.ndarray>o
@@ -559,16 +559,6 @@ cdef class Frame:
             memcpy(self.dt, cnp.PyArray_DATA(dtypes), T * S)
             memcpy(self.count, cnp.PyArray_DATA(counts), T * sizeof(int64_t))
         return -1
-
-    def stepping(self):
-        """Per tensor: whether it steps in this call (its gradient stream is present)."""
-        return [self.addr[i * S + FO_G] != 0 for i in range(self.ntensors)]
-
-    def streams_of(self, int64_t i):
-        """(address, dtype code) of each stream of tensor i (tests and diagnostics)."""
-        if not 0 <= i < self.ntensors:
-            raise IndexError(i)
-        return [(self.addr[i * S + k], self.dt[i * S + k]) for k in range(S)]
 
 
 cdef class Memo:
@@ -777,64 +767,100 @@ cdef void _run_job(const Job *job, int64_t total, int nt) noexcept nogil:
         _run_range(job, _chunk_edge(total, t, nt), _chunk_edge(total, t + 1, nt))
 
 
+cdef struct Blocks:
+    # The fixed blocks of NORM_BLOCK elements that the norm and the pre-pass reduce, in order:
+    # array by array, each from its start. Partial results are combined in this order, so the
+    # results do not depend on the thread count.
+    int64_t n
+    char **ptr
+    int64_t *cnt
+    unsigned char *f64
+    int64_t *owner        # the index of the array each block belongs to
+
+
+cdef int _cut_blocks(Blocks *b, int64_t T, const uintptr_t *base, const int64_t *count,
+                     const unsigned char *f64) except -1:
+    """Cut arrays (address, element count, float64?) into blocks; _free_blocks releases."""
+    cdef int64_t i, j, k = 0, nb = 0
+    for i in range(T):
+        nb += (count[i] + NORM_BLOCK - 1) // NORM_BLOCK
+    b.n = nb
+    b.ptr = <char **>malloc(max(nb, 1) * sizeof(char *))
+    b.cnt = <int64_t *>malloc(max(nb, 1) * sizeof(int64_t))
+    b.f64 = <unsigned char *>malloc(max(nb, 1))
+    b.owner = <int64_t *>malloc(max(nb, 1) * sizeof(int64_t))
+    if not b.ptr or not b.cnt or not b.f64 or not b.owner:
+        _free_blocks(b)
+        raise MemoryError()
+    for i in range(T):
+        j = 0
+        while j * NORM_BLOCK < count[i]:
+            b.ptr[k] = <char *>base[i] + j * NORM_BLOCK * (8 if f64[i] else 4)
+            b.cnt[k] = min(<int64_t>NORM_BLOCK, count[i] - j * NORM_BLOCK)
+            b.f64[k] = f64[i]
+            b.owner[k] = i
+            k += 1
+            j += 1
+    return 0
+
+
+cdef void _free_blocks(Blocks *b) noexcept:
+    free(b.ptr); free(b.cnt); free(b.f64); free(b.owner)
+    b.ptr = NULL; b.cnt = NULL; b.f64 = NULL; b.owner = NULL
+
+
+cdef inline int _block_threads(int64_t nblocks, int nt) noexcept:
+    """Threads for a reduction over nblocks blocks (half a block's elements count as the work
+    of one element of a step, as the reduction is that much cheaper)."""
+    if nblocks * NORM_BLOCK // 2 < _grain * nt:
+        return max(1, <int>(nblocks * NORM_BLOCK // 2 // _grain))
+    return nt
+
+
 cdef int _prepass(Frame f, const int *group, Py_ssize_t ngroups, double *sumsq,
                   int *nonfinite, int nthreads) except -1:
     """Per group, the sum of squares of its gradients (fixed blocks, fixed order: what
     grad_norm gives for the group's gradients) and whether any element is non-finite."""
-    cdef int64_t T = f.ntensors, i, nblocks = 0, b, k, n
-    cdef int nt = nthreads
-    cdef char **ptr
-    cdef int64_t *cnt
-    cdef int64_t *owner
-    cdef unsigned char *f64
-    cdef double *part
-    cdef int *bad
-    cdef size_t es
-    for i in range(T):
-        if f.addr[i * S + FO_G] != 0:
-            nblocks += (f.count[i] + NORM_BLOCK - 1) // NORM_BLOCK
-    ptr = <char **>malloc(max(nblocks, 1) * sizeof(char *))
-    cnt = <int64_t *>malloc(max(nblocks, 1) * sizeof(int64_t))
-    owner = <int64_t *>malloc(max(nblocks, 1) * sizeof(int64_t))
-    f64 = <unsigned char *>malloc(max(nblocks, 1))
-    part = <double *>malloc(max(nblocks, 1) * sizeof(double))
-    bad = <int *>malloc(max(nblocks, 1) * sizeof(int))
+    cdef int64_t T = f.ntensors, i, k
+    cdef int nt
+    cdef Blocks blk
+    cdef uintptr_t *base = <uintptr_t *>malloc(max(T, 1) * sizeof(uintptr_t))
+    cdef int64_t *count = <int64_t *>malloc(max(T, 1) * sizeof(int64_t))
+    cdef unsigned char *f64 = <unsigned char *>malloc(max(T, 1))
+    cdef double *part = NULL
+    cdef int *bad = NULL
+    blk.ptr = NULL; blk.cnt = NULL; blk.f64 = NULL; blk.owner = NULL
     try:
-        if not ptr or not cnt or not owner or not f64 or not part or not bad:
+        if not base or not count or not f64:
             raise MemoryError()
-        k = 0
-        for i in range(T):
-            if f.addr[i * S + FO_G] == 0:
-                continue
-            n = f.count[i]
-            es = 8 if f.dt[i * S + FO_G] == FO_DT_F64 else 4
-            b = 0
-            while b * NORM_BLOCK < n:
-                ptr[k] = <char *>f.addr[i * S + FO_G] + b * NORM_BLOCK * es
-                cnt[k] = min(<int64_t>NORM_BLOCK, n - b * NORM_BLOCK)
-                f64[k] = f.dt[i * S + FO_G] == FO_DT_F64
-                owner[k] = i
-                k += 1
-                b += 1
-        if nblocks * NORM_BLOCK // 2 < _grain * nt:
-            nt = max(1, <int>(nblocks * NORM_BLOCK // 2 // _grain))
+        for i in range(T):      # the gradients of the stepping tensors
+            base[i] = f.addr[i * S + FO_G]
+            count[i] = f.count[i] if base[i] != 0 else 0
+            f64[i] = f.dt[i * S + FO_G] == FO_DT_F64
+        _cut_blocks(&blk, T, base, count, f64)
+        part = <double *>malloc(max(blk.n, 1) * sizeof(double))
+        bad = <int *>malloc(max(blk.n, 1) * sizeof(int))
+        if not part or not bad:
+            raise MemoryError()
+        nt = _block_threads(blk.n, nthreads)
         with nogil:
             if nt <= 1:
-                for b in range(nblocks):
-                    part[b] = fo_prepass_block(f64[b], cnt[b], ptr[b], &bad[b])
+                for k in range(blk.n):
+                    part[k] = fo_prepass_block(blk.f64[k], blk.cnt[k], blk.ptr[k], &bad[k])
             else:
-                for b in prange(nblocks, num_threads=nt, schedule='static'):
-                    part[b] = fo_prepass_block(f64[b], cnt[b], ptr[b], &bad[b])
-        for b in range(ngroups):
-            sumsq[b] = 0.0
-            nonfinite[b] = 0
-        for b in range(nblocks):
-            i = group[owner[b]]
-            sumsq[i] = sumsq[i] + part[b]
-            if bad[b]:
+                for k in prange(blk.n, num_threads=nt, schedule='static'):
+                    part[k] = fo_prepass_block(blk.f64[k], blk.cnt[k], blk.ptr[k], &bad[k])
+        for k in range(ngroups):
+            sumsq[k] = 0.0
+            nonfinite[k] = 0
+        for k in range(blk.n):
+            i = group[blk.owner[k]]
+            sumsq[i] = sumsq[i] + part[k]
+            if bad[k]:
                 nonfinite[i] = 1
     finally:
-        free(ptr); free(cnt); free(owner); free(f64); free(part); free(bad)
+        _free_blocks(&blk)
+        free(base); free(count); free(f64); free(part); free(bad)
     return 0
 
 
@@ -1003,13 +1029,15 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
 
 def grad_norm(list arrays, double norm_type, int nthreads):
     """The norm of all arrays together (as one vector), accumulated in float64: norm_type 2, 1
-    or inf. Each array is cut into fixed blocks of NORM_BLOCK elements whose partial results
-    are combined in a fixed order, so the result is bitwise the same for any thread count.
+    or inf, over the fixed blocks of _cut_blocks (bitwise the same for any thread count).
     The arrays must be float32/float64, C-contiguous and aligned (checked by the caller)."""
     cdef int kind
-    cdef Py_ssize_t T = len(arrays), i, nblocks = 0, b, k
-    cdef int64_t n
+    cdef Py_ssize_t T = len(arrays), i
+    cdef int64_t k
     cdef cnp.ndarray a
+    cdef Blocks blk
+    cdef double total = 0.0
+    cdef int nt
     if norm_type == 2.0:
         kind = FO_NORM_L2
     elif norm_type == 1.0:
@@ -1018,45 +1046,38 @@ def grad_norm(list arrays, double norm_type, int nthreads):
         kind = FO_NORM_INF
     else:
         raise ValueError(f"native norm_type must be 1, 2 or inf, got {norm_type}")
-    for i in range(T):
-        a = <cnp.ndarray?>arrays[i]
-        nblocks += (cnp.PyArray_SIZE(a) + NORM_BLOCK - 1) // NORM_BLOCK
-    cdef char **ptr = <char **>malloc(max(nblocks, 1) * sizeof(char *))
-    cdef int64_t *cnt = <int64_t *>malloc(max(nblocks, 1) * sizeof(int64_t))
-    cdef unsigned char *f64 = <unsigned char *>malloc(max(nblocks, 1))
-    cdef double *part = <double *>malloc(max(nblocks, 1) * sizeof(double))
-    cdef double total = 0.0
-    cdef int nt = nthreads
-    if not ptr or not cnt or not f64 or not part:
-        free(ptr); free(cnt); free(f64); free(part)
-        raise MemoryError()
+    cdef uintptr_t *base = <uintptr_t *>malloc(max(T, 1) * sizeof(uintptr_t))
+    cdef int64_t *count = <int64_t *>malloc(max(T, 1) * sizeof(int64_t))
+    cdef unsigned char *f64 = <unsigned char *>malloc(max(T, 1))
+    cdef double *part = NULL
+    blk.ptr = NULL; blk.cnt = NULL; blk.f64 = NULL; blk.owner = NULL
     try:
-        k = 0
+        if not base or not count or not f64:
+            raise MemoryError()
         for i in range(T):
-            a = <cnp.ndarray>arrays[i]
-            n = cnp.PyArray_SIZE(a)
-            b = 0
-            while b * NORM_BLOCK < n:
-                ptr[k] = <char *>cnp.PyArray_DATA(a) + b * NORM_BLOCK * cnp.PyArray_ITEMSIZE(a)
-                cnt[k] = min(<int64_t>NORM_BLOCK, n - b * NORM_BLOCK)
-                f64[k] = cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE
-                k += 1
-                b += 1
-        if nblocks * NORM_BLOCK // 2 < _grain * nt:
-            nt = max(1, <int>(nblocks * NORM_BLOCK // 2 // _grain))
+            a = <cnp.ndarray?>arrays[i]
+            base[i] = <uintptr_t>cnp.PyArray_DATA(a)
+            count[i] = cnp.PyArray_SIZE(a)
+            f64[i] = cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE
+        _cut_blocks(&blk, T, base, count, f64)
+        part = <double *>malloc(max(blk.n, 1) * sizeof(double))
+        if not part:
+            raise MemoryError()
+        nt = _block_threads(blk.n, nthreads)
         with nogil:
             if nt <= 1:
-                for b in range(nblocks):
-                    part[b] = fo_norm_block(kind, f64[b], cnt[b], ptr[b])
+                for k in range(blk.n):
+                    part[k] = fo_norm_block(kind, blk.f64[k], blk.cnt[k], blk.ptr[k])
             else:
-                for b in prange(nblocks, num_threads=nt, schedule='static'):
-                    part[b] = fo_norm_block(kind, f64[b], cnt[b], ptr[b])
-            for b in range(nblocks):
+                for k in prange(blk.n, num_threads=nt, schedule='static'):
+                    part[k] = fo_norm_block(kind, blk.f64[k], blk.cnt[k], blk.ptr[k])
+            for k in range(blk.n):
                 if kind == FO_NORM_INF:
-                    if part[b] > total or part[b] != part[b]:
-                        total = part[b]
+                    if part[k] > total or part[k] != part[k]:
+                        total = part[k]
                 else:
-                    total = total + part[b]
+                    total = total + part[k]
     finally:
-        free(ptr); free(cnt); free(f64); free(part)
+        _free_blocks(&blk)
+        free(base); free(count); free(f64); free(part)
     return sqrt(total) if kind == FO_NORM_L2 else total

@@ -24,14 +24,14 @@ entry here (plus, for the public API, a class that names its parameters).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import _validation as v
 from . import reference
 
-# The stream slots (csrc/fastopt.h: FO_P, FO_G, FO_S1..FO_S3).
-P, G, S1, S2, S3 = 0, 1, 2, 3, 4
+# The stream slots (csrc/fastopt.h: FO_G, FO_S1..FO_S3).
+G, S1, S2, S3 = 1, 2, 3, 4
 _KW = ("*", None)   # marks the start of keyword-only hyperparameters in ``hyper``
 
 # Every rule that reads a gradient also takes these (fastopt's additions to torch's rules).
@@ -61,7 +61,6 @@ class Rule:
     aux_init: float = 1.0
     reference: Callable[..., None] | None = None
     flags: tuple[str, ...] = ()                  # record fields that are booleans
-    extra: dict = field(default_factory=dict)
 
     @property
     def keys(self) -> tuple[str, ...]:

@@ -149,13 +149,13 @@ class GradientAccumulator:
         self.optimizer = optimizer
         self.steps = steps
         self.average = _validation.flag("average", average)
-        self._buffers = [np.zeros_like(p) for p in optimizer._params]
+        self._buffers = [np.zeros_like(p) for p in optimizer._live_params()]
         self._seen = [False] * len(self._buffers)
         self.micro_step = 0          # micro-batches accumulated in the current cycle
 
     def step(self, grads: Sequence[np.ndarray | None]) -> bool:
         """Add one micro-batch's gradients; step the optimizer on every ``steps``-th call."""
-        params = self.optimizer._params
+        params = self.optimizer._live_params()
         for p in params[len(self._buffers):]:           # params added since (add_param_group)
             self._buffers.append(np.zeros_like(p))
             self._seen.append(False)

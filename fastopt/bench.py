@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import fastopt
-from fastopt import _kernels, reference
+from fastopt import _kernels, _spec, functional, reference
 from fastopt import kernels as fkernels
 
 GB = 1e9
@@ -235,8 +235,7 @@ def probe_system(spec, params, grads):
     frame = _kernels.Frame()
     if frame.fill_numpy_lists(streams, len(p)) >= 0:
         raise RuntimeError("bench: the probe's arrays were refused")
-    rule = _kernels.RULES["probe"]
-    args = np.array([[float(spec.nstreams)]], dtype=np.float64)
+    args = np.array([_spec.PROBE.record({"nstreams": spec.nstreams})], dtype=np.float64)
     steps = np.ones(len(p), dtype=np.int64)
     group = np.zeros(len(p), np.int32)
     gscale = np.ones(1)
@@ -244,8 +243,9 @@ def probe_system(spec, params, grads):
 
     def make(nthreads):
         def step():
-            return _kernels.run(frame, rule, group, args, gscale, steps, False, nthreads,
-                                memo=memo, release=False)
+            return functional.run_frame(frame, _spec.PROBE, group=group, records=args,
+                                        gscale=gscale, steps=steps, increment=False,
+                                        memo=memo, nthreads=nthreads, release=False)
         return step
     return System("probe", "probe (limit)", make)
 

@@ -80,7 +80,8 @@ def save(optimizer: Optimizer, path: str | os.PathLike) -> None:
         "format": FORMAT,
         "version": VERSION,
         "optimizer": type(optimizer).__name__,
-        "params": [{"shape": list(p.shape), "dtype": p.dtype.str} for p in optimizer._params],
+        "params": [{"shape": list(p.shape), "dtype": p.dtype.str}
+                   for p in optimizer._live_params()],
         "param_groups": groups,
         "state": state_meta,
     }
@@ -215,7 +216,7 @@ def _read(zf: zipfile.ZipFile, path: str, size: int, optimizer: Optimizer) -> di
                 and isinstance(p["dtype"], str)):
             raise corrupted(f"has params[{i}] = {_short(p)}, expected "
                             '{"shape": [ints], "dtype": string}')
-    ours = [{"shape": list(p.shape), "dtype": p.dtype.str} for p in optimizer._params]
+    ours = [{"shape": list(p.shape), "dtype": p.dtype.str} for p in optimizer._live_params()]
     if meta["params"] != ours:
         if len(meta["params"]) != len(ours):
             raise ValueError(f"load: {path}: the checkpoint is for a different model: it has "

@@ -63,36 +63,30 @@ def _steps(steps, grads, n):
 
 # ---- the two entry points ------------------------------------------------------------------
 
-def _check_lists(streams: list, names: list[str], param_read_only: bool = False) -> None:
-    """Every check of run_lists in Python (the NumPy backend; the native one does them in C
-    and comes here only for the message): layouts, dtypes, shapes, then overlaps."""
+def _check_lists(streams: list, name) -> None:
+    """Every check of a step over NumPy lists in Python, raising the message for the first
+    failure: layouts, dtypes and shapes, then overlaps. ``name(stream, i)`` names an entry.
+    The NumPy backend runs it before a step; the native one does these checks in C and comes
+    here only for the message."""
     params = streams[0]
     written = []
     for i, p in enumerate(params):
-        if param_read_only:
-            _validation.check_like(f"{names[0]}[{i}]", p, p, f"{names[0]}[{i}]",
-                                   writeable=False)
-            if not isinstance(p, np.ndarray) or p.dtype not in _validation.FLOAT_DTYPES:
-                _validation.check_param(f"{names[0]}[{i}]", p)
-        else:
-            _validation.check_param(f"{names[0]}[{i}]", p)
-            written.append((f"{names[0]}[{i}]", p))
+        _validation.check_param(name(0, i), p)
+        written.append((name(0, i), p))
         for k in range(2, S):
             col = streams[k]
             if col is not None and col[i] is not None:
-                _validation.check_like(f"{names[k]}[{i}]", col[i], p, f"{names[0]}[{i}]",
-                                       writeable=True)
-                written.append((f"{names[k]}[{i}]", col[i]))
+                _validation.check_like(name(k, i), col[i], p, name(0, i), writeable=True)
+                written.append((name(k, i), col[i]))
     grads = streams[1]
     for i, (g, p) in enumerate(zip(grads, params)):
         if g is not None:
-            _validation.check_like(f"{names[1]}[{i}]", g, p, f"{names[0]}[{i}]",
-                                   writeable=False)
+            _validation.check_like(name(1, i), g, p, name(0, i), writeable=False)
     _validation.check_disjoint(written)
     spans = _validation.WrittenSpans(written)
     for i, g in enumerate(grads):
         if g is not None:
-            _validation.check_no_overlap(f"{names[1]}[{i}]", g, spans)
+            _validation.check_no_overlap(name(1, i), g, spans)
 
 
 def _prepass_reference(grads, group, ngroups, check_finite):
@@ -166,44 +160,47 @@ def _signals_deferred():
 
 def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, records,
               gscale=None, steps=None, increment: bool = False, aux=None, max_norms=None,
-              check_finite: bool = False, norms=None, param_read_only: bool = False,
-              memo=None) -> int:
+              check_finite: bool = False, norms=None, memo=None) -> int:
     """Run ``rule`` over NumPy lists: ``streams`` holds FO_MAX_STREAMS entries (params, grads,
     then each state stream: a list with one entry per tensor, or None). ``names`` names each
-    stream for messages. ``records`` are the argument records (one per group), ``group`` the
-    record of each tensor (default all 0). Returns OK or SKIPPED (see fastopt._kernels.run);
-    nothing is modified unless every check passes."""
+    stream for messages (``names[k][i]``). ``records`` are the argument records (one per
+    group), ``group`` the record of each tensor (default all 0). Returns OK or SKIPPED (see
+    fastopt._kernels.run); nothing is modified unless every check passes."""
     n = len(streams[0])
     group = np.zeros(n, np.int32) if group is None else np.asarray(group, np.int32)
     records = np.asarray(records, dtype=np.float64).reshape(len(records), -1)
     gscale = np.ones(len(records)) if gscale is None else np.asarray(gscale, np.float64)
     steps = np.ones(n, np.int64) if steps is None else steps
+    def name(k, i):
+        return f"{names[k]}[{i}]"
+
     if not NATIVE:
-        _check_lists(streams, names, param_read_only)
+        _check_lists(streams, name)
         return _run_reference(rule, streams, group, records, gscale, steps, increment, aux,
                               max_norms, check_finite, norms)
     frame = _native.Frame()
-    rc = frame.fill_numpy_lists(streams, n, param_read_only)
+    rc = frame.fill_numpy_lists(streams, n)
     if rc >= 0:
-        _check_lists(streams, names, param_read_only)     # raises with the message
+        _check_lists(streams, name)     # raises with the message
         raise RuntimeError(f"fastopt: internal error, stream refused with reason {rc}")
     try:
         return _native.run(frame, _native.RULES[rule.name], group, records, gscale, steps,
                            increment, get_num_threads(), aux, max_norms, check_finite, norms,
                            memo)
     except _native.ContractError:
-        _check_lists(streams, names, param_read_only)
+        _check_lists(streams, name)
         raise
 
 
 def run_frame(frame: Any, rule: _spec.Rule, *, group, records, gscale, steps,
               increment: bool, aux=None, max_norms=None, check_finite: bool = False,
-              norms=None, memo=None, nthreads: int | None = None) -> int:
+              norms=None, memo=None, nthreads: int | None = None, release: bool = True) -> int:
     """Run ``rule`` over a frame an adapter filled (native backend only). Raises
-    fastopt._kernels.ContractError, which the adapter turns into a message."""
+    fastopt._kernels.ContractError, which the adapter turns into a message. ``release=False``
+    keeps the frame's references, so that it can run again unchanged (the benchmark's probe)."""
     return _native.run(frame, _native.RULES[rule.name], group, records, gscale, steps,
                        increment, get_num_threads() if nthreads is None else nthreads, aux,
-                       max_norms, check_finite, norms, memo)
+                       max_norms, check_finite, norms, memo, release)
 
 
 def _call(rule, grad_scale, names, params, grads, buffers, row, steps=None, aux=None):

@@ -61,7 +61,6 @@ class Optimizer:
         self.defaults = dict(defaults)
         self.param_groups: list[dict] = []
         self.state: dict[int, dict] = {}
-        self._params: list[np.ndarray] = []
         self._sizes: list[int] = []             # params per group when it was added
         self._group_of = np.zeros(0, np.int32)
         self._steps = np.zeros(0, dtype=np.int64)
@@ -142,7 +141,7 @@ class Optimizer:
             raise TypeError("param group 'params' must be an array or an iterable of arrays, "
                             f"got {type(params).__name__}")
         params = list(params)
-        first = len(self._params)
+        first = len(self._group_of)
         for j, p in enumerate(params):
             _validation.check_param(f"params[{first + j}]", p)
         for key, value in self.defaults.items():
@@ -155,7 +154,6 @@ class Optimizer:
         _validation.check_disjoint(everything)
         group["params"] = params
         self.param_groups.append(group)
-        self._params.extend(params)
         self._sizes.append(len(params))
         self._group_of = np.concatenate([self._group_of, np.full(len(params),
                                                                  len(self.param_groups) - 1,
@@ -171,6 +169,7 @@ class Optimizer:
     def _set_steps(self, steps: np.ndarray, aux: np.ndarray) -> None:
         """Install new step and scalar-state tables; point every state's views into them."""
         self._steps, self._aux = steps, aux
+        self._kwargs = None             # it holds the old tables
         self._step_views = [None] * len(steps)
         for i, st in self.state.items():
             self._point_views(i, st)
@@ -238,34 +237,35 @@ class Optimizer:
         """
         with self._lock:
             if (type(grads) is not list and type(grads) is not tuple) \
-                    or len(grads) != len(self._params):
-                grads = _validation.check_grads_sequence(grads, len(self._params))
+                    or len(grads) != len(self._group_of):
+                grads = _validation.check_grads_sequence(grads, len(self._group_of))
             grads = tuple(grads)        # the step holds its own references
-            records = self._hyper_args()
-            if grad_scale is None:
-                gscale, check = self._ones, False
-            else:
-                scale = _validation.real("grad_scale", grad_scale, low=None)
-                if not scale > 0:
+            self._hyper_args()
+            if grad_scale is not None:
+                grad_scale = _validation.real("grad_scale", grad_scale, low=None)
+                if not grad_scale > 0:
                     raise ValueError(f"Invalid grad_scale value: {grad_scale}")
-                gscale, check = np.full(len(self.param_groups), 1.0 / scale), True
+            kwargs = self._run_kwargs(grad_scale)
             if _NATIVE:
-                rc = self._step_native(grads, records, gscale, check)
+                rc = self._step_native(grads, kwargs)
             else:
-                rc = self._step_reference(grads, records, gscale, check)
+                rc = self._step_reference(grads, kwargs)
             return rc == functional.OK
 
-    def _run_kwargs(self, records, gscale, check):
-        if check or gscale is not self._ones or self._kwargs is None:
+    def _run_kwargs(self, grad_scale):
+        """The driver's arguments: made once per validation; loss scaling adds its own."""
+        if self._kwargs is None:
             clipped = self._clipped
-            kw = dict(group=self._group_of, records=records, gscale=gscale, steps=self._steps,
-                      increment=True, aux=self._aux if self._spec.aux is not None else None,
-                      max_norms=self._max_norms if clipped else None, check_finite=check,
-                      norms=self._norms if clipped else None)
-            if check or gscale is not self._ones:
-                return kw
-            self._kwargs = kw
-        return self._kwargs
+            self._kwargs = dict(
+                group=self._group_of, records=self._args, gscale=self._ones,
+                steps=self._steps, increment=True,
+                aux=self._aux if self._spec.aux is not None else None,
+                max_norms=self._max_norms if clipped else None, check_finite=False,
+                norms=self._norms if clipped else None)
+        if grad_scale is None:
+            return self._kwargs
+        return dict(self._kwargs, gscale=np.full(len(self.param_groups), 1.0 / grad_scale),
+                    check_finite=True)
 
     def _after(self, rc, created):
         if rc != functional.OK:
@@ -275,7 +275,7 @@ class Optimizer:
                                     for n, m in zip(self._norms, self._max_norms)]
         return rc
 
-    def _step_native(self, grads, records, gscale, check) -> int:
+    def _step_native(self, grads, kwargs) -> int:
         frame = self._frame
         views = self._step_views
         rc = frame.fill_optimizer(self.param_groups, self._sizes, grads, self.state,
@@ -291,8 +291,7 @@ class Optimizer:
                 self._rollback(created)
                 self._raise_bad(grads)
         try:
-            rc = functional.run_frame(frame, self._spec, memo=self._memo,
-                                      **self._run_kwargs(records, gscale, check))
+            rc = functional.run_frame(frame, self._spec, memo=self._memo, **kwargs)
         except _native.ContractError:
             self._rollback(created)
             self._raise_bad(grads)
@@ -301,13 +300,13 @@ class Optimizer:
             raise
         return self._after(rc, created)
 
-    def _step_reference(self, grads, records, gscale, check) -> int:
+    def _step_reference(self, grads, kwargs) -> int:
         self._raise_bad(grads, only_check=True)
         created = self._create_state(grads)
         streams = self._lists(grads)
         try:
             rc = functional.run_lists(self._spec, streams, ["params", "grads"] + ["state"] * 4,
-                                      **self._run_kwargs(records, gscale, check))
+                                      **kwargs)
         except BaseException:
             self._rollback(created)
             raise
@@ -369,36 +368,22 @@ class Optimizer:
     def _raise_bad(self, grads, only_check: bool = False) -> None:
         """Every check of a step in Python, raising the message for the first failure (the
         native path finds failures in C and comes here to name them)."""
-        groups = self.param_groups
-        for k, (g, n) in enumerate(zip(groups, self._sizes)):
+        for k, (g, n) in enumerate(zip(self.param_groups, self._sizes)):
             if len(g["params"]) != n:
                 raise ValueError(f"param_groups[{k}]['params'] has {len(g['params'])} params, "
                                  f"the group was added with {n}: add params with "
                                  "add_param_group")
-        params = self._live_params()
-        written = []
-        for i, p in enumerate(params):
-            _validation.check_param(f"params[{i}]", p)
-            written.append((f"params[{i}]", p))
-        for i, g in enumerate(grads):
-            if g is not None:
-                _validation.check_like(f"grads[{i}]", g, params[i], f"params[{i}]",
-                                       writeable=False)
         for i, st in self.state.items():
             if not isinstance(st, dict):
                 raise TypeError(f"state[{i}]: expected a dict, got {type(st).__name__}")
-            if i >= len(params):
-                continue
-            for _, key in self._slots[self._group_of[i]]:
-                if key in st:
-                    _validation.check_like(f"state[{i}][{key!r}]", st[key], params[i],
-                                           f"params[{i}]", writeable=True)
-                    written.append((f"state[{i}][{key!r}]", st[key]))
-        _validation.check_disjoint(written)
-        spans = _validation.WrittenSpans(written)
-        for i, g in enumerate(grads):
-            if g is not None:
-                _validation.check_no_overlap(f"grads[{i}]", g, spans)
+        keys = [dict(slots) for slots in self._slots]
+
+        def name(k, i):
+            if k < 2:
+                return f"{('params', 'grads')[k]}[{i}]"
+            return f"state[{i}][{keys[self._group_of[i]][k]!r}]"
+
+        functional._check_lists(self._lists(grads), name)
         if not only_check:
             raise RuntimeError("fastopt: internal error, a step was refused without a reason")
 
@@ -486,8 +471,8 @@ class Optimizer:
                 raise type(e)(f"state_dict: param_groups[{gi}]: {e}") from None
             new["params"] = group["params"]
             new_groups.append(new)
-        new_state, new_steps = {}, np.zeros(len(self._params), np.int64)
-        new_aux = np.full(len(self._params), self._spec.aux_init)
+        new_state, new_steps = {}, np.zeros(len(self._group_of), np.int64)
+        new_aux = np.full(len(self._group_of), self._spec.aux_init)
         for pid, saved in saved_state.items():
             if pid not in index_map:
                 raise ValueError(f"state_dict: state for param id {pid!r}, which no group lists")

@@ -234,25 +234,6 @@ def ema_update(average, param, *, decay):
 
 # ---- many tensors: the step functions over lists, a None gradient skipping its tensor --------
 
-def grad_sumsq(arrays):
-    """The sum of squares of all arrays together, in float64, in the native pre-pass's order:
-    each array in blocks of 8192 elements; in a block, element i goes to lane i % 8, each lane
-    accumulated in order, the lanes combined as ((0+1)+(2+3))+((4+5)+(6+7)); the blocks' sums
-    added in order, starting from 0."""
-    total = 0.0
-    for a in arrays:
-        x = np.asarray(a, dtype=np.float64).reshape(-1)
-        for start in range(0, x.size, 8192):
-            sq = x[start:start + 8192] * x[start:start + 8192]
-            body = sq.size // 8 * 8
-            # axis-0 reduction of a C-ordered (m, 8) array adds rows one after the other
-            acc = sq[:body].reshape(-1, 8).sum(axis=0) if body else np.zeros(8)
-            acc[:sq.size - body] += sq[body:]
-            total += float(((acc[0] + acc[1]) + (acc[2] + acc[3]))
-                           + ((acc[4] + acc[5]) + (acc[6] + acc[7])))
-    return total
-
-
 def _each(step_fn, params, grads, states, steps=None, **hyper):
     for i, (p, g) in enumerate(zip(params, grads)):
         if g is None:
@@ -356,12 +337,24 @@ def grad_norm(arrays, norm_type):
     flat = [np.asarray(a).reshape(-1) for a in arrays]
     if norm_type == np.inf:
         return _max_abs(flat)
+    total = _block_sum(flat, norm_type)
+    return float(np.sqrt(total)) if norm_type == 2.0 else total
+
+
+def grad_sumsq(arrays):
+    """The sum of squares of all arrays together, in grad_norm's order (the native pre-pass's
+    too): the square of the 2-norm before its square root."""
+    return _block_sum([np.asarray(a).reshape(-1) for a in arrays], 2.0)
+
+
+def _block_sum(flat, norm_type):
+    """The total of grad_norm's 2 (squares) or 1 (absolute values) terms of flat float
+    vectors, in the native order."""
     with np.errstate(over="ignore"):        # overflow gives inf, silently, as in C
-        return _sum_norm(flat, norm_type)
+        return _block_sum_unchecked(flat, norm_type)
 
 
-def _sum_norm(flat, norm_type):
-    """grad_norm's 2 and 1 norms of flat float vectors, in the native order."""
+def _block_sum_unchecked(flat, norm_type):
     terms = [np.multiply(x, x, dtype=np.float64) if norm_type == 2.0
              else np.abs(x, dtype=np.float64) for x in flat]
     # The blocks as stacks [block, row of 8, accumulator], each with its blocks' places in the
@@ -402,7 +395,7 @@ def _sum_norm(flat, norm_type):
     total = 0.0
     for r in results.tolist():
         total = total + r
-    return float(np.sqrt(total)) if norm_type == 2.0 else total
+    return total
 
 
 def _max_abs(flat):
