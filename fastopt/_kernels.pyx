@@ -36,7 +36,7 @@ from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uintptr_t
 from libc.stdlib cimport malloc, realloc, free, qsort
-from libc.math cimport sqrt
+from libc.math cimport fabs, sqrt
 from libc.string cimport memset, memcpy
 
 import threading
@@ -974,7 +974,9 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
                     return SKIPPED
             for gi in range(ngroups):
                 if mx != NULL and mx[gi] > 0:
-                    norm = sqrt(sumsq[gi])
+                    # the norm of the gradients as the rule sees them (unscaled: times the
+                    # call's factor, 1/loss scale); exactly sqrt(sumsq) when the factor is 1
+                    norm = sqrt(sumsq[gi]) * fabs(gs[gi])
                     if norms is not None:
                         (<double *>cnp.PyArray_DATA(norms))[gi] = norm
                     coef = mx[gi] / (norm + 1e-6)

@@ -113,7 +113,7 @@ def _run_reference(rule, streams, group, records, gscale, steps, increment, aux,
             return SKIPPED
         for k in range(ngroups):
             if max_norms is not None and max_norms[k] > 0:
-                norm = float(np.sqrt(sumsq[k]))
+                norm = float(np.sqrt(sumsq[k])) * abs(gs[k])     # unscaled, as native
                 if norms is not None:
                     norms[k] = norm
                 coef = max_norms[k] / (norm + 1e-6)

@@ -204,3 +204,21 @@ def test_class_signatures_match_the_spec(name):
         assert key in sig.parameters or key in ("betas",), (name, key)
         if key in sig.parameters:
             assert sig.parameters[key].default == default, (name, key)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop"])
+def test_clipping_under_loss_scaling_uses_the_unscaled_norm(name):
+    """max_grad_norm with grad_scale=s clips by the norm of grad/s: a power-of-two scale
+    gives bitwise the unscaled run, norms included."""
+    cls = getattr(fastopt, name)
+    rng = np.random.default_rng(3)
+    p1 = rng.standard_normal(300).astype(np.float32)
+    p2 = p1.copy()
+    o1 = cls([p1], lr=0.05, max_grad_norm=0.5)
+    o2 = cls([p2], lr=0.05, max_grad_norm=0.5)
+    for _ in range(5):
+        g = rng.standard_normal(300).astype(np.float32) * np.float32(3)
+        assert o1.step([g * np.float32(1024)], grad_scale=1024.0)
+        o2.step([g])
+        assert o1.last_grad_norms == o2.last_grad_norms
+    np.testing.assert_array_equal(p1, p2)
