@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
+from .. import _spec
 from . import _adapter
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Lion"]
@@ -66,6 +67,15 @@ _EXTRAS = {"l1": 0.0, "max_grad_norm": None, "clip_value": None}
 
 def _f(x) -> float:
     return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+def _plain(value):
+    """A group value as fastopt's spec reads it: tensors (a tensor lr, betas) as floats."""
+    if isinstance(value, torch.Tensor):
+        return _f(value)
+    if isinstance(value, tuple):
+        return tuple(map(_plain, value))
+    return value
 
 
 def _torch_step(cls):
@@ -100,10 +110,10 @@ def _extras_set(group: dict) -> bool:
 
 
 class _Native:
-    """The mixin holding fastopt's step; subclasses describe their rule."""
+    """The mixin holding fastopt's step; subclasses name their rule's spec (fastopt._spec),
+    from which its hyperparameter record and state streams follow."""
 
-    _fo_rule: str
-    _fo_has_step = True
+    _fo_spec: _spec.Rule
     _fo_own_fused = False       # torch's class has no `fused` argument: we add it
     _fo_sparse_to_torch = False  # torch's rule supports sparse gradients
 
@@ -147,8 +157,7 @@ class _Native:
     def _fo_validate_group(self, group: dict) -> None:
         _check_extras(group)
         if self._fo_native_group(group):
-            _adapter.validate(self._fo_rule, self._fo_hyper(group),
-                              [k for k in self._fo_buffer_keys(group)])
+            self._fo_hyper(group)
         elif _extras_set(group):
             raise ValueError("l1, max_grad_norm and clip_value are fastopt's: they need the "
                              "native step (fused=None or True, capturable=False, "
@@ -171,20 +180,28 @@ class _Native:
 
     # ---- the rule (subclasses) ---------------------------------------------------------
 
-    def _fo_buffer_keys(self, group: dict) -> list:
-        """The state key of each of the kernel's state streams, in its order (None: unused)."""
-        raise NotImplementedError
+    def _fo_group(self, group: dict) -> dict:
+        """The group as the spec reads it (fastopt's extras defaulted)."""
+        plain = {k: _plain(v) for k, v in group.items() if k != "params"}
+        for k, v in _EXTRAS.items():
+            plain.setdefault(k, v)
+        return plain
 
-    def _fo_hyper(self, group: dict) -> dict:
-        raise NotImplementedError
+    def _fo_buffer_keys(self, group: dict) -> tuple:
+        """(stream, state key) of each state buffer the group's settings need."""
+        return self._fo_spec.needed(self._fo_group(group))
+
+    def _fo_hyper(self, group: dict) -> list:
+        """The group's validated argument record (raises fastopt's ValueError/TypeError)."""
+        return self._fo_spec.record(self._fo_group(group))
 
     def _fo_new_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
         """Create the missing state of ``p`` as torch does (keys, dtypes, shapes)."""
-        if not state and self._fo_has_step:
+        if not state and self._fo_spec.step_state:
             state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype(is_fused=group.get(
                 "fused")))
-        for key in self._fo_buffer_keys(group):
-            if key is not None and key not in state:
+        for _, key in self._fo_buffer_keys(group):
+            if key not in state:
                 state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def _fo_torch_fallback(self, groups: list) -> None:
@@ -199,6 +216,14 @@ class _Native:
     def _fo_torch_step(self, closure=None):
         """torch's own step (without its hook wrapper: hooks fire once, around ``step``)."""
         return _torch_step(type(self))(self, closure)
+
+    def _fo_driver_state(self):
+        """The native frame and per-group memos this optimizer reuses across steps (made on
+        first use: they are not part of the pickled or deep-copied state)."""
+        held = self.__dict__.get("_fo_driver")
+        if held is None:
+            held = self.__dict__["_fo_driver"] = (_adapter.new_frame(), {})
+        return held
 
     # ---- step --------------------------------------------------------------------------
 
@@ -238,10 +263,10 @@ class _Native:
                 torch_groups.append(group)
                 continue
             _check_extras(group)
-            keys = self._fo_buffer_keys(group)
-            hyper = self._fo_hyper(group)
-            _adapter.validate(self._fo_rule, hyper, keys)
-            ps, gs, others = [], [], []
+            plain = self._fo_group(group)
+            keys = self._fo_spec.needed(plain)
+            hyper = self._fo_spec.record(plain)
+            ps, gs, others, names = [], [], [], []
             for pi, p in enumerate(group["params"]):
                 g = p.grad
                 if g is None:
@@ -257,11 +282,12 @@ class _Native:
                 _adapter.check_grad(name, g, p)
                 st = self.state.get(p)
                 if st:
-                    for key in keys:
-                        if key is not None and key in st:
+                    for _, key in keys:
+                        if key in st:
                             _adapter.check_state(name, key, st[key], p)
                 ps.append(p)
                 gs.append(g)
+                names.append(name)
             if others:
                 if _extras_set(group):
                     raise ValueError(
@@ -270,35 +296,39 @@ class _Native:
                         "nothing of l1, max_grad_norm and clip_value; remove them or use "
                         "float32/float64 params")
                 slow.append(dict(group, params=others))
-            native.append((gi, group, keys, hyper, ps, gs))
+            native.append((gi, group, keys, hyper, ps, gs, names))
         # 2. state, then one native call per group
         if len(self.last_grad_norms) != len(self.param_groups):
             self.last_grad_norms = [None] * len(self.param_groups)
-        for gi, group, keys, hyper, ps, gs in native:
+        frame, memos = self._fo_driver_state()
+        spec = self._fo_spec
+        for gi, group, keys, hyper, ps, gs, names in native:
             if not ps:
                 continue
             fresh = []
-            if self._fo_has_step or any(k is not None for k in keys):
+            if self._fo_spec.step_state or keys:
                 state = self.state
                 states = [state[p] for p in ps]
+                has_step = self._fo_spec.step_state
                 for p, st in zip(ps, states):
-                    fresh.append(any(k is not None and k not in st for k in keys))
-                    self._fo_new_state(p, group, st)
+                    new = any(k not in st for _, k in keys)
+                    fresh.append(new)
+                    if new or (has_step and not st):
+                        self._fo_new_state(p, group, st)
             else:   # plain SGD keeps no state, as torch's
                 fresh, states = [False] * len(ps), []
-            buffers = [None if k is None else [st[k] for st in states] for k in keys]
-            kw = {}
+            buffers = {stream: [st[k] for st in states] for stream, k in keys}
             step_tensors = None
-            if self._fo_has_step:
+            if self._fo_spec.step_state:
                 step_tensors = [st["step"] for st in states]
-                kw["steps"] = [int(s) + 1 for s in torch.stack(step_tensors).tolist()]
-            if self._fo_rule == "nadam":
-                kw["mu_products"] = [st["mu_product"] for st in states]
-            if self._fo_rule == "sgd":
-                kw["init_buffers"] = fresh
+                steps = [int(s) + 1 for s in torch.stack(step_tensors).tolist()]
+            else:       # SGD: the kernel starts a buffer as the gradient on its first step
+                steps = [1 if f else 2 for f in fresh]
+            mus = [st["mu_product"] for st in states] if spec.aux is not None else None
             self.last_grad_norms[gi] = _adapter.run(
-                self._fo_rule, ps, gs, buffers, hyper, grad_scale=inv,
-                max_grad_norm=group.get("max_grad_norm"), **kw)
+                spec, ps, gs, buffers, hyper, steps=steps, grad_scale=inv,
+                max_grad_norm=group.get("max_grad_norm"), mu_products=mus, names=names,
+                frame=frame, memo=memos.setdefault(gi, _adapter.new_memo()))
             if step_tensors:
                 torch._foreach_add_(step_tensors, 1.0)
         # 3. what torch steps: low-precision params and groups routed to torch
@@ -327,8 +357,7 @@ def _common_doc(cls, torch_cls):
 # ---- SGD -----------------------------------------------------------------------------------
 
 class SGD(_Native, torch.optim.SGD):
-    _fo_rule = "sgd"
-    _fo_has_step = False
+    _fo_spec = _spec.SGD
     _fo_sparse_to_torch = True
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
@@ -340,15 +369,6 @@ class SGD(_Native, torch.optim.SGD):
                          foreach=foreach, differentiable=differentiable, fused=fused)
         self._fo_end()
 
-    def _fo_buffer_keys(self, group):
-        return ["momentum_buffer" if group["momentum"] != 0 else None]
-
-    def _fo_hyper(self, group):
-        return dict(lr=_f(group["lr"]), momentum=_f(group["momentum"]),
-                    dampening=_f(group["dampening"]), weight_decay=_f(group["weight_decay"]),
-                    nesterov=bool(group["nesterov"]), maximize=bool(group["maximize"]),
-                    l1=group.get("l1", 0.0), clip_value=group.get("clip_value"))
-
     def _fo_new_state(self, p, group, state):
         if group["momentum"] != 0 and "momentum_buffer" not in state:
             # torch starts the buffer as a copy of the gradient: the kernel fills it
@@ -357,22 +377,9 @@ class SGD(_Native, torch.optim.SGD):
 
 # ---- Adam / AdamW --------------------------------------------------------------------------
 
-class _AdamRule(_Native):
-    _fo_rule = "adam"
+class Adam(_Native, torch.optim.Adam):
+    _fo_spec = _spec.ADAM
 
-    def _fo_buffer_keys(self, group):
-        return ["exp_avg", "exp_avg_sq", "max_exp_avg_sq" if group["amsgrad"] else None]
-
-    def _fo_hyper(self, group):
-        b1, b2 = group["betas"]
-        return dict(lr=_f(group["lr"]), beta1=_f(b1), beta2=_f(b2), eps=_f(group["eps"]),
-                    weight_decay=_f(group["weight_decay"]),
-                    decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
-                    maximize=bool(group["maximize"]), l1=group.get("l1", 0.0),
-                    clip_value=group.get("clip_value"))
-
-
-class Adam(_AdamRule, torch.optim.Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False,
@@ -385,7 +392,9 @@ class Adam(_AdamRule, torch.optim.Adam):
         self._fo_end()
 
 
-class AdamW(_AdamRule, torch.optim.AdamW):
+class AdamW(_Native, torch.optim.AdamW):
+    _fo_spec = _spec.ADAMW
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
                  differentiable=False, fused=None, l1=0.0, max_grad_norm=None,
@@ -400,7 +409,7 @@ class AdamW(_AdamRule, torch.optim.AdamW):
 # ---- RMSprop / Adagrad ---------------------------------------------------------------------
 
 class RMSprop(_Native, torch.optim.RMSprop):
-    _fo_rule = "rmsprop"
+    _fo_spec = _spec.RMSPROP
     _fo_own_fused = True
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
@@ -415,19 +424,9 @@ class RMSprop(_Native, torch.optim.RMSprop):
                          foreach=foreach, maximize=maximize, differentiable=differentiable)
         self._fo_end()
 
-    def _fo_buffer_keys(self, group):
-        return ["square_avg", "momentum_buffer" if group["momentum"] > 0 else None,
-                "grad_avg" if group["centered"] else None]
-
-    def _fo_hyper(self, group):
-        return dict(lr=_f(group["lr"]), alpha=_f(group["alpha"]), eps=_f(group["eps"]),
-                    weight_decay=_f(group["weight_decay"]), momentum=_f(group["momentum"]),
-                    centered=bool(group["centered"]), maximize=bool(group["maximize"]),
-                    l1=group.get("l1", 0.0), clip_value=group.get("clip_value"))
-
 
 class Adagrad(_Native, torch.optim.Adagrad):
-    _fo_rule = "adagrad"
+    _fo_spec = _spec.ADAGRAD
     _fo_sparse_to_torch = True
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
@@ -440,15 +439,6 @@ class Adagrad(_Native, torch.optim.Adagrad):
                          foreach=foreach, maximize=maximize, differentiable=differentiable,
                          fused=fused)
         self._fo_end()
-
-    def _fo_buffer_keys(self, group):
-        return ["sum"]
-
-    def _fo_hyper(self, group):
-        return dict(lr=_f(group["lr"]), lr_decay=_f(group["lr_decay"]),
-                    weight_decay=_f(group["weight_decay"]), eps=_f(group["eps"]),
-                    maximize=bool(group["maximize"]), l1=group.get("l1", 0.0),
-                    clip_value=group.get("clip_value"))
 
     def _fo_new_state(self, p, group, state):
         if not state:
@@ -463,7 +453,7 @@ class Adagrad(_Native, torch.optim.Adagrad):
 # ---- Adamax / RAdam / NAdam ----------------------------------------------------------------
 
 class Adamax(_Native, torch.optim.Adamax):
-    _fo_rule = "adamax"
+    _fo_spec = _spec.ADAMAX
     _fo_own_fused = True
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
@@ -476,18 +466,9 @@ class Adamax(_Native, torch.optim.Adamax):
                          capturable=capturable)
         self._fo_end()
 
-    def _fo_buffer_keys(self, group):
-        return ["exp_avg", "exp_inf"]
-
-    def _fo_hyper(self, group):
-        b1, b2 = group["betas"]
-        return dict(lr=_f(group["lr"]), beta1=_f(b1), beta2=_f(b2), eps=_f(group["eps"]),
-                    weight_decay=_f(group["weight_decay"]), maximize=bool(group["maximize"]),
-                    l1=group.get("l1", 0.0), clip_value=group.get("clip_value"))
-
 
 class RAdam(_Native, torch.optim.RAdam):
-    _fo_rule = "radam"
+    _fo_spec = _spec.RADAM
     _fo_own_fused = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
@@ -502,20 +483,9 @@ class RAdam(_Native, torch.optim.RAdam):
                          differentiable=differentiable)
         self._fo_end()
 
-    def _fo_buffer_keys(self, group):
-        return ["exp_avg", "exp_avg_sq"]
-
-    def _fo_hyper(self, group):
-        b1, b2 = group["betas"]
-        return dict(lr=_f(group["lr"]), beta1=_f(b1), beta2=_f(b2), eps=_f(group["eps"]),
-                    weight_decay=_f(group["weight_decay"]),
-                    decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
-                    maximize=bool(group["maximize"]), l1=group.get("l1", 0.0),
-                    clip_value=group.get("clip_value"))
-
 
 class NAdam(_Native, torch.optim.NAdam):
-    _fo_rule = "nadam"
+    _fo_spec = _spec.NADAM
     _fo_own_fused = True
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
@@ -530,18 +500,6 @@ class NAdam(_Native, torch.optim.NAdam):
                          maximize=maximize, capturable=capturable,
                          differentiable=differentiable)
         self._fo_end()
-
-    def _fo_buffer_keys(self, group):
-        return ["exp_avg", "exp_avg_sq"]
-
-    def _fo_hyper(self, group):
-        b1, b2 = group["betas"]
-        return dict(lr=_f(group["lr"]), beta1=_f(b1), beta2=_f(b2), eps=_f(group["eps"]),
-                    weight_decay=_f(group["weight_decay"]),
-                    momentum_decay=_f(group["momentum_decay"]),
-                    decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
-                    maximize=bool(group["maximize"]), l1=group.get("l1", 0.0),
-                    clip_value=group.get("clip_value"))
 
     def _fo_new_state(self, p, group, state):
         if not state:
@@ -563,7 +521,7 @@ class Lion(_Native, torch.optim.Optimizer):
     for float16/bfloat16 params), equal to the native one up to rounding.
     """
 
-    _fo_rule = "lion"
+    _fo_spec = _spec.LION
     _fo_own_fused = True
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
@@ -583,15 +541,6 @@ class Lion(_Native, torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
                                       maximize=maximize, differentiable=False))
         self._fo_end()
-
-    def _fo_buffer_keys(self, group):
-        return ["exp_avg"]
-
-    def _fo_hyper(self, group):
-        b1, b2 = group["betas"]
-        return dict(lr=_f(group["lr"]), beta1=_f(b1), beta2=_f(b2),
-                    weight_decay=_f(group["weight_decay"]), maximize=bool(group["maximize"]),
-                    l1=group.get("l1", 0.0), clip_value=group.get("clip_value"))
 
     def step(self, closure=None):
         """Perform a single optimization step (see ``fastopt.torch``)."""

@@ -1,18 +1,21 @@
-"""The one place where torch tensors become fastopt arrays and the native kernels are called.
+"""The one place where torch tensors meet fastopt's native driver.
 
 Everything the torch frontend (``fastopt.torch``) does with memory goes through this module:
-layout checks, the zero-copy NumPy views of params, gradients and state, the thread count, and
-the single multi-tensor kernel call per param group. It uses only fastopt's public kernel API
-(``fastopt.kernels.<rule>``), so that it can later be re-pointed to a descriptor-based native
-API (data address, element count, dtype) without touching the optimizer classes.
+layout checks, the array descriptors of params, gradients and state (data address, element
+count, storage dtype, with the tensors themselves held as owners for the call), the thread
+count, and the single native call per param group through ``fastopt.functional.run_frame``,
+with the rule's spec (fastopt._spec) for its hyperparameters and state streams. No tensor is
+converted to a NumPy array and nothing is copied, except a gradient whose layout differs from
+its param's (below).
 
 Layout contract (checked by ``check_param`` / ``check_state`` before anything is modified):
 
 - A param must be a strided CPU tensor whose elements cover one dense block of memory:
   contiguous, or dense in another order (a transposed or permuted tensor, channels-last). Such a
   tensor and its state (created with ``torch.preserve_format``, hence with the same strides) are
-  passed to the kernel as flat 1-D views of that block: the update is element-wise, so the order
-  of the elements does not matter and the update lands in the tensor itself.
+  described as the flat block starting at ``data_ptr()`` (the lowest address, torch's strides
+  being non-negative): the update is element-wise, so the order of the elements does not matter
+  and the update lands in the tensor itself.
 - A param that does not cover a dense block (a slice with gaps, an expanded tensor) is refused
   with ValueError: it could only be stepped through a copy, whose update would be lost.
 - A gradient whose strides differ from its param's (or that is itself not dense) is read through
@@ -20,18 +23,23 @@ Layout contract (checked by ``check_param`` / ``check_state`` before anything is
   at the cost of one copy of that gradient per step.
 - A state tensor must have its param's shape, dtype and strides (state replaced by the user
   with another layout is refused, as its update would otherwise be lost).
-- Complex tensors are stepped as their real view (``torch.view_as_real``), as torch does.
+- Complex tensors are stepped as their real view (twice the elements), as torch does.
+
+The driver itself refuses (before anything is modified) any written stream that overlaps
+another stream of the call: tied or aliased params and state, reported here by name.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .. import _threading
-from .. import kernels as _k
-from ..clip import grad_norm as _grad_norm
+from .. import _spec, _threading, functional
+from .._backend import native as _native
 
 NATIVE_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+# storage dtype code and elements per tensor element, per native dtype
+_CODES = {torch.float32: (1, 1), torch.float64: (2, 1), torch.complex64: (1, 2),
+          torch.complex128: (2, 2)}
 
 
 def _dense(t: torch.Tensor) -> bool:
@@ -96,92 +104,107 @@ def check_state(name: str, key: str, t, p: torch.Tensor) -> None:
                          f"{p.stride()} and device; got {what}")
 
 
-def _array(t: torch.Tensor) -> np.ndarray:
-    """A zero-copy NumPy view of a dense tensor's elements (1-D when not contiguous)."""
-    if t.is_contiguous() and not t.is_complex():
-        return t.detach().numpy() if t.requires_grad else t.numpy()
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    t = t.detach()
-    if not t.is_contiguous():
-        t = t.as_strided((t.numel(),), (1,))
-    return t.numpy()
-
-
-def _grad_array(g: torch.Tensor, p: torch.Tensor) -> np.ndarray:
-    """The gradient as an array laid out as its param's (a temporary copy when it is not)."""
+def _grad_tensor(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """The gradient laid out as its param (a temporary copy when it is not)."""
     if g.is_contiguous() and p.is_contiguous():
-        return _array(g)
+        return g
     if p.numel() > 1 and not (_same_layout(g, p) and _dense(g)):
         g = torch.empty_like(p).copy_(g)
-    return _array(g)
+    return g
 
 
-_KERNELS = {
-    "sgd": _k.sgd, "adam": _k.adam, "rmsprop": _k.rmsprop, "adagrad": _k.adagrad,
-    "lion": _k.lion, "adamax": _k.adamax, "radam": _k.radam, "nadam": _k.nadam,
-}
-_WITH_STEPS = ("adam", "adagrad", "adamax", "radam", "nadam")
+def new_frame():
+    return _native.Frame()
 
 
-def run(rule: str, params: list, grads: list, buffers: list, hyper: dict, *,
-        steps: list[int] | None = None, grad_scale: float = 1.0,
-        max_grad_norm: float | None = None, mu_products: list | None = None,
-        init_buffers: list[bool] | None = None) -> float | None:
-    """One fused native step of ``rule`` over the tensors of one param group.
+def new_memo():
+    return _native.Memo()
+
+
+# the driver entry, looked up at call time (tests observe the calls through it)
+_run_frame = functional.run_frame
+
+
+def num_threads() -> int:
+    """The threads a step asks for: fastopt.set_num_threads's count if it was called, else
+    torch.get_num_threads() (the driver caps either by OpenMP's limit and the budget)."""
+    if _threading._requested is not None:
+        return _threading._requested
+    return max(1, torch.get_num_threads())
+
+
+def run(spec: _spec.Rule, params: list, grads: list, buffers: dict, record: list[float], *,
+        steps: list[int], grad_scale: float = 1.0, max_grad_norm: float | None = None,
+        mu_products: list | None = None, names: list[str] | None = None,
+        frame=None, memo=None) -> float | None:
+    """One fused native step of ``spec`` over the tensors of one param group.
 
     ``params``/``grads``: tensors (checked with ``check_param``/``check_grad``); ``buffers``:
-    one list of state tensors per state stream of the rule, in the kernel's order, or None;
-    ``hyper``: the kernel's keyword hyperparameters (floats); ``steps``: this step's count per
-    tensor (from 1); ``grad_scale``: the multiplier applied to every gradient as it is read
-    (GradScaler's inverse scale); ``max_grad_norm``: clip the group's gradients by their
-    global 2-norm (torch.nn.utils.clip_grad_norm_'s coefficient, folded into the scale);
-    ``mu_products``: NAdam's 0-d running-product tensors, updated in place. Returns the group's
-    gradient norm (of the unscaled gradients) when ``max_grad_norm`` is given.
+    stream -> list of state tensors (``spec.needed``'s streams); ``record``: the group's
+    validated argument record (``spec.record``); ``steps``: this step's count per tensor (from
+    1; SGD: 1 where its momentum buffer is new); ``grad_scale``: the multiplier applied to every
+    gradient as it is read (GradScaler's inverse scale); ``max_grad_norm``: clip the group's
+    gradients by their global 2-norm (of the unscaled gradients: the driver's pre-pass);
+    ``mu_products``: NAdam's 0-d running-product tensors, updated in place. ``frame``/``memo``:
+    the optimizer's, reused across steps. Returns the group's gradient norm when
+    ``max_grad_norm`` is given.
     """
-    if not params:
+    n = len(params)
+    if not n:
         return None
-    ps = [_array(p) for p in params]
-    gs = [_grad_array(g, p) for g, p in zip(grads, params)]
-    bs = [None if b is None else [_array(t) for t in b] for b in buffers]
-    norm = None
-    if max_grad_norm is not None:
-        norm = _grad_norm(gs) * abs(grad_scale)
-        coef = max_grad_norm / (norm + 1e-6)
-        grad_scale = grad_scale * (coef if not coef >= 1.0 else 1.0)   # NaN propagates
-    kw = dict(hyper, grad_scale=grad_scale)
-    fn = _KERNELS[rule]
-    requested = _threading._requested
-    if requested is None:   # fastopt.set_num_threads not called: follow torch's setting
-        _threading._requested = max(1, torch.get_num_threads())
+    S = _native.MAX_STREAMS
+    pad = [0] * (S - 2)
+    rows: list = []         # per tensor: S addresses, then S dtype codes, then the count
+    owners: list = []
+    columns = [(k, buffers[k]) for k in sorted(buffers)]
+    for i, (p, g) in enumerate(zip(params, grads)):
+        code, per = _CODES[p.dtype]
+        g = _grad_tensor(g, p)
+        a_row = [p.data_ptr(), g.data_ptr()] + pad
+        c_row = [code, code] + pad
+        owners.append(p)
+        owners.append(g)
+        for k, col in columns:
+            t = col[i]
+            a_row[k] = t.data_ptr()
+            c_row[k] = code
+            owners.append(t)
+        rows.append((a_row, c_row, p.numel() * per))
+    addr = np.array([r[0] for r in rows], dtype=np.uint64).reshape(n, S)
+    codes = np.array([r[1] for r in rows], dtype=np.uint8).reshape(n, S)
+    counts = np.array([r[2] for r in rows], dtype=np.int64)
+    frame = new_frame() if frame is None else frame
+    frame.fill_raw(addr, codes, counts, owners)
+    clip = max_grad_norm is not None
+    norms = np.zeros(1) if clip else None
+    aux = None
+    if mu_products is not None:
+        aux = np.array([float(m) for m in mu_products], dtype=np.float64)
     try:
-        if rule == "sgd":
-            fn(ps, gs, bs[0], init_buffers=init_buffers, **kw)
-        elif rule == "nadam":
-            mus = np.array([float(m) for m in mu_products], dtype=np.float64)
-            fn(ps, gs, *bs, mus, steps, **kw)
-            for m, v in zip(mu_products, mus.tolist()):
-                m.fill_(v)
-        elif rule in _WITH_STEPS:
-            fn(ps, gs, *bs, steps, **kw)
-        else:
-            fn(ps, gs, *bs, **kw)
-    finally:
-        _threading._requested = requested
-    return norm
+        _run_frame(frame, spec, group=np.zeros(n, np.int32),
+                   records=np.array([record], dtype=np.float64),
+                   gscale=np.array([grad_scale]), steps=np.array(steps, dtype=np.int64),
+                   increment=False, aux=aux,
+                   max_norms=np.array([float(max_grad_norm)]) if clip else None,
+                   norms=norms, memo=memo, nthreads=num_threads())
+    except _native.ContractError as e:
+        raise ValueError(_contract_message(e, names, spec)) from None
+    if aux is not None:
+        for m, v in zip(mu_products, aux.tolist()):
+            m.fill_(v)
+    return float(norms[0]) if clip else None
 
 
-def validate(rule: str, hyper: dict, buffers: list) -> None:
-    """Check a group's hyperparameters with the kernel's own checks (a call over no tensors):
-    raises the kernel's ValueError/TypeError, modifies nothing."""
-    kw = dict(hyper)
-    empty = [None if b is None else [] for b in buffers]
-    fn = _KERNELS[rule]
-    if rule == "sgd":
-        fn([], [], empty[0] if empty else None, **kw)
-    elif rule == "nadam":
-        fn([], [], *empty, np.zeros(0, np.float64), [], **kw)
-    elif rule in _WITH_STEPS:
-        fn([], [], *empty, [], **kw)
-    else:
-        fn([], [], *empty, **kw)
+def _contract_message(e, names, spec) -> str:
+    streams = {0: "the param", 1: "its gradient"}
+    streams.update({b.stream: f"state {b.key!r}" for b in spec.buffers})
+
+    def where(tensor, stream):
+        name = names[tensor] if names else f"tensor {tensor}"
+        return f"{streams.get(stream, f'stream {stream}')} of {name}"
+
+    if e.reason == _native.R_OVERLAP and e.other is not None:
+        return (f"fastopt.torch: {where(e.tensor, e.stream)} shares memory with "
+                f"{where(*e.other)}, which the step writes; each param and state tensor needs "
+                "memory of its own (untie the params, or use fused=False)")
+    return f"fastopt.torch: {where(e.tensor, e.stream)} cannot be stepped natively ({e})"
