@@ -4,7 +4,7 @@ Every case (optimizer x dtype x size x threads) is one benchmark *group*, so tha
 pytest-benchmark prints its members side by side:
 
 - ``probe``: the physical limit, the rule's memory traffic with no arithmetic (RULE_PROBE
-  through a prebuilt ``_kernels.Plan``);
+  through a prebuilt ``_kernels.Frame``);
 - ``fastopt``: ``opt.step(grads)`` on ``fastopt.Adam`` / ``fastopt.SGD``, as users call it;
 - ``kernels``: the functional ``fastopt.kernels.adam`` / ``sgd``;
 - ``reference``: the pure-NumPy ``fastopt.reference`` (single-threaded whatever the setting);
