@@ -73,8 +73,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import fastopt
-from fastopt import _kernels, _spec, functional, reference
+from fastopt import _spec, functional, reference
 from fastopt import kernels as fkernels
+from fastopt._backend import native as _kernels
 
 GB = 1e9
 DEFAULT_SIZES = (10**3, 10**4, 10**5, 10**6, 10**7)
@@ -231,12 +232,19 @@ def probe_system(spec, params, grads):
     state = [zeros(params) for _ in range(spec.nstate)]
     streams: list = [p, list(grads)] + [list(s) for s in state]
     streams += [None] * (_kernels.MAX_STREAMS - len(streams))
+    args = np.array([_spec.PROBE.record({"nstreams": spec.nstreams})], dtype=np.float64)
+    steps = np.ones(len(p), dtype=np.int64)
+    if not functional.NATIVE:       # the NumPy backend: its own probe, through the same layer
+        def make_numpy(nthreads):
+            def step():
+                return functional.run_lists(_spec.PROBE, streams, ["probe"] * len(streams),
+                                            records=args, steps=steps)
+            return step
+        return System("probe", "probe (limit)", make_numpy)
     # one frame, filled once and kept (release=False): the probe pays no per-call checks
     frame = _kernels.Frame()
     if frame.fill_numpy_lists(streams, len(p)) >= 0:
         raise RuntimeError("bench: the probe's arrays were refused")
-    args = np.array([_spec.PROBE.record({"nstreams": spec.nstreams})], dtype=np.float64)
-    steps = np.ones(len(p), dtype=np.int64)
     group = np.zeros(len(p), np.int32)
     gscale = np.ones(1)
     memo = _kernels.Memo()
@@ -609,7 +617,7 @@ def header_lines(env, bw, notes, wall) -> list[str]:
     omp = f"yes (_OPENMP {c['openmp_version']})" if c["openmp"] else "no (single-threaded build)"
     lines = [
         "fastopt benchmark: one optimizer step vs the memory limit (probe), NumPy and torch.optim",
-        f"fastopt {c['version']}: SIMD in use {c['isa_active']} (compiled: "
+        f"fastopt {c['version']}, backend {c['backend']}: SIMD in use {c['isa_active']} (compiled: "
         f"{', '.join(c['isa_compiled'])}), OpenMP {omp}, threads {c['num_threads']}, "
         f"parallel grain {c['parallel_grain']} elements/thread",
         f"CPU: {env['cpu']}, {plural(env['cpus'], 'logical core')}; "
