@@ -198,9 +198,26 @@ def run_frame(frame: Any, rule: _spec.Rule, *, group, records, gscale, steps,
     """Run ``rule`` over a frame an adapter filled (native backend only). Raises
     fastopt._kernels.ContractError, which the adapter turns into a message. ``release=False``
     keeps the frame's references, so that it can run again unchanged (the benchmark's probe)."""
-    return _native.run(frame, _native.RULES[rule.name], group, records, gscale, steps,
-                       increment, get_num_threads() if nthreads is None else nthreads, aux,
-                       max_norms, check_finite, norms, memo, release)
+    return run_prepared(frame, *prepare(rule, group=group, records=records, gscale=gscale,
+                                        steps=steps, increment=increment, aux=aux,
+                                        max_norms=max_norms, check_finite=check_finite,
+                                        norms=norms, memo=memo, release=release),
+                        nthreads=nthreads)
+
+
+def prepare(rule: _spec.Rule, *, group, records, gscale, steps, increment: bool, aux=None,
+            max_norms=None, check_finite: bool = False, norms=None, memo=None,
+            release: bool = True) -> tuple[tuple, tuple]:
+    """run_frame's arguments as the driver takes them, made once by a frontend that steps the
+    same tables every step (the NumPy optimizers): pass them to ``run_prepared``."""
+    return ((_native.RULES[rule.name], group, records, gscale, steps, increment),
+            (aux, max_norms, check_finite, norms, memo, release))
+
+
+def run_prepared(frame: Any, head: tuple, tail: tuple, nthreads: int | None = None) -> int:
+    """The driver call itself (see run_frame and prepare)."""
+    return _native.run(frame, *head, get_num_threads() if nthreads is None else nthreads,
+                       *tail)
 
 
 def _call(rule, grad_scale, names, params, grads, buffers, row, steps=None, aux=None):

@@ -74,6 +74,7 @@ class Optimizer:
         self._norms = np.zeros(0)
         self._clipped = False
         self._kwargs: Any = None        # the driver's arguments, made once per validation
+        self._prepared: Any = None      # the same, as functional.prepare gives them
         self._frame: Any = _native.Frame() if _NATIVE else None
         self._memo: Any = _native.Memo() if _NATIVE else None
         self._lock = threading.Lock()   # steps of one optimizer from several threads serialize
@@ -169,7 +170,7 @@ class Optimizer:
     def _set_steps(self, steps: np.ndarray, aux: np.ndarray) -> None:
         """Install new step and scalar-state tables; point every state's views into them."""
         self._steps, self._aux = steps, aux
-        self._kwargs = None             # it holds the old tables
+        self._kwargs = self._prepared = None    # they hold the old tables
         self._step_views = [None] * len(steps)
         for i, st in self.state.items():
             self._point_views(i, st)
@@ -211,7 +212,7 @@ class Optimizer:
             self._ones = np.ones(len(groups))
             self._norms = np.zeros(len(groups))
             self._clipped = bool(self._max_norms.any())
-            self._kwargs = None
+            self._kwargs = self._prepared = None
             self._args_key = key
             if self._memo is not None:
                 self._memo.invalidate()
@@ -245,11 +246,10 @@ class Optimizer:
                 grad_scale = _validation.real("grad_scale", grad_scale, low=None)
                 if not grad_scale > 0:
                     raise ValueError(f"Invalid grad_scale value: {grad_scale}")
-            kwargs = self._run_kwargs(grad_scale)
             if _NATIVE:
-                rc = self._step_native(grads, kwargs)
+                rc = self._step_native(grads, self._run_args(grad_scale))
             else:
-                rc = self._step_reference(grads, kwargs)
+                rc = self._step_reference(grads, self._run_kwargs(grad_scale))
             return rc == functional.OK
 
     def _run_kwargs(self, grad_scale):
@@ -267,6 +267,15 @@ class Optimizer:
         return dict(self._kwargs, gscale=np.full(len(self.param_groups), 1.0 / grad_scale),
                     check_finite=True)
 
+    def _run_args(self, grad_scale):
+        """The same as the driver's prepared arguments (functional.prepare), cached likewise."""
+        if grad_scale is None:
+            if self._prepared is None:
+                self._prepared = functional.prepare(self._spec, memo=self._memo,
+                                                    **self._run_kwargs(None))
+            return self._prepared
+        return functional.prepare(self._spec, memo=self._memo, **self._run_kwargs(grad_scale))
+
     def _after(self, rc, created):
         if rc != functional.OK:
             self._rollback(created)
@@ -275,7 +284,7 @@ class Optimizer:
                                     for n, m in zip(self._norms, self._max_norms)]
         return rc
 
-    def _step_native(self, grads, kwargs) -> int:
+    def _step_native(self, grads, prepared) -> int:
         frame = self._frame
         views = self._step_views
         rc = frame.fill_optimizer(self.param_groups, self._sizes, grads, self.state,
@@ -291,7 +300,7 @@ class Optimizer:
                 self._rollback(created)
                 self._raise_bad(grads)
         try:
-            rc = functional.run_frame(frame, self._spec, memo=self._memo, **kwargs)
+            rc = functional.run_prepared(frame, *prepared)
         except _native.ContractError:
             self._rollback(created)
             self._raise_bad(grads)
