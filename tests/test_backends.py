@@ -193,23 +193,35 @@ TRAIN = textwrap.dedent("""
     ]
     SIZES = [1, 33, 8193, 20_000]
     VARIANTS = {"norm": dict(max_grad_norm=1.0),
-                "norm+value": dict(max_grad_norm=2.0, clip_value=0.02)}
+                "norm+value": dict(max_grad_norm=2.0, clip_value=0.02),
+                # loss scaling: gradients scaled by 1000 (not a power of two), divided inside
+                # the step, and every 7th step carries an inf: the step is skipped whole
+                "norm+lossscale": dict(max_grad_norm=1.0, grad_scale=1000.0)}
     result = {"backend": np.array(fastopt.config()["backend"])}
     for c, (name, cls, kw) in enumerate(CLASSES):
         for v, (variant, clip) in enumerate(VARIANTS.items()):
             rng = np.random.default_rng(10 * c + v)
             params = [rng.standard_normal(n).astype(dt)
                       for dt in (np.float32, np.float64) for n in SIZES]
+            clip = dict(clip)
+            scale = clip.pop("grad_scale", None)
             groups = [{"params": params[:4], **clip}, {"params": params[4:], **clip}]
             opt = cls(groups, **kw)
             key = f"{name}/{variant}"
-            norms = []
+            norms, applied = [], []
             for step in range(30):
                 grads = [(rng.standard_normal(p.shape) * 0.7 + 0.1).astype(p.dtype)
                          for p in params]
-                opt.step(grads)
+                if scale is None:
+                    applied.append(opt.step(grads))
+                else:
+                    grads = [g * g.dtype.type(scale) for g in grads]
+                    if step % 7 == 3:
+                        grads[5][-1] = np.inf
+                    applied.append(opt.step(grads, grad_scale=scale))
                 norms.append(opt.last_grad_norms)
             result[f"{key}/norms"] = np.array(norms, np.float64)
+            result[f"{key}/applied"] = np.array(applied)
             for i, p in enumerate(params):
                 result[f"{key}/param{i}"] = p
                 for k, v in opt.state[i].items():

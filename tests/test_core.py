@@ -222,3 +222,16 @@ def test_clipping_under_loss_scaling_uses_the_unscaled_norm(name):
         o2.step([g])
         assert o1.last_grad_norms == o2.last_grad_norms
     np.testing.assert_array_equal(p1, p2)
+
+
+@pytest.mark.parametrize("bad", [0.0, -2.0, float("nan"), float("inf"), True, "2", None])
+def test_bad_grad_scale_refused_nothing_modified(bad):
+    p = np.linspace(-1, 1, 20).astype(np.float32)
+    opt = fastopt.Adam([p], lr=0.1)
+    if bad is None:     # None means "no loss scaling": the step runs
+        assert opt.step([np.ones_like(p)], grad_scale=bad) is True
+        return
+    with pytest.raises((TypeError, ValueError), match="grad_scale"):
+        opt.step([np.ones_like(p)], grad_scale=bad)
+    assert opt.state == {}
+    np.testing.assert_array_equal(p, np.linspace(-1, 1, 20).astype(np.float32))
