@@ -196,6 +196,18 @@ def address(cnp.ndarray a not None):
     return <uintptr_t>cnp.PyArray_DATA(a)
 
 
+def same_objects(tuple a, tuple b):
+    """True if a and b hold the very same objects, position by position (``is``, not ``==``:
+    True == 1 == 1.0, but a revalidation must see the difference). b may be None."""
+    cdef Py_ssize_t i, n = PyTuple_GET_SIZE(a)
+    if b is None or PyTuple_GET_SIZE(b) != n:
+        return False
+    for i in range(n):
+        if PyTuple_GET_ITEM(a, i) != PyTuple_GET_ITEM(b, i):
+            return False
+    return True
+
+
 def set_parallel_grain(int64_t elems):
     """Set the work (elements per thread) below which a step runs on the calling thread.
 

@@ -249,11 +249,12 @@ def probe_system(spec, params, grads):
     gscale = np.ones(1)
     memo = _kernels.Memo()
 
+    head, tail = functional.prepare(_spec.PROBE, group=group, records=args, gscale=gscale,
+                                    steps=steps, increment=False, memo=memo, release=False)
+
     def make(nthreads):
         def step():
-            return functional.run_frame(frame, _spec.PROBE, group=group, records=args,
-                                        gscale=gscale, steps=steps, increment=False,
-                                        memo=memo, nthreads=nthreads, release=False)
+            return functional.run_prepared(frame, head, tail, nthreads)
         return step
     return System("probe", "probe (limit)", make)
 

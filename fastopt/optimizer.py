@@ -35,6 +35,8 @@ from ._backend import native as _native
 # gradient clipping by global norm (per group) and by value.
 _COMMON_KEYS = ("max_grad_norm", "clip_value")
 _NATIVE = functional.NATIVE
+_same_objects = _native.same_objects
+_OK = functional.OK
 if _NATIVE:
     _R_NEEDS_STATE = _native.R_NEEDS_STATE
     _R_GROUP_SIZE = _native.R_GROUP_SIZE
@@ -192,18 +194,14 @@ class Optimizer:
                              f"{len(self._sizes)}: add groups with add_param_group")
         if len(groups) == 1:
             key = self._get_hyper(groups[0])
-            old = self._args_key
-            same = old is not None and all(map(operator.is_, key, old))
         else:
-            key = tuple(map(self._get_hyper, groups))
-            old = self._args_key
-            same = old is not None and len(old) == len(key) and all(
-                map(operator.is_, chain.from_iterable(key), chain.from_iterable(old)))
+            key = tuple(chain.from_iterable(map(self._get_hyper, groups)))
+        same = _same_objects(key, self._args_key)
         if not same:
             for g in groups:
                 _freeze(g)
             key = (self._get_hyper(groups[0]) if len(groups) == 1
-                   else tuple(map(self._get_hyper, groups)))
+                   else tuple(chain.from_iterable(map(self._get_hyper, groups))))
             rows = [self._row(g) for g in groups]
             self._max_norms = np.array([_spec.check_max_grad_norm(g) for g in groups])
             self.last_grad_norms = [None] * len(groups)
@@ -247,10 +245,13 @@ class Optimizer:
                 if not grad_scale > 0:
                     raise ValueError(f"Invalid grad_scale value: {grad_scale}")
             if _NATIVE:
-                rc = self._step_native(grads, self._run_args(grad_scale))
+                prepared = self._prepared
+                if prepared is None or grad_scale is not None:
+                    prepared = self._run_args(grad_scale)
+                rc = self._step_native(grads, prepared)
             else:
                 rc = self._step_reference(grads, self._run_kwargs(grad_scale))
-            return rc == functional.OK
+            return rc == _OK
 
     def _run_kwargs(self, grad_scale):
         """The driver's arguments: made once per validation; loss scaling adds its own."""
