@@ -250,13 +250,13 @@ def test_zero_copy_and_one_call_per_group(monkeypatch):
     sptrs = [opt.state[p]["exp_avg"].data_ptr() for p in ps]
     before = [p.detach().clone() for p in ps]
     calls = []
-    real = _adapter._run_frame
+    real = _adapter._execute
 
-    def spy(frame, *a, **k):
-        calls.append(frame.ntensors)
-        return real(frame, *a, **k)
+    def spy(ntensors, nthreads, call):
+        calls.append(ntensors)
+        return real(ntensors, nthreads, call)
 
-    monkeypatch.setattr(_adapter, "_run_frame", spy)
+    monkeypatch.setattr(_adapter, "_execute", spy)
     opt.step()
     assert calls == [3, 1]
     assert [p.data_ptr() for p in ps] == ptrs
@@ -377,7 +377,7 @@ def test_bfloat16_falls_back_to_torch_and_extras_refused():
 @pytest.mark.parametrize("flags", [dict(fused=False), dict(fused=False, foreach=True),
                                    dict(fused=False, foreach=False)])
 def test_fused_false_is_torchs_implementation_bitwise(flags, monkeypatch):
-    monkeypatch.setattr(_adapter, "_run_frame", None)   # the native path must not run
+    monkeypatch.setattr(_adapter, "_execute", None)   # the native path must not run
     ma, mb = _mlp(torch.float32), _mlp(torch.float32)
     oa = ft.Adam(ma.parameters(), lr=1e-2, **flags)
     ob = torch.optim.Adam(mb.parameters(), lr=1e-2, **flags)
@@ -622,13 +622,13 @@ def test_step_inside_torch_compile_equals_eager():
 
 def test_default_threads_follow_torch(monkeypatch):
     seen = []
-    real = _adapter._run_frame
+    real = _adapter._execute
 
-    def spy(frame, *a, **k):
-        seen.append(k["nthreads"])
-        return real(frame, *a, **k)
+    def spy(ntensors, nthreads, call):
+        seen.append(nthreads)
+        return real(ntensors, nthreads, call)
 
-    monkeypatch.setattr(_adapter, "_run_frame", spy)
+    monkeypatch.setattr(_adapter, "_execute", spy)
     p = torch.ones(3, requires_grad=True)
     p.grad = torch.ones(3)
     old = torch.get_num_threads()

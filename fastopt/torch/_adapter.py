@@ -114,15 +114,17 @@ def _grad_tensor(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 def new_frame():
-    return _native.Frame()
+    return _native.Frame() if functional.NATIVE else None
 
 
 def new_memo():
-    return _native.Memo()
+    return _native.Memo() if functional.NATIVE else None
 
 
-# the driver entry, looked up at call time (tests observe the calls through it)
-_run_frame = functional.run_frame
+def _execute(ntensors: int, nthreads: int, call):
+    """Hand one group's step to fastopt (both backends pass here; tests observe the calls
+    through it): ``call(nthreads)`` runs it."""
+    return call(nthreads)
 
 
 def num_threads() -> int:
@@ -152,6 +154,10 @@ def run(spec: _spec.Rule, params: list, grads: list, buffers: dict, record: list
     n = len(params)
     if not n:
         return None
+    if not functional.NATIVE:
+        return _run_numpy(spec, params, grads, buffers, record, steps=steps,
+                          grad_scale=grad_scale, max_grad_norm=max_grad_norm,
+                          mu_products=mu_products, names=names)
     S = _native.MAX_STREAMS
     pad = [0] * (S - 2)
     rows: list = []         # per tensor: S addresses, then S dtype codes, then the count
@@ -180,15 +186,59 @@ def run(spec: _spec.Rule, params: list, grads: list, buffers: dict, record: list
     aux = None
     if mu_products is not None:
         aux = np.array([float(m) for m in mu_products], dtype=np.float64)
+    def call(nthreads):
+        return functional.run_frame(
+            frame, spec, group=np.zeros(n, np.int32),
+            records=np.array([record], dtype=np.float64), gscale=np.array([grad_scale]),
+            steps=np.array(steps, dtype=np.int64), increment=False, aux=aux,
+            max_norms=np.array([float(max_grad_norm)]) if clip else None, norms=norms,
+            memo=memo, nthreads=nthreads)
+
     try:
-        _run_frame(frame, spec, group=np.zeros(n, np.int32),
-                   records=np.array([record], dtype=np.float64),
-                   gscale=np.array([grad_scale]), steps=np.array(steps, dtype=np.int64),
-                   increment=False, aux=aux,
-                   max_norms=np.array([float(max_grad_norm)]) if clip else None,
-                   norms=norms, memo=memo, nthreads=num_threads())
+        _execute(n, num_threads(), call)
     except _native.ContractError as e:
         raise ValueError(_contract_message(e, names, spec)) from None
+    if aux is not None:
+        for m, v in zip(mu_products, aux.tolist()):
+            m.fill_(v)
+    return float(norms[0]) if clip else None
+
+
+def _numpy_view(t: torch.Tensor) -> np.ndarray:
+    """A zero-copy NumPy view of a dense tensor's elements (flat when it is not contiguous;
+    complex tensors as their real view)."""
+    t = t.detach()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if not t.is_contiguous():
+        t = t.as_strided((t.numel(),), (1,))
+    return t.numpy()
+
+
+def _run_numpy(spec, params, grads, buffers, record, *, steps, grad_scale, max_grad_norm,
+               mu_products, names) -> float | None:
+    """The NumPy backend (FASTOPT_PUREPYTHON=1): the same step through functional.run_lists
+    (fastopt.reference per tensor), on zero-copy views of the tensors."""
+    S = _native.MAX_STREAMS
+    ps = [_numpy_view(p) for p in params]
+    gs = [_numpy_view(_grad_tensor(g, p)) for g, p in zip(grads, params)]
+    streams: list = [ps, gs] + [None] * (S - 2)
+    for k, col in buffers.items():
+        streams[k] = [_numpy_view(t) for t in col]
+    clip = max_grad_norm is not None
+    norms = np.zeros(1) if clip else None
+    aux = None
+    if mu_products is not None:
+        aux = np.array([float(m) for m in mu_products], dtype=np.float64)
+    labels = ["param", "grad"] + [f"state {k}" for k in range(2, S)]
+
+    def call(nthreads):     # the NumPy backend runs on the calling thread
+        return functional.run_lists(
+            spec, streams, labels, records=[record], gscale=[grad_scale],
+            steps=np.array(steps, dtype=np.int64), aux=aux,
+            max_norms=np.array([float(max_grad_norm)]) if clip else None, norms=norms)
+
+    _execute(len(params), num_threads(), call)
     if aux is not None:
         for m, v in zip(mu_products, aux.tolist()):
             m.fill_(v)
