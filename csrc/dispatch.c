@@ -13,6 +13,7 @@
 #include <math.h>
 #include <string.h>
 #include "fastopt.h"
+#include "fo_half.h"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define FO_ALWAYS_INLINE inline __attribute__((always_inline))
@@ -158,9 +159,12 @@ int fo_isa_supported(const char *name)
     if (strcmp(name, "baseline") == 0) return 1;
 #if FO_X86_DISPATCH
     __builtin_cpu_init();
-    if (strcmp(name, "avx2") == 0) return __builtin_cpu_supports("avx2") != 0;
+    /* (F16C: the 16-bit conversions of these tables, storage.c) */
+    if (strcmp(name, "avx2") == 0)
+        return __builtin_cpu_supports("avx2") != 0 && __builtin_cpu_supports("f16c") != 0;
     if (strcmp(name, "avx512") == 0)
-        return __builtin_cpu_supports("avx512f") != 0 && __builtin_cpu_supports("avx512vl") != 0;
+        return __builtin_cpu_supports("avx512f") != 0 && __builtin_cpu_supports("avx512vl") != 0
+            && __builtin_cpu_supports("f16c") != 0;
 #endif
     return 0;
 }
@@ -409,45 +413,40 @@ void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *au
 
 int fo_signature(const unsigned char *dt)
 {
-    /* today: every present stream has the param's dtype, float32 or float64 */
+    /* every present stream float32, or every one float64: the compiled bodies directly */
     const unsigned char p = dt[FO_P];
-    int sig;
-    if (p == FO_DT_F32) sig = FO_SIG_F32;
-    else if (p == FO_DT_F64) sig = FO_SIG_F64;
-    else return -1;
-    if (dt[FO_M] != FO_DT_NONE) return -1;
+    int same = dt[FO_M] == FO_DT_NONE;
     for (int k = 0; k < FO_MAX_STREAMS; k++)
-        if (dt[k] != FO_DT_NONE && dt[k] != p) return -1;
-    return sig;
-}
-
-size_t fo_sig_elsize(int sig)
-{
-#define FO_SIGSZ_(E, sfx, dt, T) case FO_SIG_##E: return sizeof(T);
-    switch (sig) { FO_SIG_LIST(FO_SIGSZ_) default: return 0; }
-#undef FO_SIGSZ_
+        if (dt[k] != FO_DT_NONE && dt[k] != p) same = 0;
+    if (same && p == FO_DT_F32) return FO_SIG_F32;
+    if (same && p == FO_DT_F64) return FO_SIG_F64;
+    /* anything else with float32 compute: the adapter */
+    return fo_mixed_signature(dt) ? FO_SIG_MIXED : -1;
 }
 
 #define FO_SIGNAME_(E, sfx, dt, T) #sfx,
-static const char *const fo_sig_name_list[] = {FO_SIG_LIST(FO_SIGNAME_)};
+static const char *const fo_sig_name_list[] = {FO_SIG_LIST(FO_SIGNAME_) "mixed"};
 #undef FO_SIGNAME_
 
 const char *const *fo_sig_names(int *count)
 {
-    *count = FO_NSIGS;
+    *count = FO_NSIGS_ALL;
     return fo_sig_name_list;
 }
 
 /* ---- segments ---------------------------------------------------------------------------- */
 
 static void fo_run_one(int rule, int sig, int64_t off, int64_t n, void *const *ptrs,
-                       const void *hp)
+                       const unsigned char *dt, const void *hp, const fo_store *st)
 {
     const fo_kernel_table *t = fo_active;
-    const size_t esz = fo_sig_elsize(sig);
+    if (sig == FO_SIG_MIXED) {
+        fo_mixed_segment(t->name, t->fn[FO_SIG_F32][rule], off, n, ptrs, dt, hp, st);
+        return;
+    }
     void *s[FO_MAX_STREAMS];
     for (int k = 0; k < FO_MAX_STREAMS; k++)
-        s[k] = ptrs[k] ? (char *)ptrs[k] + (size_t)off * esz : (void *)0;
+        s[k] = ptrs[k] ? (char *)ptrs[k] + (size_t)off * fo_dt_size(dt[k]) : (void *)0;
     t->fn[sig][rule](n, off, s, hp);
 }
 
@@ -458,18 +457,18 @@ static void fo_run_one(int rule, int sig, int64_t off, int64_t n, void *const *p
  * the vector body starts aligned; NumPy's arrays usually share one offset, so the other streams
  * are then aligned too. Results do not change: tail and body perform the same operations. */
 void fo_run_segment(int rule, int sig, int64_t off, int64_t n, void *const *ptrs,
-                    const void *hp)
+                    const unsigned char *dt, const void *hp, const fo_store *st)
 {
-    const size_t esz = fo_sig_elsize(sig);
+    if (n <= 0 || rule < 0 || rule >= FO_NRULES || sig < 0 || sig >= FO_NSIGS_ALL) return;
+    const size_t esz = fo_dt_size(dt[FO_P]);
     const uintptr_t addr = (uintptr_t)ptrs[FO_P] + (uintptr_t)off * esz;
     const int64_t head = (int64_t)(((64 - addr % 64) % 64) / esz);
-    if (n <= 0 || rule < 0 || rule >= FO_NRULES || sig < 0 || sig >= FO_NSIGS) return;
     if (head > 0 && n > 4 * head) {
-        fo_run_one(rule, sig, off, head, ptrs, hp);
+        fo_run_one(rule, sig, off, head, ptrs, dt, hp, st);
         off += head;
         n -= head;
     }
-    fo_run_one(rule, sig, off, n, ptrs, hp);
+    fo_run_one(rule, sig, off, n, ptrs, dt, hp, st);
 }
 
 /* ---- gradient norms ----------------------------------------------------------------------- */
@@ -479,18 +478,18 @@ void fo_run_segment(int rule, int sig, int64_t off, int64_t n, void *const *ptrs
  * registers; that keeps each lane's order, so the result does not change.) These are compiled
  * once, for the baseline, so they also do not depend on the instruction set. */
 
-#define FO_NORM_BLOCK(NAME, T, TERM, COMBINE, INIT)                                      \
+#define FO_NORM_BLOCK(NAME, T, LOAD, TERM, COMBINE, INIT)                                      \
     static double NAME(int64_t n, const T *x)                                            \
     {                                                                                    \
         double acc[8] = {INIT, INIT, INIT, INIT, INIT, INIT, INIT, INIT};                \
         int64_t i = 0;                                                                   \
         for (; i + 8 <= n; i += 8)                                                       \
             for (int k = 0; k < 8; k++) {                                                \
-                const double v = (double)x[i + k];                                       \
+                const double v = LOAD(x[i + k]);                                         \
                 acc[k] = COMBINE(acc[k], TERM(v));                                       \
             }                                                                            \
         for (int k = 0; i < n; i++, k++) {                                               \
-            const double v = (double)x[i];                                               \
+            const double v = LOAD(x[i]);                                                 \
             acc[k] = COMBINE(acc[k], TERM(v));                                           \
         }                                                                                \
         return COMBINE(COMBINE(COMBINE(acc[0], acc[1]), COMBINE(acc[2], acc[3])),        \
@@ -503,29 +502,40 @@ void fo_run_segment(int rule, int sig, int64_t off, int64_t n, void *const *ptrs
 /* NaN-propagating maximum */
 #define FO_MAXN(a, b) (((b) > (a) || (b) != (b)) ? (b) : (a))
 
-FO_NORM_BLOCK(fo_sumsq_f32, float, FO_SQ, FO_ADD, 0.0)
-FO_NORM_BLOCK(fo_sumsq_f64, double, FO_SQ, FO_ADD, 0.0)
-FO_NORM_BLOCK(fo_sumabs_f32, float, FO_ABS, FO_ADD, 0.0)
-FO_NORM_BLOCK(fo_sumabs_f64, double, FO_ABS, FO_ADD, 0.0)
-FO_NORM_BLOCK(fo_maxabs_f32, float, FO_ABS, FO_MAXN, 0.0)
-FO_NORM_BLOCK(fo_maxabs_f64, double, FO_ABS, FO_MAXN, 0.0)
+#define FO_LD(x) ((double)(x))
+#define FO_LD_BF16(x) ((double)fo_bf16_to_f32(x))
+#define FO_LD_F16(x) ((double)fo_f16_to_f32(x))
+#define FO_NORM_DTYPES(NAME, TERM, COMBINE)                                               \
+    FO_NORM_BLOCK(NAME##_f32, float, FO_LD, TERM, COMBINE, 0.0)                           \
+    FO_NORM_BLOCK(NAME##_f64, double, FO_LD, TERM, COMBINE, 0.0)                          \
+    FO_NORM_BLOCK(NAME##_bf16, uint16_t, FO_LD_BF16, TERM, COMBINE, 0.0)                  \
+    FO_NORM_BLOCK(NAME##_f16, uint16_t, FO_LD_F16, TERM, COMBINE, 0.0)                    \
+    static double NAME(int dt, int64_t n, const void *x)                                  \
+    {                                                                                     \
+        switch (dt) {                                                                     \
+        case FO_DT_F64: return NAME##_f64(n, (const double *)x);                          \
+        case FO_DT_BF16: return NAME##_bf16(n, (const uint16_t *)x);                      \
+        case FO_DT_F16: return NAME##_f16(n, (const uint16_t *)x);                        \
+        default: return NAME##_f32(n, (const float *)x);                                  \
+        }                                                                                 \
+    }
+FO_NORM_DTYPES(fo_sumsq, FO_SQ, FO_ADD)
+FO_NORM_DTYPES(fo_sumabs, FO_ABS, FO_ADD)
+FO_NORM_DTYPES(fo_maxabs, FO_ABS, FO_MAXN)
 
-double fo_norm_block(int kind, int is_f64, int64_t n, const void *x)
+double fo_norm_block(int kind, int dt, int64_t n, const void *x)
 {
     switch (kind) {
-    case FO_NORM_L1:
-        return is_f64 ? fo_sumabs_f64(n, (const double *)x) : fo_sumabs_f32(n, (const float *)x);
-    case FO_NORM_INF:
-        return is_f64 ? fo_maxabs_f64(n, (const double *)x) : fo_maxabs_f32(n, (const float *)x);
-    default:
-        return is_f64 ? fo_sumsq_f64(n, (const double *)x) : fo_sumsq_f32(n, (const float *)x);
+    case FO_NORM_L1: return fo_sumabs(dt, n, x);
+    case FO_NORM_INF: return fo_maxabs(dt, n, x);
+    default: return fo_sumsq(dt, n, x);
     }
 }
 
 /* The pre-pass: fo_sumsq's accumulation order exactly (so a clipping norm computed here equals
  * fo_norm_block's), plus `v * 0`, which is NaN exactly when v is NaN or infinite, accumulated
  * alongside in the same read. */
-#define FO_PREPASS_BLOCK(NAME, T)                                                        \
+#define FO_PREPASS_BLOCK(NAME, T, LOAD)                                                  \
     static double NAME(int64_t n, const T *x, int *nonfinite)                            \
     {                                                                                    \
         double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                        \
@@ -533,23 +543,29 @@ double fo_norm_block(int kind, int is_f64, int64_t n, const void *x)
         int64_t i = 0;                                                                   \
         for (; i + 8 <= n; i += 8)                                                       \
             for (int k = 0; k < 8; k++) {                                                \
-                const double v = (double)x[i + k];                                       \
+                const double v = LOAD(x[i + k]);                                         \
                 acc[k] = acc[k] + v * v;                                                 \
                 bad = bad + v * 0.0;                                                     \
             }                                                                            \
         for (int k = 0; i < n; i++, k++) {                                               \
-            const double v = (double)x[i];                                               \
+            const double v = LOAD(x[i]);                                                 \
             acc[k] = acc[k] + v * v;                                                     \
             bad = bad + v * 0.0;                                                         \
         }                                                                                \
         *nonfinite = bad != 0.0 || bad != bad;                                           \
         return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])); \
     }
-FO_PREPASS_BLOCK(fo_prepass_f32, float)
-FO_PREPASS_BLOCK(fo_prepass_f64, double)
+FO_PREPASS_BLOCK(fo_prepass_f32, float, FO_LD)
+FO_PREPASS_BLOCK(fo_prepass_f64, double, FO_LD)
+FO_PREPASS_BLOCK(fo_prepass_bf16, uint16_t, FO_LD_BF16)
+FO_PREPASS_BLOCK(fo_prepass_f16, uint16_t, FO_LD_F16)
 
-double fo_prepass_block(int is_f64, int64_t n, const void *x, int *nonfinite)
+double fo_prepass_block(int dt, int64_t n, const void *x, int *nonfinite)
 {
-    return is_f64 ? fo_prepass_f64(n, (const double *)x, nonfinite)
-                  : fo_prepass_f32(n, (const float *)x, nonfinite);
+    switch (dt) {
+    case FO_DT_F64: return fo_prepass_f64(n, (const double *)x, nonfinite);
+    case FO_DT_BF16: return fo_prepass_bf16(n, (const uint16_t *)x, nonfinite);
+    case FO_DT_F16: return fo_prepass_f16(n, (const uint16_t *)x, nonfinite);
+    default: return fo_prepass_f32(n, (const float *)x, nonfinite);
+    }
 }

@@ -34,13 +34,25 @@
 extern "C" {
 #endif
 
-/* Streams of a call, in this order. Unused streams are NULL. FO_M is reserved for a float32
- * master copy of 16-bit params (no rule compiled today uses it). */
+/* Streams of a call, in this order. Unused streams are NULL. FO_M belongs to 16-bit params:
+ * float32 there is their master copy, the param's own dtype its Kahan compensation (see
+ * storage.c); no loop body reads it. */
 enum { FO_P = 0, FO_G = 1, FO_S1 = 2, FO_S2 = 3, FO_S3 = 4, FO_M = 5, FO_MAX_STREAMS = 6 };
 
-/* Storage dtype codes of a stream (FO_DT_NONE: the stream is absent). 16-bit codes are reserved:
- * no signature compiled today accepts them. */
+/* Storage dtype codes of a stream (FO_DT_NONE: the stream is absent). */
 enum { FO_DT_NONE = 0, FO_DT_F32 = 1, FO_DT_F64 = 2, FO_DT_F16 = 3, FO_DT_BF16 = 4 };
+/* The size in bytes of an element of that dtype (0 for FO_DT_NONE or an unknown code). */
+size_t fo_dt_size(int dt);
+
+/* How 16-bit values are written where there is no master copy (16-bit params, 16-bit
+ * states): to nearest even, or stochastically with draws keyed by `key` (fo_sr_key). */
+enum { FO_ROUND_NEAREST = 0, FO_ROUND_STOCHASTIC = 1 };
+typedef struct fo_store {
+    uint64_t key;
+    int rounding;
+} fo_store;
+/* The stochastic-rounding key of one param at one step (a counter-based hash). */
+uint64_t fo_sr_key(uint64_t seed, int64_t param, int64_t step);
 
 /* The rules, one line each: FO_RULE(ENUM_NAME, c_name). The order fixes only the enum values;
  * nothing else depends on it (the Python side looks rules up by name, see fo_rule_name).
@@ -62,13 +74,15 @@ enum { FO_DT_NONE = 0, FO_DT_F32 = 1, FO_DT_F64 = 2, FO_DT_F16 = 3, FO_DT_BF16 =
 enum { FO_RULE_LIST(FO_RULE_ENUM_) FO_NRULES };
 #undef FO_RULE_ENUM_
 
-/* Storage signatures compiled: FO_SIG(ENUM_NAME, c_suffix, storage dtype of every stream,
- * compute type). A tensor's streams select the signature; an unlisted combination is refused
- * by the driver before anything runs. (16-bit params with a float32 master stream will be a
- * new line here and a new instantiation in dispatch.c.) */
+/* Storage signatures with compiled loop bodies: FO_SIG(ENUM_NAME, c_suffix, storage dtype of
+ * every stream, compute type). One more signature has no table of its own: FO_SIG_MIXED, any
+ * tensor whose streams mix storage types (16-bit params, float32 master weights, 16-bit
+ * states, float32 gradients of 16-bit params), which runs the float32 bodies through the
+ * conversion adapter of storage.c. A tensor's streams select the signature; a combination
+ * neither accepts is refused by the driver before anything runs. */
 #define FO_SIG_LIST(X) X(F32, f32, FO_DT_F32, float) X(F64, f64, FO_DT_F64, double)
 #define FO_SIG_ENUM_(E, s, dt, T) FO_SIG_##E,
-enum { FO_SIG_LIST(FO_SIG_ENUM_) FO_NSIGS };
+enum { FO_SIG_LIST(FO_SIG_ENUM_) FO_NSIGS, FO_SIG_MIXED = FO_NSIGS, FO_NSIGS_ALL };
 #undef FO_SIG_ENUM_
 
 /* ---- hyperparameters: one named record of doubles per rule ------------------------------
@@ -203,12 +217,32 @@ typedef struct fo_kernel_table {
 } fo_kernel_table;
 
 /* The signature of a tensor whose streams have these storage dtypes (FO_MAX_STREAMS codes;
- * FO_DT_NONE for absent streams), or -1 if no compiled signature accepts them. */
+ * FO_DT_NONE for absent streams), or -1 if no signature accepts them. */
 int fo_signature(const unsigned char *dtypes);
-/* The element size of a signature's param stream, in bytes. */
-size_t fo_sig_elsize(int sig);
-/* Names of the compiled signatures ("f32", "f64"); *count receives their number. */
+/* Names of the signatures ("f32", "f64", "mixed"); *count receives their number. */
 const char *const *fo_sig_names(int *count);
+
+/* ---- mixed storage (storage.c) ------------------------------------------------------------ */
+
+/* 1 if these stream dtypes form a mixed-storage tensor the adapter runs: param float16,
+ * bfloat16 or float32; gradient the param's dtype or float32; states float32, float16 or
+ * bfloat16; FO_M absent, or (16-bit params only) float32 (master) or the param's dtype
+ * (Kahan compensation). */
+int fo_mixed_signature(const unsigned char *dtypes);
+/* Run the float32 loop body `body` over elements [off, off + n) of a mixed-storage tensor,
+ * with the conversions of instruction set `isa`. */
+void fo_mixed_segment(const char *isa, fo_kernel_fn body, int64_t off, int64_t n,
+                      void *const *ptrs, const unsigned char *dtypes, const void *hp,
+                      const fo_store *st);
+/* Convert n elements with the conversions of instruction set `isa`: 16-bit `dt` (FO_DT_F16 or
+ * FO_DT_BF16) to float32 (to16 = 0) or float32 to `dt` rounded by `rounding` (element i of the
+ * call drawing as element index + i under `key`). Returns 0, or -1 for another dt. */
+int fo_convert(const char *isa, int dt, int to16, int rounding, uint64_t key, int64_t index,
+               int64_t n, const void *src, void *dst);
+/* Float32 bit patterns narrowed (nearest and stochastic; all 2^32 with `full`, else 2^23 that
+ * hold every rounding case) and every 16-bit pattern widened by the instruction set's loops,
+ * against the scalar reference: the number of mismatches. */
+int64_t fo_convert_check_all(const char *isa, int dt, int full);
 
 /* ---- run-time instruction-set choice ------------------------------------------------------ */
 
@@ -223,21 +257,22 @@ int fo_isa_select(const char *name);
 const fo_kernel_table *fo_isa_active(void);
 
 /* Run rule `rule` with signature `sig` on elements [off, off + n) of one tensor whose streams
- * are `ptrs` (FO_MAX_STREAMS pointers to element 0, unused ones NULL), with per-step scalars
- * `hp`. */
+ * are `ptrs` (FO_MAX_STREAMS pointers to element 0, unused ones NULL) of storage `dtypes`,
+ * with per-step scalars `hp` and (mixed storage) the rounding `st`. */
 void fo_run_segment(int rule, int sig, int64_t off, int64_t n, void *const *ptrs,
-                    const void *hp);
+                    const unsigned char *dtypes, const void *hp, const fo_store *st);
 
 /* ---- gradient norms ----------------------------------------------------------------------- */
 
 /* The partial reduction of n elements for a gradient norm: the sum of squares (FO_NORM_L2), of
  * absolute values (FO_NORM_L1), or the largest absolute value (FO_NORM_INF, NaN-propagating),
- * accumulated in double in an order that depends on n alone. */
+ * accumulated in double in an order that depends on n alone; x has storage dtype dt (FO_DT_*,
+ * 16-bit values widened exactly). */
 enum { FO_NORM_L2 = 0, FO_NORM_L1 = 1, FO_NORM_INF = 2 };
-double fo_norm_block(int kind, int is_f64, int64_t n, const void *x);
+double fo_norm_block(int kind, int dt, int64_t n, const void *x);
 /* The gradient pre-pass of one block: its sum of squares (bitwise what fo_norm_block gives for
  * FO_NORM_L2) and, in the same read, whether any element is NaN or infinite. */
-double fo_prepass_block(int is_f64, int64_t n, const void *x, int *nonfinite);
+double fo_prepass_block(int dt, int64_t n, const void *x, int *nonfinite);
 
 #ifdef __cplusplus
 }

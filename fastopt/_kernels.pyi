@@ -13,6 +13,9 @@ DT_F32: int
 DT_F64: int
 DT_F16: int
 DT_BF16: int
+ROUND_NEAREST: int
+ROUND_STOCHASTIC: int
+SIG_MIXED: int
 RULES: dict[str, int]
 ARG_NAMES: dict[str, tuple[str, ...]]
 OK: int
@@ -71,4 +74,10 @@ def run(f: Frame, rule: int, group: npt.NDArray[np.int32], args: npt.NDArray[np.
         nthreads: int, aux: npt.NDArray[np.float64] | None = None,
         max_norms: npt.NDArray[np.float64] | None = None, check_finite: bool = False,
         norms: npt.NDArray[np.float64] | None = None, memo: Memo | None = None,
-        release: bool = True) -> int: ...
+        release: bool = True, rounding: npt.NDArray[np.uint8] | None = None, seed: int = 0,
+        ids: npt.NDArray[np.int64] | None = None) -> int: ...
+def dtype_code(dtype: Any) -> int: ...
+def convert(src: np.ndarray, dst: np.ndarray, rounding: int = 0, key: int = 0, index: int = 0,
+            isa: str | None = None) -> np.ndarray: ...
+def convert_check_all(isa: str, dt: int, full: bool = False) -> int: ...
+def sr_key(seed: int, param: int, step: int) -> int: ...

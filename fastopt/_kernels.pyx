@@ -34,7 +34,7 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t, uintptr_t
+from libc.stdint cimport int64_t, uint64_t, uintptr_t
 from libc.stdlib cimport malloc, realloc, free, qsort
 from libc.math cimport fabs, sqrt
 from libc.string cimport memset, memcpy
@@ -53,6 +53,10 @@ cdef extern from "fastopt.h" nogil:
         FO_MAX_STREAMS
         FO_NRULES
         FO_NSIGS
+        FO_SIG_MIXED
+        FO_NSIGS_ALL
+        FO_ROUND_NEAREST
+        FO_ROUND_STOCHASTIC
         FO_DT_NONE
         FO_DT_F32
         FO_DT_F64
@@ -64,24 +68,36 @@ cdef extern from "fastopt.h" nogil:
     ctypedef struct fo_kernel_table:
         const char *name
     const fo_kernel_table *fo_isa_active()
+    ctypedef struct fo_store:
+        uint64_t key
+        int rounding
     void fo_run_segment(int rule, int sig, int64_t off, int64_t n, void *const *ptrs,
-                        const void *hp)
+                        const unsigned char *dtypes, const void *hp, const fo_store *st)
+    size_t fo_dt_size(int dt)
+    uint64_t fo_sr_key(uint64_t seed, int64_t param, int64_t step)
+    int fo_convert(const char *isa, int dt, int to16, int rounding, uint64_t key,
+                   int64_t index, int64_t n, const void *src, void *dst)
+    int64_t fo_convert_check_all(const char *isa, int dt, int full)
     size_t fo_hp_size(int rule)
     int fo_nargs(int rule)
     const char *const *fo_arg_names(int rule, int *count)
     const char *fo_rule_name(int rule)
     int fo_signature(const unsigned char *dtypes)
-    size_t fo_sig_elsize(int sig)
     const char *const *fo_sig_names(int *count)
     enum:
         FO_NORM_L2
         FO_NORM_L1
         FO_NORM_INF
-    double fo_norm_block(int kind, int is_f64, int64_t n, const void *x)
-    double fo_prepass_block(int is_f64, int64_t n, const void *x, int *nonfinite)
+    double fo_norm_block(int kind, int dt, int64_t n, const void *x)
+    double fo_prepass_block(int dt, int64_t n, const void *x, int *nonfinite)
     void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *aux,
                     double grad_scale)
     int fo_has_aux(int rule)
+
+cdef extern from "numpy/ndarraytypes.h":
+    enum:
+        NPY_HALF
+        NPY_USERDEF
 
 cdef extern from "fo_omp.h" nogil:
     int fo_omp_enabled()
@@ -98,6 +114,8 @@ if FO_MAX_STREAMS != S:
 MAX_STREAMS = FO_MAX_STREAMS
 STREAM_P, STREAM_G, STREAM_M = FO_P, FO_G, FO_M
 DT_NONE, DT_F32, DT_F64, DT_F16, DT_BF16 = FO_DT_NONE, FO_DT_F32, FO_DT_F64, FO_DT_F16, FO_DT_BF16
+ROUND_NEAREST, ROUND_STOCHASTIC = FO_ROUND_NEAREST, FO_ROUND_STOCHASTIC
+SIG_MIXED = FO_SIG_MIXED
 
 
 def _rule_table():
@@ -299,6 +317,20 @@ cdef int _cmp_interval(const void *a, const void *b) noexcept nogil:
     return (x > y) - (x < y)
 
 
+# NumPy's type number of ml_dtypes.bfloat16 once seen (a user dtype: its number is assigned when
+# ml_dtypes registers it); -1 until then. Whoever made a bfloat16 array imported ml_dtypes.
+cdef int _bf16_num = -1
+
+
+cdef int _find_bf16(int t):
+    global _bf16_num
+    import sys
+    mod = sys.modules.get("ml_dtypes")
+    if mod is not None:
+        _bf16_num = np.dtype(mod.bfloat16).num
+    return t == _bf16_num
+
+
 cdef inline unsigned char _np_code(cnp.ndarray a):
     cdef int t = cnp.PyArray_TYPE(a)
     if not cnp.PyArray_ISNOTSWAPPED(a):
@@ -307,7 +339,21 @@ cdef inline unsigned char _np_code(cnp.ndarray a):
         return FO_DT_F32
     if t == cnp.NPY_DOUBLE:
         return FO_DT_F64
+    if t == NPY_HALF:
+        return FO_DT_F16
+    if t >= NPY_USERDEF and (t == _bf16_num or (_bf16_num < 0 and _find_bf16(t))):
+        return FO_DT_BF16
     return FO_DT_NONE
+
+
+def dtype_code(object dtype):
+    """The storage code (DT_*) of a NumPy dtype, DT_NONE if the kernels cannot store it."""
+    cdef cnp.ndarray a = np.empty(0, dtype=dtype)
+    return _np_code(a)
+
+
+cdef inline bint _mixable(unsigned char code) noexcept:
+    return code == FO_DT_F32 or code == FO_DT_F16 or code == FO_DT_BF16
 
 
 cdef class Frame:
@@ -402,7 +448,10 @@ cdef class Frame:
         if code == FO_DT_NONE:
             return self._fail(R_DTYPE, i, k)
         if like is not None:
-            if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(like):
+            # another storage type than the param's: float32, float16 or bfloat16 on both
+            # sides (mixed storage); whether the combination runs is the signature's to say
+            if (cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(like)
+                    and not (_mixable(code) and _mixable(_np_code(like)))):
                 return self._fail(R_DTYPE, i, k)
             if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(like):
                 return self._fail(R_SHAPE, i, k)
@@ -675,11 +724,11 @@ cdef int _check_contract(Frame f, Memo memo, int *sigs) except -1:
         if sig < 0:
             raise ContractError(R_SIGNATURE, i, 0)
         sigs[i] = sig
-        es = fo_sig_elsize(sig)
         for k in range(S):
             a = f.addr[i * S + k]
             if f.dt[i * S + k] == FO_DT_NONE:
                 continue
+            es = fo_dt_size(f.dt[i * S + k])
             if a == 0 and f.count[i] > 0:
                 raise ContractError(R_NULL, i, k)
             if a % es != 0:
@@ -696,10 +745,10 @@ cdef int _check_contract(Frame f, Memo memo, int *sigs) except -1:
             for i in range(T):
                 if sigs[i] < 0 or f.count[i] == 0:
                     continue
-                es = fo_sig_elsize(sigs[i])
                 for k in range(S):
                     if k == FO_G or f.dt[i * S + k] == FO_DT_NONE:
                         continue
+                    es = fo_dt_size(f.dt[i * S + k])
                     w[nw].lo = f.addr[i * S + k]
                     w[nw].hi = f.addr[i * S + k] + <uintptr_t>(f.count[i] * es)
                     w[nw].tensor = i
@@ -722,7 +771,8 @@ cdef int _check_contract(Frame f, Memo memo, int *sigs) except -1:
             if sigs[i] < 0 or f.count[i] == 0:
                 continue
             a = f.addr[i * S + FO_G]
-            j = _find_overlap(use, nuse, a, a + <uintptr_t>(f.count[i] * fo_sig_elsize(sigs[i])))
+            j = _find_overlap(use, nuse, a,
+                              a + <uintptr_t>(f.count[i] * fo_dt_size(f.dt[i * S + FO_G])))
             if j >= 0:
                 raise ContractError(R_OVERLAP, i, FO_G, (use[j].tensor, use[j].stream))
     finally:
@@ -746,7 +796,9 @@ cdef struct Job:
     const int64_t *prefix
     const int64_t *active
     void **ptrs          # T x S
+    const unsigned char *dts   # T x S
     char **hp_of
+    const fo_store *store      # T
 
 
 cdef void _run_range(const Job *job, int64_t lo, int64_t hi) noexcept nogil:
@@ -766,7 +818,7 @@ cdef void _run_range(const Job *job, int64_t lo, int64_t hi) noexcept nogil:
         end = hi - job.prefix[i] if hi < job.prefix[i + 1] else job.active[i]
         if end > off:
             fo_run_segment(job.rule, job.sigs[i], off, end - off, &job.ptrs[i * S],
-                           job.hp_of[i])
+                           &job.dts[i * S], job.hp_of[i], &job.store[i])
         i += 1
 
 
@@ -786,30 +838,30 @@ cdef struct Blocks:
     int64_t n
     char **ptr
     int64_t *cnt
-    unsigned char *f64
+    unsigned char *dt     # the storage code of each block's array
     int64_t *owner        # the index of the array each block belongs to
 
 
 cdef int _cut_blocks(Blocks *b, int64_t T, const uintptr_t *base, const int64_t *count,
-                     const unsigned char *f64) except -1:
-    """Cut arrays (address, element count, float64?) into blocks; _free_blocks releases."""
+                     const unsigned char *dt) except -1:
+    """Cut arrays (address, element count, storage code) into blocks; _free_blocks releases."""
     cdef int64_t i, j, k = 0, nb = 0
     for i in range(T):
         nb += (count[i] + NORM_BLOCK - 1) // NORM_BLOCK
     b.n = nb
     b.ptr = <char **>malloc(max(nb, 1) * sizeof(char *))
     b.cnt = <int64_t *>malloc(max(nb, 1) * sizeof(int64_t))
-    b.f64 = <unsigned char *>malloc(max(nb, 1))
+    b.dt = <unsigned char *>malloc(max(nb, 1))
     b.owner = <int64_t *>malloc(max(nb, 1) * sizeof(int64_t))
-    if not b.ptr or not b.cnt or not b.f64 or not b.owner:
+    if not b.ptr or not b.cnt or not b.dt or not b.owner:
         _free_blocks(b)
         raise MemoryError()
     for i in range(T):
         j = 0
         while j * NORM_BLOCK < count[i]:
-            b.ptr[k] = <char *>base[i] + j * NORM_BLOCK * (8 if f64[i] else 4)
+            b.ptr[k] = <char *>base[i] + j * NORM_BLOCK * fo_dt_size(dt[i])
             b.cnt[k] = min(<int64_t>NORM_BLOCK, count[i] - j * NORM_BLOCK)
-            b.f64[k] = f64[i]
+            b.dt[k] = dt[i]
             b.owner[k] = i
             k += 1
             j += 1
@@ -817,8 +869,8 @@ cdef int _cut_blocks(Blocks *b, int64_t T, const uintptr_t *base, const int64_t 
 
 
 cdef void _free_blocks(Blocks *b) noexcept:
-    free(b.ptr); free(b.cnt); free(b.f64); free(b.owner)
-    b.ptr = NULL; b.cnt = NULL; b.f64 = NULL; b.owner = NULL
+    free(b.ptr); free(b.cnt); free(b.dt); free(b.owner)
+    b.ptr = NULL; b.cnt = NULL; b.dt = NULL; b.owner = NULL
 
 
 cdef inline int _block_threads(int64_t nblocks, int nt) noexcept:
@@ -838,18 +890,18 @@ cdef int _prepass(Frame f, const int *group, Py_ssize_t ngroups, double *sumsq,
     cdef Blocks blk
     cdef uintptr_t *base = <uintptr_t *>malloc(max(T, 1) * sizeof(uintptr_t))
     cdef int64_t *count = <int64_t *>malloc(max(T, 1) * sizeof(int64_t))
-    cdef unsigned char *f64 = <unsigned char *>malloc(max(T, 1))
+    cdef unsigned char *dts = <unsigned char *>malloc(max(T, 1))
     cdef double *part = NULL
     cdef int *bad = NULL
-    blk.ptr = NULL; blk.cnt = NULL; blk.f64 = NULL; blk.owner = NULL
+    blk.ptr = NULL; blk.cnt = NULL; blk.dt = NULL; blk.owner = NULL
     try:
-        if not base or not count or not f64:
+        if not base or not count or not dts:
             raise MemoryError()
         for i in range(T):      # the gradients of the stepping tensors
             base[i] = f.addr[i * S + FO_G]
             count[i] = f.count[i] if base[i] != 0 else 0
-            f64[i] = f.dt[i * S + FO_G] == FO_DT_F64
-        _cut_blocks(&blk, T, base, count, f64)
+            dts[i] = f.dt[i * S + FO_G]
+        _cut_blocks(&blk, T, base, count, dts)
         part = <double *>malloc(max(blk.n, 1) * sizeof(double))
         bad = <int *>malloc(max(blk.n, 1) * sizeof(int))
         if not part or not bad:
@@ -858,10 +910,10 @@ cdef int _prepass(Frame f, const int *group, Py_ssize_t ngroups, double *sumsq,
         with nogil:
             if nt <= 1:
                 for k in range(blk.n):
-                    part[k] = fo_prepass_block(blk.f64[k], blk.cnt[k], blk.ptr[k], &bad[k])
+                    part[k] = fo_prepass_block(blk.dt[k], blk.cnt[k], blk.ptr[k], &bad[k])
             else:
                 for k in prange(blk.n, num_threads=nt, schedule='static'):
-                    part[k] = fo_prepass_block(blk.f64[k], blk.cnt[k], blk.ptr[k], &bad[k])
+                    part[k] = fo_prepass_block(blk.dt[k], blk.cnt[k], blk.ptr[k], &bad[k])
         for k in range(ngroups):
             sumsq[k] = 0.0
             nonfinite[k] = 0
@@ -872,7 +924,7 @@ cdef int _prepass(Frame f, const int *group, Py_ssize_t ngroups, double *sumsq,
                 nonfinite[i] = 1
     finally:
         _free_blocks(&blk)
-        free(base); free(count); free(f64); free(part); free(bad)
+        free(base); free(count); free(dts); free(part); free(bad)
     return 0
 
 
@@ -885,7 +937,8 @@ cdef inline bint _vec(cnp.ndarray a, int typ, Py_ssize_t n, bint writeable):
 def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args not None,
         cnp.ndarray gscale not None, cnp.ndarray steps not None, bint increment, int nthreads,
         cnp.ndarray aux=None, cnp.ndarray max_norms=None, bint check_finite=False,
-        cnp.ndarray norms=None, Memo memo=None, bint release=True):
+        cnp.ndarray norms=None, Memo memo=None, bint release=True, cnp.ndarray rounding=None,
+        uint64_t seed=0, cnp.ndarray ids=None):
     """Run one step of ``rule`` over the tensors of frame ``f``.
 
     ``group`` int32 (T,): each tensor's row of ``args`` (float64 (groups, nargs): the argument
@@ -900,6 +953,11 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
     Returns OK or SKIPPED; raises ContractError (nothing modified) or ValueError on malformed
     arguments. The frame's owner references are released when the call ends (with
     ``release=False`` they are kept, so the same frame can run again: the benchmark's probe).
+
+    Mixed storage (16-bit streams): ``rounding`` uint8 (groups,) is each group's ROUND_* mode
+    for 16-bit values written without a master copy (default: nearest); stochastic draws are
+    keyed by (``seed``, the tensor's id, its step count), ids int64 (T,) (default: the tensor's
+    index in the frame).
     """
     cdef int64_t T = f.ntensors, i, total = 0, last = -1
     cdef Py_ssize_t ngroups, nargs, gi
@@ -921,6 +979,9 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
     cdef bint shared, prepass = False, any_bad = False
     cdef int nt, held
     cdef Job job
+    cdef fo_store *store = NULL
+    cdef const unsigned char *rnd = NULL
+    cdef const int64_t *pid = NULL
     if not 0 <= rule < FO_NRULES:
         raise ValueError(f"unknown rule {rule}")
     if f.busy:
@@ -949,6 +1010,17 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
                 prepass = True
     if norms is not None and not _vec(norms, cnp.NPY_DOUBLE, ngroups, True):
         raise ValueError(f"norms: expected a writeable contiguous float64 array of {ngroups}")
+    if rounding is not None:
+        if not _vec(rounding, cnp.NPY_UINT8, ngroups, False):
+            raise ValueError(f"rounding: expected a contiguous uint8 array of {ngroups}")
+        rnd = <const unsigned char *>cnp.PyArray_DATA(rounding)
+        for gi in range(ngroups):
+            if rnd[gi] != FO_ROUND_NEAREST and rnd[gi] != FO_ROUND_STOCHASTIC:
+                raise ValueError(f"rounding: unknown mode {rnd[gi]} for group {gi}")
+    if ids is not None:
+        if not _vec(ids, cnp.NPY_INT64, T, False):
+            raise ValueError(f"ids: expected a contiguous int64 array of {T}")
+        pid = <const int64_t *>cnp.PyArray_DATA(ids)
     prepass = prepass or check_finite
     grp = <int *>cnp.PyArray_DATA(group)
     for i in range(T):
@@ -969,8 +1041,9 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
         gs = <double *>malloc(max(ngroups, 1) * sizeof(double))
         sumsq = <double *>malloc(max(ngroups, 1) * sizeof(double))
         nonfinite = <int *>malloc(max(ngroups, 1) * sizeof(int))
+        store = <fo_store *>malloc(max(T, 1) * sizeof(fo_store))
         if (not sigs or not prefix or not active or not hps or not hp_of or not gs
-                or not sumsq or not nonfinite):
+                or not sumsq or not nonfinite or not store):
             raise MemoryError()
         # 1. the contract
         _check_contract(f, memo, sigs)
@@ -1010,6 +1083,10 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
                     fo_scalars(rule, hp_of[i], a + grp[i] * nargs, st[i],
                                ax + i if ax != NULL else NULL, gs[grp[i]])
                     last = i
+                store[i].rounding = rnd[grp[i]] if rnd != NULL else FO_ROUND_NEAREST
+                store[i].key = 0
+                if store[i].rounding == FO_ROUND_STOCHASTIC and sigs[i] == FO_SIG_MIXED:
+                    store[i].key = fo_sr_key(seed, pid[i] if pid != NULL else i, st[i])
             total += active[i]
             prefix[i + 1] = total
         job.rule = rule
@@ -1018,7 +1095,9 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
         job.prefix = prefix
         job.active = active
         job.ptrs = <void **>f.addr
+        job.dts = f.dt
         job.hp_of = hp_of
+        job.store = store
         nt = nthreads
         if total // _grain < nt:
             nt = <int>(total // _grain)
@@ -1036,7 +1115,7 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
         if release:
             f._drop_refs()
         free(sigs); free(prefix); free(active); free(hps); free(hp_of); free(gs)
-        free(sumsq); free(nonfinite)
+        free(sumsq); free(nonfinite); free(store)
 
 
 # ---- gradient norms -------------------------------------------------------------------------
@@ -1062,18 +1141,20 @@ def grad_norm(list arrays, double norm_type, int nthreads):
         raise ValueError(f"native norm_type must be 1, 2 or inf, got {norm_type}")
     cdef uintptr_t *base = <uintptr_t *>malloc(max(T, 1) * sizeof(uintptr_t))
     cdef int64_t *count = <int64_t *>malloc(max(T, 1) * sizeof(int64_t))
-    cdef unsigned char *f64 = <unsigned char *>malloc(max(T, 1))
+    cdef unsigned char *dts = <unsigned char *>malloc(max(T, 1))
     cdef double *part = NULL
-    blk.ptr = NULL; blk.cnt = NULL; blk.f64 = NULL; blk.owner = NULL
+    blk.ptr = NULL; blk.cnt = NULL; blk.dt = NULL; blk.owner = NULL
     try:
-        if not base or not count or not f64:
+        if not base or not count or not dts:
             raise MemoryError()
         for i in range(T):
             a = <cnp.ndarray?>arrays[i]
             base[i] = <uintptr_t>cnp.PyArray_DATA(a)
             count[i] = cnp.PyArray_SIZE(a)
-            f64[i] = cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE
-        _cut_blocks(&blk, T, base, count, f64)
+            dts[i] = _np_code(a)
+            if dts[i] == FO_DT_NONE:
+                raise ValueError(f"array {i}: dtype {a.dtype} has no native norm")
+        _cut_blocks(&blk, T, base, count, dts)
         part = <double *>malloc(max(blk.n, 1) * sizeof(double))
         if not part:
             raise MemoryError()
@@ -1081,10 +1162,10 @@ def grad_norm(list arrays, double norm_type, int nthreads):
         with nogil:
             if nt <= 1:
                 for k in range(blk.n):
-                    part[k] = fo_norm_block(kind, blk.f64[k], blk.cnt[k], blk.ptr[k])
+                    part[k] = fo_norm_block(kind, blk.dt[k], blk.cnt[k], blk.ptr[k])
             else:
                 for k in prange(blk.n, num_threads=nt, schedule='static'):
-                    part[k] = fo_norm_block(kind, blk.f64[k], blk.cnt[k], blk.ptr[k])
+                    part[k] = fo_norm_block(kind, blk.dt[k], blk.cnt[k], blk.ptr[k])
             for k in range(blk.n):
                 if kind == FO_NORM_INF:
                     if part[k] > total or part[k] != part[k]:
@@ -1093,5 +1174,55 @@ def grad_norm(list arrays, double norm_type, int nthreads):
                     total = total + part[k]
     finally:
         _free_blocks(&blk)
-        free(base); free(count); free(f64); free(part)
+        free(base); free(count); free(dts); free(part)
     return sqrt(total) if kind == FO_NORM_L2 else total
+
+
+# ---- 16-bit conversions (tests and the NumPy reference's rounding) --------------------------
+
+def convert(cnp.ndarray src not None, cnp.ndarray dst not None, int rounding=FO_ROUND_NEAREST,
+            uint64_t key=0, int64_t index=0, str isa=None):
+    """Convert src into dst, one of them float32 and the other float16 or bfloat16 (1-D,
+    contiguous, same size), with the conversions of instruction set ``isa`` (default: the
+    active one): widening exactly, or narrowing by ``rounding`` (stochastic: element j draws
+    as element index + j under ``key``)."""
+    cdef unsigned char cs = _np_code(src), cd = _np_code(dst)
+    cdef int to16, dt, rc
+    cdef bytes name = (isa if isa is not None else fo_isa_active().name.decode()).encode()
+    if not (_vec(src, cnp.PyArray_TYPE(src), cnp.PyArray_SIZE(dst), False)
+            and _vec(dst, cnp.PyArray_TYPE(dst), cnp.PyArray_SIZE(src), True)):
+        raise ValueError("convert: expected 1-D contiguous arrays of one size, dst writeable")
+    if cs == FO_DT_F32 and (cd == FO_DT_F16 or cd == FO_DT_BF16):
+        to16, dt = 1, cd
+    elif cd == FO_DT_F32 and (cs == FO_DT_F16 or cs == FO_DT_BF16):
+        to16, dt = 0, cs
+    else:
+        raise ValueError(f"convert: from {src.dtype} to {dst.dtype} is not a 16-bit conversion")
+    if rounding != FO_ROUND_NEAREST and rounding != FO_ROUND_STOCHASTIC:
+        raise ValueError(f"convert: unknown rounding {rounding}")
+    cdef const char *cname = name
+    cdef int64_t n = cnp.PyArray_SIZE(src)
+    cdef void *ps = cnp.PyArray_DATA(src)
+    cdef void *pd = cnp.PyArray_DATA(dst)
+    with nogil:
+        rc = fo_convert(cname, dt, to16, rounding, key, index, n, ps, pd)
+    if rc != 0:
+        raise ValueError("convert: unsupported dtype")
+    return dst
+
+
+def convert_check_all(str isa, int dt, bint full=False):
+    """Mismatches of instruction set ``isa``'s conversion loops against the scalar reference,
+    over every float32 bit pattern (``full``) or 2^23 holding every rounding case, and every
+    16-bit one (see fo_convert_check_all)."""
+    cdef bytes name = isa.encode()
+    cdef const char *cname = name
+    cdef int64_t bad
+    with nogil:
+        bad = fo_convert_check_all(cname, dt, full)
+    return bad
+
+
+def sr_key(uint64_t seed, int64_t param, int64_t step):
+    """The stochastic-rounding key of one param at one step."""
+    return fo_sr_key(seed, param, step)
