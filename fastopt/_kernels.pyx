@@ -573,6 +573,8 @@ cdef class Frame:
                         needs = True
                 for s in range(nslots):
                     k = <int>(<tuple>PyTuple_GET_ITEM(slots, s))[0]
+                    if k == FO_M and self.dt[i * S] != FO_DT_F16 and self.dt[i * S] != FO_DT_BF16:
+                        continue        # a master copy or compensation: 16-bit params only
                     key = (<tuple>PyTuple_GET_ITEM(slots, s))[1]
                     item = PyDict_GetItem(st, key)
                     if item == NULL:

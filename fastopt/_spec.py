@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from . import _validation as v
 from . import reference
 
@@ -36,6 +38,70 @@ _KW = ("*", None)   # marks the start of keyword-only hyperparameters in ``hyper
 
 # Every rule that reads a gradient also takes these (fastopt's additions to torch's rules).
 COMMON = (("max_grad_norm", None), ("clip_value", None))
+
+# ---- storage: how 16-bit params and states are kept (every optimizer; csrc/storage.c) -------
+# Group keys with their defaults (torch's behaviour: states in the param's dtype, rounding to
+# nearest, no master copy); the stream and state key of a 16-bit param's master copy or
+# Kahan compensation.
+STORAGE = (("master_weights", False), ("rounding", "nearest"), ("state_dtype", None))
+ROUNDINGS = ("nearest", "stochastic", "kahan")
+M = 5
+MASTER_KEY, KAHAN_KEY = "master_param", "kahan_comp"
+
+
+@dataclass(frozen=True)
+class Storage:
+    master: bool
+    rounding: str
+    state_dtype: Any            # None (the param's dtype; float32 with a master copy) or a dtype
+
+    @property
+    def code(self) -> int:
+        """The driver's rounding mode for 16-bit values written without a master copy."""
+        return 1 if self.rounding == "stochastic" else 0
+
+    def extra_slot(self) -> tuple[tuple[int, str], ...]:
+        """(stream, key) of the master copy or compensation (16-bit params only)."""
+        if self.master:
+            return ((M, MASTER_KEY),)
+        if self.rounding == "kahan":
+            return ((M, KAHAN_KEY),)
+        return ()
+
+    def buffer_dtype(self, param_dtype):
+        """The dtype of a param's state buffers."""
+        d = np.dtype(param_dtype)
+        if d == np.float64:
+            return d
+        if self.state_dtype is not None:
+            return self.state_dtype
+        if self.master and v.is16(d):
+            return np.dtype(np.float32)
+        return d
+
+
+def check_storage(group: Mapping) -> Storage:
+    """Validate a group's storage keys."""
+    master = v.flag("master_weights", group.get("master_weights", False))
+    rounding = group.get("rounding", "nearest")
+    if not isinstance(rounding, str) or rounding not in ROUNDINGS:
+        raise ValueError(f"Invalid rounding: {rounding!r} (expected one of "
+                         f"{', '.join(map(repr, ROUNDINGS))})")
+    if master and rounding == "kahan":
+        raise ValueError("rounding='kahan' keeps a compensation buffer in place of master "
+                         "weights: use master_weights=True or rounding='kahan', not both")
+    sd = group.get("state_dtype")
+    dtype = None
+    if sd is not None:
+        try:
+            dtype = np.dtype(sd)
+        except TypeError:
+            raise TypeError(f"Invalid state_dtype: {sd!r} (expected None, np.float32 or "
+                            "ml_dtypes.bfloat16)") from None
+        if dtype != np.float32 and not (dtype.kind == "V" and dtype.name == "bfloat16"):
+            raise ValueError(f"Invalid state_dtype: {dtype} (expected None, float32 or "
+                             "bfloat16)")
+    return Storage(bool(master), rounding, dtype)
 
 
 def _always(group: Mapping) -> bool:

@@ -17,6 +17,43 @@ import numpy as np
 from ._backend import native as _native
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+F32, F16 = np.dtype(np.float32), np.dtype(np.float16)
+
+
+def bfloat16():
+    """ml_dtypes' bfloat16 dtype, or None where ml_dtypes is not installed (it is imported only
+    if some array already uses it, or when asked for: ``fastopt[bf16]``)."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def is16(dtype) -> bool:
+    """float16 or bfloat16 (the 16-bit storage types)."""
+    return dtype == F16 or (dtype.kind == "V" and dtype.name == "bfloat16")
+
+
+def storage_dtype(dtype) -> bool:
+    """A dtype the kernels store: float32, float64, float16, bfloat16 (native byte order)."""
+    return (dtype in FLOAT_DTYPES or is16(dtype)) and dtype.isnative
+
+
+def stream_dtypes(param_dtype, stream: int) -> tuple:
+    """The dtypes stream ``stream`` (1 gradient, 2-4 state, 5 master/compensation) may have
+    for a param of ``param_dtype``: the param's own, or (mixed storage) float32 gradients of
+    16-bit params, float32/16-bit states of 16/32-bit params, and for 16-bit params a float32
+    master copy or a Kahan compensation of the param's dtype (csrc/storage.c)."""
+    d = np.dtype(param_dtype)
+    if d == np.float64:
+        return (d,) if stream != 5 else ()
+    sixteen = tuple(x for x in (F16, bfloat16()) if x is not None)
+    if stream == 1:
+        return (d, F32) if is16(d) else (d,)
+    if stream == 5:
+        return (F32, d) if is16(d) else ()
+    return (d,) + tuple(x for x in (F32,) + sixteen if x != d)
 
 
 def _describe(x) -> str:
@@ -28,12 +65,13 @@ def _describe(x) -> str:
 
 
 def check_param(name: str, p) -> None:
-    """A param (or an in-place state buffer): float32/float64 ndarray, C-contiguous, writeable."""
+    """A param: float32/float64/float16/bfloat16 ndarray, C-contiguous, writeable."""
     if not isinstance(p, np.ndarray):
-        raise TypeError(f"{name}: expected a NumPy array of float32 or float64, got {_describe(p)}")
-    if p.dtype not in FLOAT_DTYPES or not p.dtype.isnative:
-        raise TypeError(f"{name}: expected dtype float32 or float64 (native byte order), "
-                        f"got {p.dtype}")
+        raise TypeError(f"{name}: expected a NumPy array of float32, float64, float16 or "
+                        f"bfloat16, got {_describe(p)}")
+    if not storage_dtype(p.dtype):
+        raise TypeError(f"{name}: expected dtype float32, float64, float16 or bfloat16 (native "
+                        f"byte order), got {p.dtype}")
     if not p.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array (it is updated in place, so it "
                          f"cannot be copied), got strides {p.strides} for shape {p.shape}; "
@@ -45,14 +83,21 @@ def check_param(name: str, p) -> None:
         raise ValueError(f"{name}: expected a writeable array, got a read-only one")
 
 
-def check_like(name: str, a, like: np.ndarray, like_name: str, *, writeable: bool) -> None:
-    """An array that must match ``like`` exactly: same dtype and shape, C-contiguous, aligned."""
+def check_like(name: str, a, like: np.ndarray, like_name: str, *, writeable: bool,
+               stream: int | None = None) -> None:
+    """An array that must match ``like``: same shape, C-contiguous, aligned, and the same dtype
+    (or, given the ``stream`` it fills, one of stream_dtypes: mixed storage)."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name}: expected a NumPy array of dtype {like.dtype} and shape "
                         f"{like.shape} (like {like_name}), got {_describe(a)}")
-    if a.dtype != like.dtype or not a.dtype.isnative:
-        raise TypeError(f"{name}: expected dtype {like.dtype} (that of {like_name}), "
-                        f"got {a.dtype}")
+    allowed = (like.dtype,) if stream is None else stream_dtypes(like.dtype, stream)
+    if a.dtype not in allowed or not a.dtype.isnative:
+        if len(allowed) == 1:
+            want = f"dtype {like.dtype} (that of {like_name})"
+        else:
+            want = (f"one of dtypes {', '.join(str(x) for x in allowed)} (for {like_name} of "
+                    f"dtype {like.dtype})")
+        raise TypeError(f"{name}: expected {want}, got {a.dtype}")
     if a.shape != like.shape:
         raise ValueError(f"{name}: expected shape {like.shape} (that of {like_name}), "
                          f"got {a.shape}")

@@ -84,12 +84,16 @@ class Adam(Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
                  maximize: bool = False, l1: float = 0.0,
                  max_grad_norm: float | None = None,
-                 clip_value: float | None = None) -> None:
+                 clip_value: float | None = None,
+                 master_weights: bool = False, rounding: str = "nearest",
+                 state_dtype=None, seed: int = 0) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize, l1=l1,
-                        max_grad_norm=max_grad_norm, clip_value=clip_value)
+                        max_grad_norm=max_grad_norm, clip_value=clip_value,
+                        master_weights=master_weights, rounding=rounding,
+                        state_dtype=state_dtype)
         self._check_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, seed=seed)
 
 
 class AdamW(Adam):
@@ -120,10 +124,14 @@ class AdamW(Adam):
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
                  maximize: bool = False, l1: float = 0.0,
                  max_grad_norm: float | None = None,
-                 clip_value: float | None = None) -> None:
+                 clip_value: float | None = None,
+                 master_weights: bool = False, rounding: str = "nearest",
+                 state_dtype=None, seed: int = 0) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, l1=l1,
-                         max_grad_norm=max_grad_norm, clip_value=clip_value)
+                         max_grad_norm=max_grad_norm, clip_value=clip_value,
+                         master_weights=master_weights, rounding=rounding,
+                         state_dtype=state_dtype, seed=seed)
 
 
 class Adamax(Optimizer):
@@ -150,12 +158,16 @@ class Adamax(Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False,
                  l1: float = 0.0,
                  max_grad_norm: float | None = None,
-                 clip_value: float | None = None) -> None:
+                 clip_value: float | None = None,
+                 master_weights: bool = False, rounding: str = "nearest",
+                 state_dtype=None, seed: int = 0) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         maximize=maximize, l1=l1,
-                        max_grad_norm=max_grad_norm, clip_value=clip_value)
+                        max_grad_norm=max_grad_norm, clip_value=clip_value,
+                        master_weights=master_weights, rounding=rounding,
+                        state_dtype=state_dtype)
         self._check_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, seed=seed)
 
 
 class RAdam(Optimizer):
@@ -191,12 +203,16 @@ class RAdam(Optimizer):
                  decoupled_weight_decay: bool = False, *, maximize: bool = False,
                  l1: float = 0.0,
                  max_grad_norm: float | None = None,
-                 clip_value: float | None = None) -> None:
+                 clip_value: float | None = None,
+                 master_weights: bool = False, rounding: str = "nearest",
+                 state_dtype=None, seed: int = 0) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, l1=l1,
-                        max_grad_norm=max_grad_norm, clip_value=clip_value)
+                        max_grad_norm=max_grad_norm, clip_value=clip_value,
+                        master_weights=master_weights, rounding=rounding,
+                        state_dtype=state_dtype)
         self._check_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, seed=seed)
 
 
 class NAdam(Optimizer):
@@ -230,10 +246,14 @@ class NAdam(Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
                  decoupled_weight_decay: bool = False, *, maximize: bool = False,
                  l1: float = 0.0, max_grad_norm: float | None = None,
-                 clip_value: float | None = None) -> None:
+                 clip_value: float | None = None,
+                 master_weights: bool = False, rounding: str = "nearest",
+                 state_dtype=None, seed: int = 0) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         momentum_decay=momentum_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, l1=l1,
-                        max_grad_norm=max_grad_norm, clip_value=clip_value)
+                        max_grad_norm=max_grad_norm, clip_value=clip_value,
+                        master_weights=master_weights, rounding=rounding,
+                        state_dtype=state_dtype)
         self._check_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, seed=seed)

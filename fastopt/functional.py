@@ -76,12 +76,13 @@ def _check_lists(streams: list, name) -> None:
         for k in range(2, S):
             col = streams[k]
             if col is not None and col[i] is not None:
-                _validation.check_like(name(k, i), col[i], p, name(0, i), writeable=True)
+                _validation.check_like(name(k, i), col[i], p, name(0, i), writeable=True,
+                                       stream=k)
                 written.append((name(k, i), col[i]))
     grads = streams[1]
     for i, (g, p) in enumerate(zip(grads, params)):
         if g is not None:
-            _validation.check_like(name(1, i), g, p, name(0, i), writeable=False)
+            _validation.check_like(name(1, i), g, p, name(0, i), writeable=False, stream=1)
     _validation.check_disjoint(written)
     spans = _validation.WrittenSpans(written)
     for i, g in enumerate(grads):
@@ -103,7 +104,7 @@ def _prepass_reference(grads, group, ngroups, check_finite):
 
 
 def _run_reference(rule, streams, group, records, gscale, steps, increment, aux, max_norms,
-                   check_finite, norms):
+                   check_finite, norms, rounding=None, seed=0):
     grads = streams[1]
     ngroups = len(records)
     gs = [float(x) for x in gscale]
@@ -131,9 +132,21 @@ def _run_reference(rule, streams, group, records, gscale, steps, increment, aux,
             kw = dict(kwargs[group[i]])
             if rule.name not in ("probe", "ema"):
                 kw["grad_scale"] = gs[group[i]]
-            rule.reference(streams[0][i], g, bufs, step=int(steps[i]),
+            mode = 0 if rounding is None else int(rounding[group[i]])
+            mixed = reference.Mixed.of(streams[0][i], g, bufs, streams[S - 1][i]
+                                       if streams[S - 1] is not None else None)
+            if mixed is None:
+                rule.reference(streams[0][i], g, bufs, step=int(steps[i]),
+                               aux=None if aux is None else aux[i:i + 1], **kw)
+                continue
+            rule.reference(mixed.param, mixed.grad, mixed.bufs, step=int(steps[i]),
                            aux=None if aux is None else aux[i:i + 1], **kw)
+            mixed.store(mode, _native_key(seed, i, int(steps[i])) if mode else 0)
     return OK
+
+
+def _native_key(seed, i, step):
+    return reference.sr_key(seed, i, step)
 
 
 @contextlib.contextmanager
@@ -160,7 +173,8 @@ def _signals_deferred():
 
 def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, records,
               gscale=None, steps=None, increment: bool = False, aux=None, max_norms=None,
-              check_finite: bool = False, norms=None, memo=None) -> int:
+              check_finite: bool = False, norms=None, memo=None, rounding=None,
+              seed: int = 0) -> int:
     """Run ``rule`` over NumPy lists: ``streams`` holds FO_MAX_STREAMS entries (params, grads,
     then each state stream: a list with one entry per tensor, or None). ``names`` names each
     stream for messages (``names[k][i]``). ``records`` are the argument records (one per
@@ -177,7 +191,7 @@ def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, 
     if not NATIVE:
         _check_lists(streams, name)
         return _run_reference(rule, streams, group, records, gscale, steps, increment, aux,
-                              max_norms, check_finite, norms)
+                              max_norms, check_finite, norms, rounding, seed)
     frame = _native.Frame()
     rc = frame.fill_numpy_lists(streams, n)
     if rc >= 0:
@@ -186,7 +200,7 @@ def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, 
     try:
         return _native.run(frame, _native.RULES[rule.name], group, records, gscale, steps,
                            increment, get_num_threads(), aux, max_norms, check_finite, norms,
-                           memo)
+                           memo, True, _rounding(rounding), seed)
     except _native.ContractError:
         _check_lists(streams, name)
         raise
@@ -194,24 +208,32 @@ def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, 
 
 def run_frame(frame: Any, rule: _spec.Rule, *, group, records, gscale, steps,
               increment: bool, aux=None, max_norms=None, check_finite: bool = False,
-              norms=None, memo=None, nthreads: int | None = None, release: bool = True) -> int:
+              norms=None, memo=None, nthreads: int | None = None, release: bool = True,
+              rounding=None, seed: int = 0, ids=None) -> int:
     """Run ``rule`` over a frame an adapter filled (native backend only). Raises
     fastopt._kernels.ContractError, which the adapter turns into a message. ``release=False``
     keeps the frame's references, so that it can run again unchanged (the benchmark's probe)."""
     return run_prepared(frame, *prepare(rule, group=group, records=records, gscale=gscale,
                                         steps=steps, increment=increment, aux=aux,
                                         max_norms=max_norms, check_finite=check_finite,
-                                        norms=norms, memo=memo, release=release),
+                                        norms=norms, memo=memo, release=release,
+                                        rounding=rounding, seed=seed, ids=ids),
                         nthreads=nthreads)
 
 
 def prepare(rule: _spec.Rule, *, group, records, gscale, steps, increment: bool, aux=None,
             max_norms=None, check_finite: bool = False, norms=None, memo=None,
-            release: bool = True) -> tuple[tuple, tuple]:
+            release: bool = True, rounding=None, seed: int = 0,
+            ids=None) -> tuple[tuple, tuple]:
     """run_frame's arguments as the driver takes them, made once by a frontend that steps the
     same tables every step (the NumPy optimizers): pass them to ``run_prepared``."""
     return ((_native.RULES[rule.name], group, records, gscale, steps, increment),
-            (aux, max_norms, check_finite, norms, memo, release))
+            (aux, max_norms, check_finite, norms, memo, release, _rounding(rounding), seed,
+             ids))
+
+
+def _rounding(rounding):
+    return None if rounding is None else np.ascontiguousarray(rounding, dtype=np.uint8)
 
 
 def run_prepared(frame: Any, head: tuple, tail: tuple, nthreads: int | None = None) -> int:

@@ -32,8 +32,12 @@ class Lion(Optimizer):
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, l1: float = 0.0,
                  max_grad_norm: float | None = None,
-                 clip_value: float | None = None) -> None:
+                 clip_value: float | None = None,
+                 master_weights: bool = False, rounding: str = "nearest",
+                 state_dtype=None, seed: int = 0) -> None:
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, l1=l1,
-                        max_grad_norm=max_grad_norm, clip_value=clip_value)
+                        max_grad_norm=max_grad_norm, clip_value=clip_value,
+                        master_weights=master_weights, rounding=rounding,
+                        state_dtype=state_dtype)
         self._check_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, seed=seed)

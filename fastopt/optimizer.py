@@ -33,13 +33,17 @@ from ._backend import native as _native
 
 # Hyperparameters every optimizer has besides its rule's own (handled here, not by subclasses):
 # gradient clipping by global norm (per group) and by value.
-_COMMON_KEYS = ("max_grad_norm", "clip_value")
+_COMMON_KEYS = ("max_grad_norm", "clip_value") + tuple(k for k, _ in _spec.STORAGE)
 _NATIVE = functional.NATIVE
 _same_objects = _native.same_objects
 _OK = functional.OK
 if _NATIVE:
     _R_NEEDS_STATE = _native.R_NEEDS_STATE
     _R_GROUP_SIZE = _native.R_GROUP_SIZE
+
+
+def _is16(p) -> bool:
+    return isinstance(p, np.ndarray) and _validation.is16(p.dtype)
 
 
 def _freeze(group: dict) -> None:
@@ -59,8 +63,17 @@ class Optimizer:
 
     _spec: _spec.Rule
 
-    def __init__(self, params: Iterable[np.ndarray] | Iterable[dict], defaults: dict):
+    def __init__(self, params: Iterable[np.ndarray] | Iterable[dict], defaults: dict, *,
+                 seed: int = 0):
         self.defaults = dict(defaults)
+        for key, value in _spec.STORAGE:
+            self.defaults.setdefault(key, value)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+                or not 0 <= int(seed) < 2 ** 64:
+            raise ValueError(f"Invalid seed: {seed!r} (expected an integer in [0, 2**64))")
+        self._seed = int(seed)
+        self._storage: list[_spec.Storage] = []
+        self._rounding = np.zeros(0, np.uint8)
         self.param_groups: list[dict] = []
         self.state: dict[int, dict] = {}
         self._sizes: list[int] = []             # params per group when it was added
@@ -111,6 +124,7 @@ class Optimizer:
         """The group's record, its own and the common hyperparameters checked."""
         row = self._check_group(dict(group))
         _spec.check_max_grad_norm(group)
+        _spec.check_storage(group)
         return row
 
     def _buffers(self, group: Mapping) -> tuple[tuple[int, str], ...]:
@@ -205,7 +219,10 @@ class Optimizer:
             rows = [self._row(g) for g in groups]
             self._max_norms = np.array([_spec.check_max_grad_norm(g) for g in groups])
             self.last_grad_norms = [None] * len(groups)
-            self._slots = [self._buffers(g) for g in groups]
+            self._storage = [_spec.check_storage(g) for g in groups]
+            self._rounding = np.array([s.code for s in self._storage], np.uint8)
+            self._slots = [self._buffers(g) + s.extra_slot()
+                           for g, s in zip(groups, self._storage)]
             self._args = np.array(rows, dtype=np.float64)
             self._ones = np.ones(len(groups))
             self._norms = np.zeros(len(groups))
@@ -262,7 +279,8 @@ class Optimizer:
                 steps=self._steps, increment=True,
                 aux=self._aux if self._spec.aux is not None else None,
                 max_norms=self._max_norms if clipped else None, check_finite=False,
-                norms=self._norms if clipped else None)
+                norms=self._norms if clipped else None, rounding=self._rounding,
+                seed=self._seed)
         if grad_scale is None:
             return self._kwargs
         return dict(self._kwargs, gscale=np.full(len(self.param_groups), 1.0 / grad_scale),
@@ -330,7 +348,7 @@ class Optimizer:
             if st is None:
                 continue
             for stream, key in self._slots[self._group_of[i]]:
-                if key in st:
+                if key in st and (stream != _spec.M or _is16(params[i])):
                     streams[stream][i] = st[key]
         return streams
 
@@ -357,8 +375,8 @@ class Optimizer:
                 done.append((i, "step", int(self._steps[i]), st.get("step")))
                 self._steps[i] = value
                 self._point_views(i, st)
-            for _, key in self._slots[self._group_of[i]]:
-                if key not in st:
+            for stream, key in self._slots[self._group_of[i]]:
+                if key not in st and (stream != _spec.M or _is16(p)):
                     st[key] = self._new_buffer(key, p, group)
                     done.append((i, key, int(self._steps[i]), None))
                     self._on_new_buffer(i, key)
@@ -398,11 +416,18 @@ class Optimizer:
             raise RuntimeError("fastopt: internal error, a step was refused without a reason")
 
     def _new_buffer(self, key: str, p: np.ndarray, group: dict) -> np.ndarray:
-        """A state buffer's initial value (zeros, or the spec's fill value)."""
+        """A state buffer's initial value (zeros, or the spec's fill value) in the group's
+        state dtype; a 16-bit param's float32 master copy, or its zero compensation."""
+        storage = _spec.check_storage(group)
+        if key == _spec.MASTER_KEY:
+            return p.astype(np.float32)
+        if key == _spec.KAHAN_KEY:
+            return np.zeros_like(p)
+        dtype = storage.buffer_dtype(p.dtype)
         for b in self._spec.buffers:
             if b.key == key and b.fill is not None:
-                return np.full_like(p, b.fill(group))
-        return np.zeros_like(p)
+                return np.full(p.shape, b.fill(group), dtype=dtype)
+        return np.zeros(p.shape, dtype=dtype)
 
     def _on_new_buffer(self, i: int, key: str) -> None:
         """Hook: a state buffer was just created for param i."""
@@ -490,7 +515,11 @@ class Optimizer:
             if not isinstance(saved, Mapping):
                 raise TypeError(f"state_dict: state[{pid!r}] must be a dict")
             p = self._live_params()[i]
+            storage = _spec.check_storage(new_groups[self._group_of[i]])
             bufs = self._buffers(new_groups[self._group_of[i]])
+            if _is16(p):
+                bufs = bufs + storage.extra_slot()
+            stream_of = {key: stream for stream, key in bufs}
             st = {}
             for _, key in bufs:
                 if key not in saved:
@@ -508,7 +537,8 @@ class Optimizer:
                                                   what=f"state_dict: state[{pid!r}][{key!r}]")
                     continue
                 _validation.check_like(f"state_dict: state[{pid!r}][{key!r}]", value, p,
-                                       f"params[{i}]", writeable=False)
+                                       f"params[{i}]", writeable=False,
+                                       stream=stream_of.get(key, 2))
                 st[key] = np.array(value, copy=True, order="C")
             if self._spec.aux is not None and self._spec.aux not in saved:
                 raise ValueError(f"state_dict: state[{pid!r}] lacks {self._spec.aux!r}")

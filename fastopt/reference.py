@@ -344,7 +344,7 @@ def grad_norm(arrays, norm_type):
 def grad_sumsq(arrays):
     """The sum of squares of all arrays together, in grad_norm's order (the native pre-pass's
     too): the square of the 2-norm before its square root."""
-    return _block_sum([np.asarray(a).reshape(-1) for a in arrays], 2.0)
+    return _block_sum([_wide(np.asarray(a)).reshape(-1) for a in arrays], 2.0)
 
 
 def _block_sum(flat, norm_type):
@@ -409,3 +409,138 @@ def _max_abs(flat):
             lane = last_block % NORM_LANES
             return float(x[last_block[lane == lane.max()][-1]])
     return max([0.0] + maxima)
+
+
+# ---- 16-bit storage: csrc/storage.c's conversions and adapter, in NumPy ------------------------
+
+def _is16(a) -> bool:
+    return a is not None and (a.dtype == np.float16 or (a.dtype.kind == "V"
+                                                        and a.dtype.name == "bfloat16"))
+
+
+def _wide(a):
+    """A 16-bit array widened to float32 (exact); other arrays as they are."""
+    return a.astype(np.float32) if _is16(a) else a
+
+
+_M64 = (1 << 64) - 1
+
+
+def _mix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def sr_key(seed: int, param: int, step: int) -> int:
+    """The stochastic-rounding key of one param at one step (fo_sr_key)."""
+    return _mix64(seed ^ _mix64((param & _M64) ^ _mix64(step & _M64)))
+
+
+def _mix32(x):
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def draws(key: int, index: int, n: int):
+    """The 16 random bits of elements index .. index + n - 1 under ``key`` (fo_draw)."""
+    idx = np.arange(index, index + n, dtype=np.uint64)
+    klo, khi = np.uint32(key & 0xFFFFFFFF), np.uint32(key >> 32)
+    hi = _mix32(khi ^ (idx >> np.uint64(32)).astype(np.uint32))
+    return _mix32((idx.astype(np.uint32) * np.uint32(0x9E3779B1)) ^ klo ^ hi) >> np.uint32(16)
+
+
+def narrow(x, dtype, rounding: int = 0, key: int = 0, index: int = 0):
+    """float32 ``x`` rounded to the 16-bit ``dtype``: to nearest even (rounding 0) or
+    stochastically (1) with the draws of ``key`` from element ``index`` on (csrc/storage.c)."""
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    u = x.view(np.uint32)
+    a = u & np.uint32(0x7FFFFFFF)
+    sign = ((u >> np.uint32(16)) & np.uint32(0x8000)).astype(np.uint16)
+    bf16 = np.dtype(dtype) != np.float16
+    with np.errstate(over="ignore", invalid="ignore"):
+        if bf16:
+            near = np.where(a > np.uint32(0x7F800000), sign | np.uint16(0x7FC0),
+                            ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
+                             >> np.uint32(16)).astype(np.uint16))
+        else:
+            near = x.astype(np.float16).view(np.uint16)
+            nan = a > np.uint32(0x7F800000)
+            near = np.where(nan, sign | np.uint16(0x7E00)
+                            | ((a >> np.uint32(13)) & np.uint32(0x3FF)).astype(np.uint16), near)
+    if rounding == 0:
+        return near.astype(np.uint16).view(dtype)
+    r = draws(key, index, x.size)
+    special = (a & np.uint32(0x7F800000)) == np.uint32(0x7F800000)
+    if bf16:
+        out = np.where(special, near, ((u + r) >> np.uint32(16)).astype(np.uint16))
+        return out.astype(np.uint16).view(dtype)
+    b = a - np.uint32(0x38000000)
+    normal = (b >> np.uint32(13)) + ((r >> np.uint32(3)) < (b & np.uint32(0x1FFF)))
+    e = (a >> np.uint32(23)).astype(np.int64)
+    shift = np.clip(126 - e, 0, 63).astype(np.uint64)
+    m = ((a & np.uint32(0x7FFFFF)) | np.uint32(0x800000)).astype(np.uint64)
+    q = m >> shift
+    rem = m & ((np.uint64(1) << shift) - np.uint64(1))
+    frac16 = (rem << np.uint64(16)) >> shift
+    sub = (q + (r.astype(np.uint64) < frac16)).astype(np.uint32)
+    sub = np.where((e == 0) | (shift >= 40), np.uint32(0), sub)
+    h = np.where(a < np.uint32(0x38800000), sub, normal)
+    h = np.where(a >= np.uint32(0x47800000), np.uint32(0x7C00), h)
+    out = np.where(special, near, sign | h.astype(np.uint16))
+    return out.astype(np.uint16).view(dtype)
+
+
+def _salt(key: int, stream: int) -> int:
+    return key ^ ((0x5BD1E995 * stream) & _M64)
+
+
+class Mixed:
+    """A mixed-storage tensor for the reference rules: float32 working arrays for its 16-bit
+    streams (float32 streams are used as they are), and how they are written back (the
+    adapter's rules, csrc/storage.c: a float32 master copy updated in place and the param
+    rounded from it; a Kahan compensation; or the 16-bit param and states rounded by the
+    call's mode)."""
+
+    def __init__(self, p, g, bufs, m):
+        self._p, self._bufs, self._m = p, bufs, m
+        self.master = _is16(p) and m is not None and m.dtype == np.float32
+        self.kahan = _is16(p) and m is not None and m.dtype == p.dtype
+        if self.master:
+            self.param = m
+        elif self.kahan:
+            self.param = p.astype(np.float32) + m.astype(np.float32)
+        else:
+            self.param = _wide(p)
+        self.grad = _wide(g)
+        self.bufs = [None, None] + [None if b is None else _wide(b) for b in bufs[2:]]
+
+    @classmethod
+    def of(cls, p, g, bufs, m):
+        """A Mixed for these streams, or None when they share one float32 or float64 type."""
+        arrays = [x for x in [g] + list(bufs[2:]) + [m] if x is not None]
+        if m is None and p.dtype in (np.float32, np.float64) \
+                and all(x.dtype == p.dtype for x in arrays):
+            return None
+        return cls(p, g, bufs, m)
+
+    def store(self, rounding: int, key: int) -> None:
+        """Write the working arrays back (after the rule ran on them)."""
+        for k in range(2, len(self._bufs)):
+            b = self._bufs[k]
+            if _is16(b):
+                b.reshape(-1)[...] = narrow(self.bufs[k], b.dtype, rounding, _salt(key, k))
+        p = self._p
+        if self.master:
+            p.reshape(-1)[...] = narrow(self._m, p.dtype)
+        elif self.kahan:
+            rounded = narrow(self.param, p.dtype)
+            p.reshape(-1)[...] = rounded
+            rest = self.param.reshape(-1) - rounded.astype(np.float32)
+            self._m.reshape(-1)[...] = narrow(rest, p.dtype)
+        elif _is16(p):
+            p.reshape(-1)[...] = narrow(self.param, p.dtype, rounding, key)

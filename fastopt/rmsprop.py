@@ -41,12 +41,16 @@ class RMSprop(Optimizer):
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
                  maximize: bool = False, l1: float = 0.0,
                  max_grad_norm: float | None = None,
-                 clip_value: float | None = None) -> None:
+                 clip_value: float | None = None,
+                 master_weights: bool = False, rounding: str = "nearest",
+                 state_dtype=None, seed: int = 0) -> None:
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                         momentum=momentum, centered=centered, maximize=maximize, l1=l1,
-                        max_grad_norm=max_grad_norm, clip_value=clip_value)
+                        max_grad_norm=max_grad_norm, clip_value=clip_value,
+                        master_weights=master_weights, rounding=rounding,
+                        state_dtype=state_dtype)
         self._check_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, seed=seed)
 
 
 class Adagrad(Optimizer):
@@ -72,10 +76,14 @@ class Adagrad(Optimizer):
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
                  eps: float = 1e-10, *, maximize: bool = False, l1: float = 0.0,
                  max_grad_norm: float | None = None,
-                 clip_value: float | None = None) -> None:
+                 clip_value: float | None = None,
+                 master_weights: bool = False, rounding: str = "nearest",
+                 state_dtype=None, seed: int = 0) -> None:
         defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, eps=eps,
                         maximize=maximize, l1=l1,
-                        max_grad_norm=max_grad_norm, clip_value=clip_value)
+                        max_grad_norm=max_grad_norm, clip_value=clip_value,
+                        master_weights=master_weights, rounding=rounding,
+                        state_dtype=state_dtype)
         self._check_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, seed=seed)

@@ -62,12 +62,16 @@ class SGD(Optimizer):
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
                  maximize: bool = False, l1: float = 0.0,
                  max_grad_norm: float | None = None,
-                 clip_value: float | None = None) -> None:
+                 clip_value: float | None = None,
+                 master_weights: bool = False, rounding: str = "nearest",
+                 state_dtype=None, seed: int = 0) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, l1=l1,
-                        max_grad_norm=max_grad_norm, clip_value=clip_value)
+                        max_grad_norm=max_grad_norm, clip_value=clip_value,
+                        master_weights=master_weights, rounding=rounding,
+                        state_dtype=state_dtype)
         self._check_group(defaults)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, seed=seed)
 
     def _on_new_buffer(self, i, key):
         self._steps[i] = 0      # the next step is the buffer's first: it copies the gradient
