@@ -59,6 +59,7 @@ class Frame:
     reason: int
     bad_tensor: int
     bad_stream: int
+    applied: bool
     def release(self) -> None: ...
     def fill_numpy_lists(self, streams: list[Any], n: int) -> int: ...
     def fill_optimizer(self, groups: list[dict], sizes: list[int], grads: Any,

@@ -373,6 +373,10 @@ cdef class Frame:
     cdef readonly int64_t bad_tensor
     cdef readonly int bad_stream
     cdef bint busy
+    # whether the last run() on this frame modified its arrays (set when its kernels have run):
+    # an exception raised after that (a KeyboardInterrupt delivered as the call returns) must
+    # not make a frontend undo the state the applied step created
+    cdef readonly bint applied
 
     def __cinit__(self):
         self.addr = NULL
@@ -1034,6 +1038,7 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
     hp_size = fo_hp_size(rule)
     shared = not fo_has_aux(rule)
     f.busy = True
+    f.applied = False
     try:
         sigs = <int *>malloc(max(T, 1) * sizeof(int))
         prefix = <int64_t *>malloc((T + 1) * sizeof(int64_t))
@@ -1109,6 +1114,7 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
         try:
             with nogil:
                 _run_job(&job, total, held)
+            f.applied = True
         finally:
             _release(held)
         return OK

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
+from . import _validation
 from .optimizer import Optimizer
 
 FORMAT = "fastopt-checkpoint"
@@ -43,6 +44,8 @@ def _jsonable(value: Any, where: str) -> Any:
         return value
     if isinstance(value, (tuple, list)):
         return {"__tuple__": [_jsonable(v, where) for v in value]}
+    if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
+        return {"__dtype__": np.dtype(value).name}       # state_dtype
     raise TypeError(f"save: {where} = {value!r} cannot be stored without pickling "
                     "(only numbers, strings, booleans, None and tuples of them)")
 
@@ -50,7 +53,26 @@ def _jsonable(value: Any, where: str) -> Any:
 def _from_json(value: Any) -> Any:
     if isinstance(value, dict) and isinstance(value.get("__tuple__"), list):
         return tuple(_from_json(v) for v in value["__tuple__"])
+    if isinstance(value, dict) and set(value) == {"__dtype__"} \
+            and value["__dtype__"] in ("float32", "bfloat16"):
+        return _dtype_named(value["__dtype__"])
     return value
+
+
+def _dtype_named(name: str) -> np.dtype:
+    if name == "bfloat16":
+        bf16 = _validation.bfloat16()
+        if bf16 is None:
+            raise ValueError("load: the checkpoint holds bfloat16 values, which need ml_dtypes "
+                             "(pip install 'fastopt[bf16]')")
+        return bf16
+    return np.dtype(name)
+
+
+def _dtype_str(d: np.dtype) -> str:
+    """A dtype in the metadata: NumPy's string, or "bfloat16" (whose NumPy string is only
+    '<V2')."""
+    return "bfloat16" if _validation.is16(d) and d.kind == "V" else d.str
 
 
 def _umask() -> int:
@@ -69,9 +91,15 @@ def save(optimizer: Optimizer, path: str | os.PathLike) -> None:
     for i, st in sd["state"].items():
         state_meta[str(i)] = {"step": st.get("step"),
                               "keys": sorted(k for k in st if k != "step")}
+        bf16 = []
         for k, a in st.items():
             if k != "step":
+                if isinstance(a, np.ndarray) and _dtype_str(a.dtype) == "bfloat16":
+                    a = a.view(np.uint16)           # NumPy's npy format has no bfloat16
+                    bf16.append(k)
                 arrays[f"state/{i}/{k}"] = a
+        if bf16:
+            state_meta[str(i)]["bfloat16"] = sorted(bf16)
     groups = []
     for gi, g in enumerate(sd["param_groups"]):
         groups.append({k: (v if k == "params" else _jsonable(v, f"param_groups[{gi}][{k!r}]"))
@@ -80,7 +108,7 @@ def save(optimizer: Optimizer, path: str | os.PathLike) -> None:
         "format": FORMAT,
         "version": VERSION,
         "optimizer": type(optimizer).__name__,
-        "params": [{"shape": list(p.shape), "dtype": p.dtype.str}
+        "params": [{"shape": list(p.shape), "dtype": _dtype_str(p.dtype)}
                    for p in optimizer._live_params()],
         "param_groups": groups,
         "state": state_meta,
@@ -216,7 +244,8 @@ def _read(zf: zipfile.ZipFile, path: str, size: int, optimizer: Optimizer) -> di
                 and isinstance(p["dtype"], str)):
             raise corrupted(f"has params[{i}] = {_short(p)}, expected "
                             '{"shape": [ints], "dtype": string}')
-    ours = [{"shape": list(p.shape), "dtype": p.dtype.str} for p in optimizer._live_params()]
+    ours = [{"shape": list(p.shape), "dtype": _dtype_str(p.dtype)}
+            for p in optimizer._live_params()]
     if meta["params"] != ours:
         if len(meta["params"]) != len(ours):
             raise ValueError(f"load: {path}: the checkpoint is for a different model: it has "
@@ -235,12 +264,19 @@ def _read(zf: zipfile.ZipFile, path: str, size: int, optimizer: Optimizer) -> di
     for key, st in meta["state"].items():
         if not key.isdecimal() or str(int(key)) != key:
             raise corrupted(f"has a state for {key!r}, not a param index")
-        if not (isinstance(st, dict) and set(st) == {"step", "keys"}
-                and isinstance(st["keys"], list) and all(isinstance(k, str) for k in st["keys"])):
+        if not (isinstance(st, dict) and set(st) - {"bfloat16"} == {"step", "keys"}
+                and isinstance(st["keys"], list) and all(isinstance(k, str) for k in st["keys"])
+                and isinstance(st.get("bfloat16", []), list)
+                and set(st.get("bfloat16", [])) <= set(st["keys"])):
             raise corrupted(f"has state[{key!r}] = {_short(st)}, expected "
                             '{"step": integer or null, "keys": [strings]}')
         entry: dict[str, Any] = {k: _member(zf, f"state/{key}/{k}", path, size)
                                  for k in st["keys"]}
+        for k in st.get("bfloat16", []):
+            if entry[k].dtype != np.uint16:
+                raise corrupted(f"has state/{key}/{k} of dtype {entry[k].dtype}, which "
+                                "should hold bfloat16 bits (uint16)")
+            entry[k] = entry[k].view(_dtype_named("bfloat16"))
         if st["step"] is not None:
             entry["step"] = st["step"]
         state[int(key)] = entry

@@ -324,7 +324,8 @@ class Optimizer:
             self._rollback(created)
             self._raise_bad(grads)
         except BaseException:
-            self._rollback(created)
+            if not frame.applied:       # (applied: an interrupt as the call returned)
+                self._rollback(created)
             raise
         return self._after(rc, created)
 

@@ -454,9 +454,10 @@ def draws(key: int, index: int, n: int):
     return _mix32((idx.astype(np.uint32) * np.uint32(0x9E3779B1)) ^ klo ^ hi) >> np.uint32(16)
 
 
-def narrow(x, dtype, rounding: int = 0, key: int = 0, index: int = 0):
+def narrow(x, dtype, rounding: int = 0, key: int = 0, index: int = 0, r=None):
     """float32 ``x`` rounded to the 16-bit ``dtype``: to nearest even (rounding 0) or
-    stochastically (1) with the draws of ``key`` from element ``index`` on (csrc/storage.c)."""
+    stochastically (1) with the draws of ``key`` from element ``index`` on (csrc/storage.c),
+    or with the given 16-bit draws ``r`` (one per element)."""
     x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     u = x.view(np.uint32)
     a = u & np.uint32(0x7FFFFFFF)
@@ -474,7 +475,7 @@ def narrow(x, dtype, rounding: int = 0, key: int = 0, index: int = 0):
                             | ((a >> np.uint32(13)) & np.uint32(0x3FF)).astype(np.uint16), near)
     if rounding == 0:
         return near.astype(np.uint16).view(dtype)
-    r = draws(key, index, x.size)
+    r = draws(key, index, x.size) if r is None else np.asarray(r, np.uint32).reshape(-1)
     special = (a & np.uint32(0x7F800000)) == np.uint32(0x7F800000)
     if bf16:
         out = np.where(special, near, ((u + r) >> np.uint32(16)).astype(np.uint16))

@@ -147,7 +147,8 @@ def test_adamw_decouples_and_adam_couples_weight_decay():
 
 def test_defaults_follow_the_spec():
     p = np.zeros(1)
-    common = dict(l1=0.0, max_grad_norm=None, clip_value=None)   # fastopt's additions
+    common = dict(l1=0.0, max_grad_norm=None, clip_value=None, master_weights=False,
+                  rounding="nearest", state_dtype=None)   # fastopt's additions
     assert fastopt.SGD([p]).defaults == dict(lr=1e-3, momentum=0.0, dampening=0.0,
                                              weight_decay=0.0, nesterov=False, maximize=False,
                                              **common)
