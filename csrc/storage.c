@@ -85,11 +85,19 @@ uint64_t fo_sr_key(uint64_t seed, int64_t param, int64_t step)
     return fo_mix64(seed ^ fo_mix64((uint64_t)param ^ fo_mix64((uint64_t)step)));
 }
 
-/* 16 random bits for element `index` of stream `salt` under tensor key (klo, khi). */
+/* 16 random bits for element `index` under tensor key (klo, khi); fo_draw_hi is the part that
+ * depends on the upper 32 bits of the index only (hoisted out of the loops). */
+FO_INLINE uint32_t fo_draw_hi(uint32_t khi, int64_t index)
+{
+    return fo_mix32(khi ^ (uint32_t)((uint64_t)index >> 32));
+}
+FO_INLINE uint32_t fo_draw_lo(uint32_t klo, uint32_t hi, uint32_t index_lo)
+{
+    return fo_mix32((index_lo * 0x9e3779b1u) ^ klo ^ hi) >> 16;
+}
 FO_INLINE uint32_t fo_draw(uint32_t klo, uint32_t khi, int64_t index)
 {
-    const uint32_t hi = fo_mix32(khi ^ (uint32_t)((uint64_t)index >> 32));
-    return fo_mix32(((uint32_t)index * 0x9e3779b1u) ^ klo ^ hi) >> 16;
+    return fo_draw_lo(klo, fo_draw_hi(khi, index), (uint32_t)index);
 }
 
 FO_INLINE uint16_t fo_f32_to_bf16_sr(float f, uint32_t r)
@@ -109,12 +117,15 @@ FO_INLINE uint16_t fo_f32_to_f16_sr(float f, uint32_t r)
     if (a < 0x38800000u) {                                /* subnormal results, quantum 2^-24 */
         const uint32_t e = a >> 23;
         if (e == 0) return sign;                          /* float32 subnormal: < 2^-126 */
-        const uint64_t m = (a & 0x7fffffu) | 0x800000u;
-        const uint32_t shift = 126u - e;                  /* >= 14 */
-        if (shift >= 40u) return sign;
-        const uint32_t q = (uint32_t)(m >> shift);
-        const uint64_t rem = m & ((1ull << shift) - 1u);
-        const uint32_t frac16 = (uint32_t)((rem << 16) >> shift);
+        /* 32-bit arithmetic only (it vectorises): m < 2^24, shift in [14, 126] */
+        const uint32_t m = (a & 0x7fffffu) | 0x800000u;
+        const uint32_t shift = 126u - e;
+        const uint32_t sc = shift < 31u ? shift : 31u;
+        const uint32_t q = m >> sc;
+        const uint32_t rem = m & ((1u << sc) - 1u);
+        const uint32_t s16 = (shift - 16u) < 24u ? shift - 16u : 0u;
+        uint32_t frac16 = shift >= 16u ? rem >> s16 : rem << ((16u - shift) & 15u);
+        if (shift >= 40u) frac16 = 0;
         return sign | (uint16_t)(q + (r < frac16));
     }
     const uint32_t b = a - 0x38000000u;
@@ -154,12 +165,19 @@ typedef struct fo_cvt {
     {                                                                                     \
         uint16_t *FO_RESTRICT h = (uint16_t *)dst;                                        \
         const uint32_t klo = (uint32_t)key, khi = (uint32_t)(key >> 32);                  \
-        if (dt == FO_DT_BF16) {                                                           \
-            for (int64_t i = 0; i < n; i++)                                               \
-                h[i] = fo_f32_to_bf16_sr(src[i], fo_draw(klo, khi, index + i));           \
-        } else {                                                                          \
-            for (int64_t i = 0; i < n; i++)                                               \
-                h[i] = fo_f32_to_f16_sr(src[i], fo_draw(klo, khi, index + i));            \
+        while (n > 0) {     /* runs within which the index's upper 32 bits are constant */ \
+            const uint32_t lo = (uint32_t)index;                                          \
+            const int64_t room = (int64_t)((1ull << 32) - lo);                            \
+            const int64_t m = n < room ? n : room;                                        \
+            const uint32_t hi = fo_draw_hi(khi, index);                                   \
+            if (dt == FO_DT_BF16) {                                                       \
+                for (int64_t i = 0; i < m; i++)                                           \
+                    h[i] = fo_f32_to_bf16_sr(src[i], fo_draw_lo(klo, hi, lo + (uint32_t)i)); \
+            } else {                                                                      \
+                for (int64_t i = 0; i < m; i++)                                           \
+                    h[i] = fo_f32_to_f16_sr(src[i], fo_draw_lo(klo, hi, lo + (uint32_t)i)); \
+            }                                                                             \
+            n -= m; index += m; src += m; h += m;                                         \
         }                                                                                 \
     }
 

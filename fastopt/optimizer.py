@@ -55,6 +55,21 @@ def _freeze(group: dict) -> None:
             group[key] = tuple(value)
 
 
+_STORAGE_DOC = """
+    Storage (every optimizer; keyword-only, also per group): params may be float16 or bfloat16
+    (``ml_dtypes.bfloat16``) as well as float32/float64, with gradients of the param's dtype
+    or float32. ``master_weights=False``: for 16-bit params, a float32 copy in
+    ``state[i]["master_param"]`` with float32 states, the param written from it rounded to
+    nearest. ``rounding="nearest"``: how 16-bit values without a master copy are written:
+    ``"nearest"``, ``"stochastic"`` (keyed by ``seed``, param index, step and element: the same
+    bits for any thread count) or ``"kahan"`` (params: a compensation in
+    ``state[i]["kahan_comp"]``, the value carried being param + kahan_comp).
+    ``state_dtype=None``: the param's dtype (float32 with master weights), or float32 or
+    bfloat16. ``seed=0`` (constructor only). Computation is float32; each 16-bit value is
+    rounded once, as it is stored (csrc/storage.c).
+"""
+
+
 class Optimizer:
     """Base class of fastopt's optimizers (torch.optim.Optimizer's interface, NumPy arrays).
 
@@ -62,6 +77,11 @@ class Optimizer:
     """
 
     _spec: _spec.Rule
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__doc__ and "master_weights" not in cls.__doc__:
+            cls.__doc__ = cls.__doc__.rstrip() + "\n" + _STORAGE_DOC
 
     def __init__(self, params: Iterable[np.ndarray] | Iterable[dict], defaults: dict, *,
                  seed: int = 0):

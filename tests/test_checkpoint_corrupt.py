@@ -328,7 +328,8 @@ MEMBER_CASES = {
                    r"refuses: .*expected shape \(5, 3\).*got \(15,\)"),
     "array-float64": (wrong_member("1", np.zeros(17)), "refuses: .*expected .*dtype.*float32"),
     "array-big-endian": (wrong_member("1", np.zeros(17, ">f4")), "refuses: .*got >f4"),
-    "array-int": (wrong_member("2", np.zeros((), np.int32)), "refuses: .*expected .*dtype.*float32"),
+    "array-int": (wrong_member("2", np.zeros((), np.int32)),
+                  "refuses: .*expected .*dtype.*float32"),
 }
 
 

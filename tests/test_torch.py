@@ -76,6 +76,7 @@ def test_state_dict_keys_match_torch():
     t.grad = torch.ones(3, dtype=torch.float64)
     theirs.step()
     assert set(ours.state_dict()["state"][0]) == set(theirs.state_dict()["state"][0])
-    # l1, max_grad_norm and clip_value: fastopt's additions
-    ours_keys = set(ours.state_dict()["param_groups"][0]) - {"l1", "max_grad_norm", "clip_value"}
+    # l1, max_grad_norm, clip_value and the storage options: fastopt's additions
+    ours_keys = set(ours.state_dict()["param_groups"][0]) - {
+        "l1", "max_grad_norm", "clip_value", "master_weights", "rounding", "state_dtype"}
     assert ours_keys <= set(theirs.state_dict()["param_groups"][0])
