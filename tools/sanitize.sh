@@ -15,8 +15,8 @@ rm -rf "$VENV" build
 python -m pip install --quiet --upgrade pip
 FASTOPT_SANITIZE=1 python -m pip install --quiet --no-cache-dir '.[test]'
 # the torch frontend's native path is sanitized too when torch installs (the CPU pin of .ci/run)
-python -m pip install --quiet torch==2.13.0 scikit-learn \
-    || echo "sanitize: torch not installable: the fastopt.torch tests will be skipped"
+python -m pip install --quiet torch==2.13.0 scikit-learn ml_dtypes \
+    || echo "sanitize: torch not installable: the fastopt.torch (and bfloat16) tests will be skipped"
 LIBASAN=$(gcc -print-file-name=libasan.so)
 LIBUBSAN=$(gcc -print-file-name=libubsan.so)
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
