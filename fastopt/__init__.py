@@ -10,6 +10,7 @@ from . import kernels, reference, schedules
 from ._config import _select_isa_from_env, config, set_isa, show_config
 from ._threading import get_num_threads, set_num_threads
 from ._version import __version__
+from .amp import LossScaler
 from .adam import Adam, Adamax, AdamW, NAdam, RAdam
 from .averaging import EMA, GradientAccumulator
 from .checkpoint import load, save
@@ -29,6 +30,7 @@ __all__ = [
     "EMA",
     "GradientAccumulator",
     "Lion",
+    "LossScaler",
     "NAdam",
     "Optimizer",
     "RAdam",

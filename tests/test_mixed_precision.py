@@ -513,3 +513,63 @@ def test_float32_gradients_of_16_bit_params_are_rounded_once_in_the_update():
     assert np.array_equal(b.state[0]["master_param"],
                           start + np.float32(-1.0) * g.astype(BF16).astype(np.float32))
     assert np.array_equal(_bits16(p), _bits16(a.state[0]["master_param"].astype(BF16)))
+
+
+# ---- loss scaling ---------------------------------------------------------------------------
+
+def _finite_pattern():
+    # applied / skipped steps: growth after 3 clean steps, backoff on each overflow
+    return [True, True, True, False, True, True, True, True, False, False, True, True, True,
+            True, True, True, True]
+
+
+def test_loss_scaler_skips_and_adapts_the_scale():
+    p = np.ones(8, BF16)
+    opt = fastopt.AdamW([p], lr=1e-2, master_weights=True)
+    scaler = fastopt.LossScaler(init_scale=1024.0, growth_interval=3)
+    scales, applied = [], []
+    for ok in _finite_pattern():
+        g = np.full(8, 0.5 * scaler.get_scale(), np.float32)
+        if not ok:
+            g[3] = np.inf
+        before = _bits16(p).copy()
+        applied.append(scaler.step(opt, [g.astype(BF16)]))
+        if not ok:
+            assert np.array_equal(_bits16(p), before)
+        scaler.update()
+        scales.append(scaler.get_scale())
+    assert applied == _finite_pattern()
+    assert scales[:5] == [1024.0, 1024.0, 2048.0, 1024.0, 1024.0]
+    assert int(opt.state[0]["step"]) == sum(_finite_pattern())
+    sd = scaler.state_dict()
+    again = fastopt.LossScaler()
+    again.load_state_dict(sd)
+    assert again.state_dict() == sd
+    with pytest.raises(RuntimeError, match="without a step"):
+        again.update()
+    for bad in (dict(init_scale=0.0), dict(growth_factor=1.0), dict(backoff_factor=1.0),
+                dict(growth_interval=0)):
+        with pytest.raises(ValueError):
+            fastopt.LossScaler(**bad)
+
+
+def test_loss_scaler_follows_torch_grad_scaler():
+    torch = pytest.importorskip("torch", reason="the comparison needs torch")
+    ours = fastopt.LossScaler(init_scale=2.0 ** 10, growth_factor=3.0, backoff_factor=0.25,
+                              growth_interval=3)
+    w = torch.nn.Parameter(torch.ones(4))
+    topt = torch.optim.SGD([w], lr=0.0)
+    theirs = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_factor=3.0,
+                                  backoff_factor=0.25, growth_interval=3)
+    p = np.ones(4, np.float32)
+    opt = fastopt.SGD([p], lr=0.0)
+    for ok in _finite_pattern() * 2:
+        g = np.full(4, 1.0 if ok else np.inf, np.float32)
+        theirs.scale(torch.ones(()))           # (GradScaler initialises its scale here)
+        w.grad = torch.from_numpy(g.copy())
+        theirs.step(topt)
+        theirs.update()
+        ours.step(opt, [g])
+        ours.update()
+        assert ours.get_scale() == theirs.get_scale()
+    assert ours.state_dict()["_growth_tracker"] == theirs.state_dict()["_growth_tracker"]
