@@ -10,8 +10,8 @@ from . import kernels, reference, schedules
 from ._config import _select_isa_from_env, config, set_isa, show_config
 from ._threading import get_num_threads, set_num_threads
 from ._version import __version__
-from .amp import LossScaler
 from .adam import Adam, Adamax, AdamW, NAdam, RAdam
+from .amp import LossScaler
 from .averaging import EMA, GradientAccumulator
 from .checkpoint import load, save
 from .clip import clip_grad_norm_, clip_grad_value_, grad_norm
