@@ -346,6 +346,29 @@ static void fo_ema_scalars(fo_ema_hp *hp, const fo_ema_args *a)
     hp->lerp_weight = 1.0 - a->decay;
 }
 
+static void fo_adadelta_scalars(fo_adadelta_hp *hp, const fo_adadelta_args *a, double grad_scale)
+{
+    hp->gscale = fo_gscale(a->maximize, grad_scale);
+    hp->clip = a->clip_value;
+    hp->l2 = a->weight_decay;
+    hp->l1 = a->l1;
+    hp->rho = a->rho;
+    hp->one_minus_rho = 1.0 - a->rho;
+    hp->eps = a->eps;
+    hp->neg_lr = -a->lr;
+}
+
+static void fo_rprop_scalars(fo_rprop_hp *hp, const fo_rprop_args *a, double grad_scale)
+{
+    hp->gscale = fo_gscale(a->maximize, grad_scale);
+    hp->clip = a->clip_value;
+    hp->l1 = a->l1;
+    hp->etaminus = a->etaminus;
+    hp->etaplus = a->etaplus;
+    hp->step_size_min = a->step_size_min;
+    hp->step_size_max = a->step_size_max;
+}
+
 #define FO_HP_SIZE_(E, c) case FO_RULE_##E: return sizeof(fo_##c##_hp);
 size_t fo_hp_size(int rule)
 {
@@ -401,6 +424,8 @@ void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *au
     case FO_RULE_RADAM: fo_radam_scalars((fo_radam_hp *)hp, (const fo_radam_args *)args, step, grad_scale); break;
     case FO_RULE_EMA: fo_ema_scalars((fo_ema_hp *)hp, (const fo_ema_args *)args); break;
     case FO_RULE_NADAM: fo_nadam_scalars((fo_nadam_hp *)hp, (const fo_nadam_args *)args, step, aux, grad_scale); break;
+    case FO_RULE_ADADELTA: fo_adadelta_scalars((fo_adadelta_hp *)hp, (const fo_adadelta_args *)args, grad_scale); break;
+    case FO_RULE_RPROP: fo_rprop_scalars((fo_rprop_hp *)hp, (const fo_rprop_args *)args, grad_scale); break;
     default: fo_probe_scalars((fo_probe_hp *)hp, (const fo_probe_args *)args); break;
     }
 }

@@ -54,10 +54,13 @@ enum { FO_DT_NONE = 0, FO_DT_F32 = 1, FO_DT_F64 = 2, FO_DT_F16 = 3, FO_DT_BF16 =
  *   ADAMAX   exp_avg, exp_inf
  *   RADAM    exp_avg, exp_avg_sq
  *   EMA      none: stream P is the average (written), stream G the param (read)
- *   NADAM    exp_avg, exp_avg_sq (and a per-tensor scalar: mu_product, see fo_scalars)   */
+ *   NADAM    exp_avg, exp_avg_sq (and a per-tensor scalar: mu_product, see fo_scalars)
+ *   ADADELTA square_avg, acc_delta
+ *   RPROP    prev, step_size                                                               */
 #define FO_RULE_LIST(X)                                                                    \
     X(SGD, sgd) X(ADAM, adam) X(PROBE, probe) X(RMSPROP, rmsprop) X(ADAGRAD, adagrad)      \
-    X(LION, lion) X(ADAMAX, adamax) X(RADAM, radam) X(EMA, ema) X(NADAM, nadam)
+    X(LION, lion) X(ADAMAX, adamax) X(RADAM, radam) X(EMA, ema) X(NADAM, nadam)         \
+    X(ADADELTA, adadelta) X(RPROP, rprop)
 #define FO_RULE_ENUM_(E, c) FO_RULE_##E,
 enum { FO_RULE_LIST(FO_RULE_ENUM_) FO_NRULES };
 #undef FO_RULE_ENUM_
@@ -93,6 +96,9 @@ enum { FO_SIG_LIST(FO_SIG_ENUM_) FO_NSIGS };
     X(clip_value)
 #define FO_RADAM_ARGS(X) X(lr) X(beta1) X(beta2) X(eps) X(weight_decay)                    \
     X(decoupled_weight_decay) X(maximize) X(l1) X(clip_value)
+#define FO_ADADELTA_ARGS(X) X(lr) X(rho) X(eps) X(weight_decay) X(maximize) X(l1) X(clip_value)
+#define FO_RPROP_ARGS(X) X(etaminus) X(etaplus) X(step_size_min) X(step_size_max) X(maximize) \
+    X(l1) X(clip_value)
 
 #define FO_ARG_FIELD_(name) double name;
 #define FO_ARGS_STRUCT_(E, c) typedef struct fo_##c##_args { FO_##E##_ARGS(FO_ARG_FIELD_) } fo_##c##_args;
@@ -180,6 +186,18 @@ typedef struct fo_radam_hp {
     double bias_correction1, lr, bc2_sqrt, rect;
     int rectify;                /* rho_t > 5: use the adaptive, rectified step */
 } fo_radam_hp;
+
+typedef struct fo_adadelta_hp {
+    double gscale, clip, l2, l1;
+    double rho, one_minus_rho, eps;
+    double neg_lr;
+} fo_adadelta_hp;
+
+typedef struct fo_rprop_hp {
+    double gscale, clip, l1;
+    double etaminus, etaplus;       /* the step size's factors where grad*prev < 0 and > 0 */
+    double step_size_min, step_size_max;
+} fo_rprop_hp;
 
 /* Fill the per-step scalars of a rule from its argument record, the step count and this
  * call's gradient scale. `aux` is the tensor's own scalar state, read and updated (NAdam's

@@ -30,6 +30,11 @@
  *   RAdam    m = lerp(m, g, 1-b1); v = v*b2 + (1-b2)*g*g; mb = m/bc1;
  *            p = p - ((mb*lr) * ((1/(sqrt(v)+eps))*bc2_sqrt)) * rect   if rho_t > 5
  *            p = p - mb*lr                                             otherwise
+ *   Adadelta v = v*rho + (1-rho)*g*g; d = (sqrt(u + eps) / sqrt(v + eps)) * g;
+ *            u = u*rho + (1-rho)*d*d; p = p + (-lr)*d
+ *   Rprop    s = tsgn(g*prev) (torch.sign: 0 for +-0 and NaN); f = s>0 ? eta+ : s<0 ? eta- : s;
+ *            f = f==0 ? 1 : f; ss = min(max(ss*f, ss_min), ss_max) (NaN propagates);
+ *            g = f==eta- ? 0 : g; p = p + (-tsgn(g))*ss; prev = g   (torch's order of selects)
  * sgn(x) is 1, -1, or x itself for +-0 and NaN (a zero does not move, a NaN propagates).
  * Optional terms are compile-time flags of always-inline bodies, so each combination becomes
  * its own branch-free loop; the L1 term is a select, cheap enough to leave in every loop.
@@ -491,6 +496,76 @@ static void FO_FN(ema)(int64_t n, int64_t index, void *const *s, const void *hpv
     const FO_T w = (FO_T)hp->lerp_weight;
     if (FO_SMALL(w)) FO_FN(ema_body)(n, s, hp, 1);
     else FO_FN(ema_body)(n, s, hp, 0);
+}
+
+/* ---- Adadelta ---------------------------------------------------------------------------- */
+
+static FO_ALWAYS_INLINE void FO_FN(adadelta_body)(int64_t n, void *const *s,
+                                                   const fo_adadelta_hp *hp, const int l2)
+{
+    FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    FO_T *FO_RESTRICT v = FO_STREAM(FO_S1);
+    FO_T *FO_RESTRICT u = FO_STREAM(FO_S2);
+    FO_GRAD_LOCALS;
+    const FO_T l2c = (FO_T)hp->l2;
+    const FO_T rho = (FO_T)hp->rho, omr = (FO_T)hp->one_minus_rho;
+    const FO_T eps = (FO_T)hp->eps, nlr = (FO_T)hp->neg_lr;
+    for (int64_t i = 0; i < n; i++) {
+        const FO_T pi = p[i];
+        const FO_T gi = FO_GRAD_IN(i, pi, l2c, l2);
+        const FO_T vi = v[i] * rho + omr * gi * gi;
+        const FO_T ui = u[i];
+        const FO_T d = (FO_SQRT(ui + eps) / FO_SQRT(vi + eps)) * gi;
+        v[i] = vi;
+        u[i] = ui * rho + omr * d * d;
+        p[i] = pi + nlr * d;
+    }
+}
+
+static void FO_FN(adadelta)(int64_t n, int64_t index, void *const *s, const void *hpv)
+{
+    (void)index;
+    const fo_adadelta_hp *hp = (const fo_adadelta_hp *)hpv;
+    if (hp->l2 != 0.0) FO_FN(adadelta_body)(n, s, hp, 1);
+    else FO_FN(adadelta_body)(n, s, hp, 0);
+}
+
+/* ---- Rprop ------------------------------------------------------------------------------- */
+
+/* torch.sign: 1, -1, or 0 for +-0 and NaN (unlike fo_sgn, a NaN gives 0) */
+static FO_ALWAYS_INLINE FO_T FO_FN(fo_tsgn)(FO_T x)
+{
+    return x > 0 ? (FO_T)1 : (x < 0 ? (FO_T)-1 : (FO_T)0);
+}
+
+static void FO_FN(rprop)(int64_t n, int64_t index, void *const *s, const void *hpv)
+{
+    (void)index;
+    const fo_rprop_hp *hp = (const fo_rprop_hp *)hpv;
+    FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    FO_T *FO_RESTRICT prev = FO_STREAM(FO_S1);
+    FO_T *FO_RESTRICT ss = FO_STREAM(FO_S2);
+    FO_GRAD_LOCALS;
+    const FO_T em = (FO_T)hp->etaminus, ep = (FO_T)hp->etaplus;
+    const FO_T lo = (FO_T)hp->step_size_min, hi = (FO_T)hp->step_size_max;
+    for (int64_t i = 0; i < n; i++) {
+        const FO_T pi = p[i];
+        const FO_T gi = FO_GRAD_IN(i, pi, 0, 0);
+        /* torch: sign = sign(g*prev); sign[sign>0] = eta+; sign[sign<0] = eta-; sign[sign==0] = 1 */
+        FO_T f = FO_FN(fo_tsgn)(gi * prev[i]);
+        f = f > 0 ? ep : f;
+        f = f < 0 ? em : f;
+        f = f == 0 ? (FO_T)1 : f;
+        FO_T si = ss[i] * f;
+        si = si < lo ? lo : si;            /* clamp_(min, max): NaN stays NaN */
+        si = si > hi ? hi : si;
+        const FO_T gz = f == em ? (FO_T)0 : gi;
+        ss[i] = si;
+        prev[i] = gz;
+        p[i] = pi + (-FO_FN(fo_tsgn)(gz)) * si;
+    }
 }
 
 #undef FO_STREAM

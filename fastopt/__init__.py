@@ -10,6 +10,7 @@ from . import kernels, reference, schedules
 from ._config import _select_isa_from_env, config, set_isa, show_config
 from ._threading import get_num_threads, set_num_threads
 from ._version import __version__
+from .adadelta import Adadelta, Rprop
 from .adam import Adam, Adamax, AdamW, NAdam, RAdam
 from .averaging import EMA, GradientAccumulator
 from .checkpoint import load, save
@@ -22,6 +23,7 @@ from .sgd import SGD
 _select_isa_from_env()
 
 __all__ = [
+    "Adadelta",
     "Adagrad",
     "Adam",
     "AdamW",
@@ -33,6 +35,7 @@ __all__ = [
     "Optimizer",
     "RAdam",
     "RMSprop",
+    "Rprop",
     "SGD",
     "__version__",
     "clip_grad_norm_",

@@ -320,6 +320,56 @@ NADAM = Rule(
     reference=_ref_nadam, flags=("decoupled_weight_decay", "maximize"))
 
 
+def _pack_adadelta(g: Mapping) -> dict[str, float]:
+    return {"lr": v.lr(g["lr"]), "rho": v.real("rho", g["rho"], high=1.0), "eps": _eps(g),
+            **_common(g)}
+
+
+def _ref_adadelta(p, g, b, *, step, aux, **kw):
+    reference.adadelta_step(p, g, b[S1], b[S2], **kw)
+
+
+ADADELTA = Rule(
+    "adadelta",
+    (("lr", 1.0), ("rho", 0.9), ("eps", 1e-6), ("weight_decay", 0.0), _KW, ("maximize", False),
+     ("l1", 0.0)),
+    _pack_adadelta, (Buffer("square_avg", S1), Buffer("acc_delta", S2)),
+    reference=_ref_adadelta, flags=("maximize",))
+
+
+def _pack_rprop(g: Mapping) -> dict[str, float]:
+    v.lr(g["lr"])       # the step sizes' initial value (Buffer.fill), not a kernel argument
+    etas = g["etas"]
+    if not isinstance(etas, (tuple, list)) or len(etas) != 2:
+        raise TypeError(f"Invalid etas: expected a pair (etaminus, etaplus), got {etas!r}")
+    sizes = g["step_sizes"]
+    if not isinstance(sizes, (tuple, list)) or len(sizes) != 2:
+        raise TypeError("Invalid step_sizes: expected a pair (step_size_min, step_size_max), "
+                        f"got {sizes!r}")
+    em = v.real("etas", etas[0], what="eta values")
+    ep = v.real("etas", etas[1], what="eta values")
+    if not 0.0 < em < 1.0 < ep:
+        raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
+    lo = v.real("step_sizes", sizes[0], low=None, what="step_size_min value")
+    hi = v.real("step_sizes", sizes[1], low=None, what="step_size_max value")
+    common = _common({**g, "weight_decay": 0.0})
+    del common["weight_decay"]
+    return {"etaminus": em, "etaplus": ep, "step_size_min": lo, "step_size_max": hi, **common}
+
+
+def _ref_rprop(p, g, b, *, step, aux, **kw):
+    reference.rprop_step(p, g, b[S1], b[S2], **kw)
+
+
+RPROP = Rule(
+    "rprop",
+    (("lr", 1e-2), ("etas", (0.5, 1.2)), ("step_sizes", (1e-6, 50.0)), _KW,
+     ("maximize", False), ("l1", 0.0)),
+    _pack_rprop,
+    (Buffer("prev", S1), Buffer("step_size", S2, fill=lambda g: float(g["lr"]))),
+    reference=_ref_rprop, flags=("maximize",))
+
+
 def _ref_ema(p, g, b, *, step, aux, **kw):
     reference.ema_update(p, g, **kw)
 
@@ -345,7 +395,7 @@ PROBE = Rule("probe", (("nstreams", 2),),
 
 RULES = {"SGD": SGD, "Adam": ADAM, "AdamW": ADAMW, "RMSprop": RMSPROP, "Adagrad": ADAGRAD,
          "Lion": LION, "Adamax": ADAMAX, "RAdam": RADAM, "NAdam": NADAM, "EMA": EMA,
-         "probe": PROBE}
+         "probe": PROBE, "Adadelta": ADADELTA, "Rprop": RPROP}
 
 
 def _check_all() -> None:

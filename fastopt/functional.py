@@ -28,7 +28,8 @@ from ._backend import BACKEND
 from ._backend import native as _native
 from ._threading import get_num_threads
 
-__all__ = ["adam", "sgd", "rmsprop", "adagrad", "lion", "adamax", "radam", "nadam", "probe",
+__all__ = ["adam", "sgd", "rmsprop", "adagrad", "lion", "adamax", "radam", "nadam", "adadelta",
+           "rprop", "probe",
            "run_lists", "run_frame", "NATIVE"]
 
 Arrays = Sequence[np.ndarray]
@@ -419,6 +420,35 @@ def nadam(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
           [exp_avgs, exp_avg_sqs], row, steps, mu_products)
 
 
+
+
+# ---- Adadelta ------------------------------------------------------------------------------
+
+def adadelta(params: Arrays, grads: Sequence[np.ndarray | None], square_avgs: Arrays,
+             acc_deltas: Arrays, *, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
+             weight_decay: float = 0.0, maximize: bool = False, l1: float = 0.0,
+             clip_value: float | None = None, grad_scale: float = 1.0) -> None:
+    """Adadelta on many tensors in one native call; params and state modified in place.
+    See ``fastopt.Adadelta`` for the formula."""
+    row = _spec.ADADELTA.record(dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                                     maximize=maximize, l1=l1, clip_value=clip_value))
+    _call(_spec.ADADELTA, grad_scale, ["params", "square_avgs", "acc_deltas"], params, grads,
+          [square_avgs, acc_deltas], row)
+
+
+# ---- Rprop ---------------------------------------------------------------------------------
+
+def rprop(params: Arrays, grads: Sequence[np.ndarray | None], prevs: Arrays,
+          step_sizes: Arrays, *, etaminus: float = 0.5, etaplus: float = 1.2,
+          step_size_min: float = 1e-6, step_size_max: float = 50.0, maximize: bool = False,
+          l1: float = 0.0, clip_value: float | None = None, grad_scale: float = 1.0) -> None:
+    """Rprop on many tensors in one native call; params, prevs and step_sizes (each element's
+    step size: start them at lr) modified in place. See ``fastopt.Rprop`` for the formula."""
+    row = _spec.RPROP.record(dict(lr=0.0, etas=(etaminus, etaplus),
+                                  step_sizes=(step_size_min, step_size_max),
+                                  maximize=maximize, l1=l1, clip_value=clip_value))
+    _call(_spec.RPROP, grad_scale, ["params", "prevs", "step_sizes"], params, grads,
+          [prevs, step_sizes], row)
 
 
 # ---- the probe -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import doctest
 import pytest
 
 import fastopt
+import fastopt.adadelta
 import fastopt.adam
 import fastopt.averaging
 import fastopt.kernels
@@ -13,7 +14,7 @@ import fastopt.sgd
 
 
 @pytest.mark.parametrize("module", [fastopt, fastopt.kernels, fastopt.adam, fastopt.sgd,
-                                    fastopt.averaging],
+                                    fastopt.averaging, fastopt.adadelta],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

@@ -30,7 +30,8 @@ import fastopt  # noqa: E402
 import fastopt.torch as ft  # noqa: E402
 from fastopt.torch import _adapter  # noqa: E402
 
-NAMES = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam"]
+NAMES = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Adadelta",
+         "Rprop"]
 STEPS = 12
 
 
@@ -117,6 +118,10 @@ OPTION_SETS = [
                    momentum_decay=1e-2)),
     ("RAdam", dict(lr=1e-2)),
     ("RAdam", dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True)),
+    ("Adadelta", dict()),
+    ("Adadelta", dict(lr=0.5, rho=0.8, eps=1e-5, weight_decay=1e-2, maximize=True)),
+    ("Rprop", dict(lr=1e-3)),
+    ("Rprop", dict(lr=1e-2, etas=(0.4, 1.3), step_sizes=(1e-4, 0.05), maximize=True)),
 ]
 
 
@@ -162,7 +167,10 @@ def test_signature_is_torchs_plus_extras(name):
 
 @pytest.mark.parametrize("name,bad", [("Adam", dict(lr=-1.0)), ("SGD", dict(momentum=-1)),
                                       ("RMSprop", dict(eps=-1.0)),
-                                      ("Adam", dict(betas=(1.0, 0.9)))])
+                                      ("Adam", dict(betas=(1.0, 0.9))),
+                                      ("Adadelta", dict(rho=1.5)), ("Adadelta", dict(eps=-1.0)),
+                                      ("Rprop", dict(etas=(1.5, 2.0))),
+                                      ("Rprop", dict(lr=-1.0))])
 def test_torch_errors_and_messages(name, bad):
     p = [torch.zeros(2, requires_grad=True)]
     with pytest.raises(ValueError) as theirs:
@@ -510,7 +518,9 @@ def test_state_dict_hooks():
 
 @pytest.mark.parametrize("name,kw", [("Adam", dict(lr=1e-2, amsgrad=True)),
                                      ("SGD", dict(lr=0.1, momentum=0.9)),
-                                     ("NAdam", dict(lr=1e-2)), ("Adagrad", dict(lr=0.1))])
+                                     ("NAdam", dict(lr=1e-2)), ("Adagrad", dict(lr=0.1)),
+                                     ("Adadelta", dict(weight_decay=1e-3)),
+                                     ("Rprop", dict(lr=1e-3))])
 def test_state_dict_interchange_and_weights_only(name, kw):
     dtype = torch.float64
     for src, dst in ((ft, torch.optim), (torch.optim, ft)):

@@ -60,7 +60,8 @@ from torch.optim.optimizer import _get_scalar_dtype
 from .. import _spec
 from . import _adapter
 
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Lion"]
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Lion",
+           "Adadelta", "Rprop"]
 
 _EXTRAS = {"l1": 0.0, "max_grad_norm": None, "clip_value": None}
 
@@ -510,6 +511,50 @@ class NAdam(_Native, torch.optim.NAdam):
                 state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
+# ---- Adadelta / Rprop ----------------------------------------------------------------------
+
+class Adadelta(_Native, torch.optim.Adadelta):
+    _fo_spec = _spec.ADADELTA
+    _fo_own_fused = True
+
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *,
+                 capturable=False, maximize=False, differentiable=False, fused=None, l1=0.0,
+                 max_grad_norm=None, clip_value=None):
+        self._fo_begin(dict(fused=fused, differentiable=differentiable, l1=l1,
+                            max_grad_norm=max_grad_norm, clip_value=clip_value))
+        self._fo_init_extras.pop("differentiable")
+        super().__init__(params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                         foreach=foreach, capturable=capturable, maximize=maximize,
+                         differentiable=differentiable)
+        self._fo_end()
+
+
+class Rprop(_Native, torch.optim.Rprop):
+    _fo_spec = _spec.RPROP
+    _fo_own_fused = True
+
+    def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *,
+                 capturable=False, foreach=None, maximize=False, differentiable=False,
+                 fused=None, l1=0.0, max_grad_norm=None, clip_value=None):
+        self._fo_begin(dict(fused=fused, differentiable=differentiable, l1=l1,
+                            max_grad_norm=max_grad_norm, clip_value=clip_value))
+        self._fo_init_extras.pop("differentiable")
+        super().__init__(params, lr=lr, etas=etas, step_sizes=step_sizes,
+                         capturable=capturable, foreach=foreach, maximize=maximize,
+                         differentiable=differentiable)
+        self._fo_end()
+
+    def _fo_new_state(self, p, group, state):
+        if not state:
+            state["step"] = torch.zeros((), dtype=_get_scalar_dtype())
+        if "prev" not in state:
+            state["prev"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if "step_size" not in state:
+            lr = _f(group["lr"])     # torch: full_like(grad, lr), (lr, lr) for complex
+            state["step_size"] = torch.full_like(p, complex(lr, lr) if p.is_complex() else lr,
+                                                 memory_format=torch.preserve_format)
+
+
 # ---- Lion ----------------------------------------------------------------------------------
 
 class Lion(_Native, torch.optim.Optimizer):
@@ -582,6 +627,7 @@ def _lion_torch(opt, groups):
 for _cls, _tcls in ((SGD, torch.optim.SGD), (Adam, torch.optim.Adam),
                     (AdamW, torch.optim.AdamW), (RMSprop, torch.optim.RMSprop),
                     (Adagrad, torch.optim.Adagrad), (Adamax, torch.optim.Adamax),
-                    (NAdam, torch.optim.NAdam), (RAdam, torch.optim.RAdam)):
+                    (NAdam, torch.optim.NAdam), (RAdam, torch.optim.RAdam),
+                    (Adadelta, torch.optim.Adadelta), (Rprop, torch.optim.Rprop)):
     _common_doc(_cls, _tcls)
 del _cls, _tcls
