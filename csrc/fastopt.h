@@ -56,11 +56,12 @@ enum { FO_DT_NONE = 0, FO_DT_F32 = 1, FO_DT_F64 = 2, FO_DT_F16 = 3, FO_DT_BF16 =
  *   EMA      none: stream P is the average (written), stream G the param (read)
  *   NADAM    exp_avg, exp_avg_sq (and a per-tensor scalar: mu_product, see fo_scalars)
  *   ADADELTA square_avg, acc_delta
- *   RPROP    prev, step_size                                                               */
+ *   RPROP    prev, step_size
+ *   ASGD     ax (and two per-tensor scalars: eta, mu, see fo_scalars)                      */
 #define FO_RULE_LIST(X)                                                                    \
     X(SGD, sgd) X(ADAM, adam) X(PROBE, probe) X(RMSPROP, rmsprop) X(ADAGRAD, adagrad)      \
     X(LION, lion) X(ADAMAX, adamax) X(RADAM, radam) X(EMA, ema) X(NADAM, nadam)         \
-    X(ADADELTA, adadelta) X(RPROP, rprop)
+    X(ADADELTA, adadelta) X(RPROP, rprop) X(ASGD, asgd)
 #define FO_RULE_ENUM_(E, c) FO_RULE_##E,
 enum { FO_RULE_LIST(FO_RULE_ENUM_) FO_NRULES };
 #undef FO_RULE_ENUM_
@@ -99,6 +100,8 @@ enum { FO_SIG_LIST(FO_SIG_ENUM_) FO_NSIGS };
 #define FO_ADADELTA_ARGS(X) X(lr) X(rho) X(eps) X(weight_decay) X(maximize) X(l1) X(clip_value)
 #define FO_RPROP_ARGS(X) X(etaminus) X(etaplus) X(step_size_min) X(step_size_max) X(maximize) \
     X(l1) X(clip_value)
+#define FO_ASGD_ARGS(X) X(lr) X(lambd) X(alpha) X(t0) X(weight_decay) X(maximize) X(l1)     \
+    X(clip_value)
 
 #define FO_ARG_FIELD_(name) double name;
 #define FO_ARGS_STRUCT_(E, c) typedef struct fo_##c##_args { FO_##E##_ARGS(FO_ARG_FIELD_) } fo_##c##_args;
@@ -199,12 +202,22 @@ typedef struct fo_rprop_hp {
     double step_size_min, step_size_max;
 } fo_rprop_hp;
 
+typedef struct fo_asgd_hp {
+    double gscale, clip, l2, l1;
+    double decay;               /* 1 - lambd * eta */
+    double neg_eta;
+    double mu;
+    int copy_avg;               /* mu == 1: ax = param (torch copies instead of averaging) */
+} fo_asgd_hp;
+
 /* Fill the per-step scalars of a rule from its argument record, the step count and this
  * call's gradient scale. `aux` is the tensor's own scalar state, read and updated (NAdam's
- * mu_product; NULL for the rules without one); fo_has_aux tells which rules use it. */
+ * mu_product; ASGD's eta and mu, in this order; NULL for the rules without one);
+ * fo_aux_count tells how many scalars a rule keeps per tensor (fo_has_aux: whether any). */
 void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *aux,
                 double grad_scale);
 int fo_has_aux(int rule);
+int fo_aux_count(int rule);
 /* Size in bytes of the per-step scalar struct of a rule; number of fields of its record. */
 size_t fo_hp_size(int rule);
 int fo_nargs(int rule);

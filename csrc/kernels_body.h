@@ -35,6 +35,8 @@
  *   Rprop    s = tsgn(g*prev) (torch.sign: 0 for +-0 and NaN); f = s>0 ? eta+ : s<0 ? eta- : s;
  *            f = f==0 ? 1 : f; ss = min(max(ss*f, ss_min), ss_max) (NaN propagates);
  *            g = f==eta- ? 0 : g; p = p + (-tsgn(g))*ss; prev = g   (torch's order of selects)
+ *   ASGD     q = p*decay + (-eta)*g (decay = 1 - lambd*eta); p = q;
+ *            ax = mu == 1 ? q : ax + (q - ax)*mu   (eta, mu: the tensor's scalars, fo_scalars)
  * sgn(x) is 1, -1, or x itself for +-0 and NaN (a zero does not move, a NaN propagates).
  * Optional terms are compile-time flags of always-inline bodies, so each combination becomes
  * its own branch-free loop; the L1 term is a select, cheap enough to leave in every loop.
@@ -565,6 +567,38 @@ static void FO_FN(rprop)(int64_t n, int64_t index, void *const *s, const void *h
         ss[i] = si;
         prev[i] = gz;
         p[i] = pi + (-FO_FN(fo_tsgn)(gz)) * si;
+    }
+}
+
+/* ---- ASGD -------------------------------------------------------------------------------- */
+
+static FO_ALWAYS_INLINE void FO_FN(asgd_body)(int64_t n, void *const *s, const fo_asgd_hp *hp,
+                                               const int l2, const int copy_avg)
+{
+    FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    FO_T *FO_RESTRICT ax = FO_STREAM(FO_S1);
+    FO_GRAD_LOCALS;
+    const FO_T l2c = (FO_T)hp->l2;
+    const FO_T decay = (FO_T)hp->decay, neta = (FO_T)hp->neg_eta, mu = (FO_T)hp->mu;
+    for (int64_t i = 0; i < n; i++) {
+        const FO_T pi = p[i];
+        const FO_T gi = FO_GRAD_IN(i, pi, l2c, l2);
+        const FO_T q = pi * decay + neta * gi;
+        p[i] = q;
+        ax[i] = copy_avg ? q : ax[i] + (q - ax[i]) * mu;
+    }
+}
+
+static void FO_FN(asgd)(int64_t n, int64_t index, void *const *s, const void *hpv)
+{
+    (void)index;
+    const fo_asgd_hp *hp = (const fo_asgd_hp *)hpv;
+    switch (((hp->l2 != 0.0) << 1) | (hp->copy_avg != 0)) {
+    case 0: FO_FN(asgd_body)(n, s, hp, 0, 0); break;
+    case 1: FO_FN(asgd_body)(n, s, hp, 0, 1); break;
+    case 2: FO_FN(asgd_body)(n, s, hp, 1, 0); break;
+    default: FO_FN(asgd_body)(n, s, hp, 1, 1); break;
     }
 }
 

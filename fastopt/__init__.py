@@ -12,6 +12,7 @@ from ._threading import get_num_threads, set_num_threads
 from ._version import __version__
 from .adadelta import Adadelta, Rprop
 from .adam import Adam, Adamax, AdamW, NAdam, RAdam
+from .asgd import ASGD
 from .averaging import EMA, GradientAccumulator
 from .checkpoint import load, save
 from .clip import clip_grad_norm_, clip_grad_value_, grad_norm
@@ -23,6 +24,7 @@ from .sgd import SGD
 _select_isa_from_env()
 
 __all__ = [
+    "ASGD",
     "Adadelta",
     "Adagrad",
     "Adam",

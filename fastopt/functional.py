@@ -29,7 +29,7 @@ from ._backend import native as _native
 from ._threading import get_num_threads
 
 __all__ = ["adam", "sgd", "rmsprop", "adagrad", "lion", "adamax", "radam", "nadam", "adadelta",
-           "rprop", "probe",
+           "rprop", "asgd", "probe",
            "run_lists", "run_frame", "NATIVE"]
 
 Arrays = Sequence[np.ndarray]
@@ -132,8 +132,9 @@ def _run_reference(rule, streams, group, records, gscale, steps, increment, aux,
             kw = dict(kwargs[group[i]])
             if rule.name not in ("probe", "ema"):
                 kw["grad_scale"] = gs[group[i]]
+            k = len(rule.aux)
             rule.reference(streams[0][i], g, bufs, step=int(steps[i]),
-                           aux=None if aux is None else aux[i:i + 1], **kw)
+                           aux=None if aux is None else aux[i * k:(i + 1) * k], **kw)
     return OK
 
 
@@ -449,6 +450,27 @@ def rprop(params: Arrays, grads: Sequence[np.ndarray | None], prevs: Arrays,
                                   maximize=maximize, l1=l1, clip_value=clip_value))
     _call(_spec.RPROP, grad_scale, ["params", "prevs", "step_sizes"], params, grads,
           [prevs, step_sizes], row)
+
+
+# ---- ASGD ----------------------------------------------------------------------------------
+
+def asgd(params: Arrays, grads: Sequence[np.ndarray | None], axs: Arrays, eta_mu: np.ndarray,
+         steps, *, lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
+         t0: float = 1e6, weight_decay: float = 0.0, maximize: bool = False, l1: float = 0.0,
+         clip_value: float | None = None, grad_scale: float = 1.0) -> None:
+    """ASGD on many tensors in one native call; params, axs and ``eta_mu`` (a float64 (T, 2)
+    array: each tensor's eta and mu, starting at (float32(lr), 1)) modified in place. See
+    ``fastopt.ASGD`` for the formula."""
+    row = _spec.ASGD.record(dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0,
+                                 weight_decay=weight_decay, maximize=maximize, l1=l1,
+                                 clip_value=clip_value))
+    if (not isinstance(eta_mu, np.ndarray) or eta_mu.dtype != np.float64
+            or eta_mu.shape != (len(params), 2) or not eta_mu.flags.c_contiguous
+            or not eta_mu.flags.writeable):
+        raise TypeError(f"eta_mu: expected a writeable C-contiguous float64 array of shape "
+                        f"({len(params)}, 2)")
+    _call(_spec.ASGD, grad_scale, ["params", "axs"], params, grads, [axs], row, steps,
+          eta_mu.reshape(-1))
 
 
 # ---- the probe -----------------------------------------------------------------------------

@@ -273,6 +273,29 @@ def rprop_step(param, grad, prev, step_size, *, etaminus=0.5, etaplus=1.2, step_
     prev[...] = g
 
 
+def asgd_step(param, grad, ax, eta_mu, *, step, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6,
+              weight_decay=0.0, maximize=False, l1=0.0, clip_value=None, grad_scale=1.0):
+    """One ASGD step on one tensor; param, ax and ``eta_mu`` (a float64 array of two elements:
+    the tensor's eta and mu, torch's 0-d state tensors) modified in place.
+
+    This step uses the eta and mu the previous step stored (they start at lr and 1); it then
+    stores the next ones, from ``step`` (this step's count, from 1), rounded to float32 as
+    torch's float32 scalar tensors round them.
+    """
+    t = param.dtype.type
+    g = _coupled(_grad(grad, param, maximize, grad_scale, clip_value), param, weight_decay, l1)
+    scalars = eta_mu.reshape(-1)
+    eta, mu = float(scalars[0]), float(scalars[1])
+    param *= t(1 - lambd * eta)
+    param += t(-eta) * g
+    if mu != 1:
+        ax += (param - ax) * t(mu)
+    else:
+        ax[...] = param
+    scalars[0] = float(np.float32(lr / ((1 + lambd * lr * step) ** alpha)))
+    scalars[1] = float(np.float32(1 / max(1, step - t0)))
+
+
 def ema_update(average, param, *, decay):
     """average.lerp_(param, 1 - decay) in place: the exponential moving average of a param."""
     _lerp_(average, param, average.dtype.type(1 - decay))
@@ -340,6 +363,14 @@ def adadelta(params, grads, square_avgs, acc_deltas, **hyper):
 def rprop(params, grads, prevs, step_sizes, **hyper):
     """rprop_step over lists."""
     _each(rprop_step, params, grads, [prevs, step_sizes], **hyper)
+
+
+def asgd(params, grads, axs, eta_mu, steps, **hyper):
+    """asgd_step over lists; ``eta_mu`` is a float64 (T, 2) array (each tensor's eta and mu),
+    in place; steps[i] is tensor i's count."""
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if g is not None:
+            asgd_step(p, g, axs[i], eta_mu[i], step=int(steps[i]), **hyper)
 
 
 def radam(params, grads, exp_avgs, exp_avg_sqs, steps, **hyper):

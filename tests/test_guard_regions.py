@@ -24,6 +24,7 @@ RULES = {
     "NAdam": dict(),
     "Adadelta": dict(weight_decay=0.1),
     "Rprop": dict(),
+    "ASGD": dict(t0=1),
 }
 
 

@@ -275,7 +275,7 @@ def test_adagrad_initial_accumulator_value_and_lr_decay():
 
 @pytest.mark.parametrize("cls", [fastopt.SGD, fastopt.Adam, fastopt.AdamW, fastopt.RMSprop,
                                  fastopt.Adagrad, fastopt.Lion, fastopt.Adamax, fastopt.RAdam,
-                                 fastopt.NAdam, fastopt.Adadelta, fastopt.Rprop])
+                                 fastopt.NAdam, fastopt.Adadelta, fastopt.Rprop, fastopt.ASGD])
 def test_every_optimizer_takes_l1_and_refuses_a_negative_one(cls):
     p = np.array([2.0, -2.0, 0.0])
     opt = cls([p], lr=0.1, l1=0.5)
@@ -303,6 +303,9 @@ def test_every_optimizer_takes_l1_and_refuses_a_negative_one(cls):
     (fastopt.Rprop, dict(etas=(0.5, 1.0)), "Invalid eta values"),
     (fastopt.Rprop, dict(step_sizes=(float("nan"), 1.0)), "Invalid step_size_min value"),
     (fastopt.Rprop, dict(lr=-0.1), "Invalid learning rate"),
+    (fastopt.ASGD, dict(weight_decay=-0.1), "Invalid weight_decay value"),
+    (fastopt.ASGD, dict(lambd=float("nan")), "Invalid lambd value"),
+    (fastopt.ASGD, dict(t0=float("inf")), "Invalid t0 value"),
 ])
 def test_bad_hyperparameters_of_the_new_rules(cls, kw, match):
     with pytest.raises(ValueError, match=match):
@@ -333,6 +336,7 @@ ALL_CLASSES = {
     "RAdam": (fastopt.RAdam, dict(lr=1e-2)),
     "NAdam": (fastopt.NAdam, dict(lr=1e-2)),
     "Adadelta": (fastopt.Adadelta, dict(lr=1.0)),
+    "ASGD": (fastopt.ASGD, dict(lr=1e-2, t0=5)),
 }
 
 

@@ -16,6 +16,7 @@ OPTIMIZERS = {
     "AdamW": lambda ps, **kw: fastopt.AdamW(ps, lr=0.1, **kw),
     "Adadelta": lambda ps, **kw: fastopt.Adadelta(ps, weight_decay=0.1, **kw),
     "Rprop": lambda ps, **kw: fastopt.Rprop(ps, lr=0.1, **kw),
+    "ASGD": lambda ps, **kw: fastopt.ASGD(ps, lr=0.1, t0=0, **kw),
 }
 
 
@@ -157,8 +158,8 @@ def test_grad_aliasing_optimizer_state_is_refused(name):
     params = fresh()
     opt = OPTIMIZERS[name](params)
     opt.step(grads_for(params))
-    key = {"SGD": "momentum_buffer", "Adadelta": "acc_delta", "Rprop": "prev"}.get(name,
-                                                                                  "exp_avg")
+    key = {"SGD": "momentum_buffer", "Adadelta": "acc_delta", "Rprop": "prev",
+           "ASGD": "ax"}.get(name, "exp_avg")
     bad = grads_for(params)
     bad[0] = opt.state[0][key]
     before = snapshot(all_arrays(opt, params))
