@@ -343,11 +343,63 @@ static void fo_nadam_scalars(fo_nadam_hp *hp, const fo_nadam_args *a, int64_t st
     hp->coef_avg = (-lr * mu_next) / (1.0 - mu_product_next);
 }
 
-int fo_has_aux(int rule) { return rule == FO_RULE_NADAM; }
+/* ASGD: torch's expressions in its order. eta and mu are torch's float32 scalar tensors (aux[0],
+ * aux[1]): this step uses the values the previous step stored (eta starts at lr, mu at 1), and
+ * stores the next ones rounded to float32, as torch's copy_ into them does. */
+static void fo_asgd_scalars(fo_asgd_hp *hp, const fo_asgd_args *a, int64_t step, double *aux,
+                            double grad_scale)
+{
+    const double eta = aux[0], mu = aux[1];
+    const double t = (double)step;
+    hp->gscale = fo_gscale(a->maximize, grad_scale);
+    hp->clip = a->clip_value;
+    hp->l2 = a->weight_decay;
+    hp->l1 = a->l1;
+    hp->decay = 1.0 - a->lambd * eta;
+    hp->neg_eta = -eta;
+    hp->mu = mu;
+    hp->copy_avg = mu == 1.0;
+    aux[0] = (double)(float)(a->lr / pow(1.0 + a->lambd * a->lr * t, a->alpha));
+    aux[1] = (double)(float)(t - a->t0 > 1.0 ? 1.0 / (t - a->t0) : 1.0);  /* 1/max(1, t - t0) */
+}
+
+int fo_aux_count(int rule)
+{
+    switch (rule) {
+    case FO_RULE_NADAM: return 1;
+    case FO_RULE_ASGD: return 2;
+    default: return 0;
+    }
+}
+
+int fo_has_aux(int rule) { return fo_aux_count(rule) > 0; }
 
 static void fo_ema_scalars(fo_ema_hp *hp, const fo_ema_args *a)
 {
     hp->lerp_weight = 1.0 - a->decay;
+}
+
+static void fo_adadelta_scalars(fo_adadelta_hp *hp, const fo_adadelta_args *a, double grad_scale)
+{
+    hp->gscale = fo_gscale(a->maximize, grad_scale);
+    hp->clip = a->clip_value;
+    hp->l2 = a->weight_decay;
+    hp->l1 = a->l1;
+    hp->rho = a->rho;
+    hp->one_minus_rho = 1.0 - a->rho;
+    hp->eps = a->eps;
+    hp->neg_lr = -a->lr;
+}
+
+static void fo_rprop_scalars(fo_rprop_hp *hp, const fo_rprop_args *a, double grad_scale)
+{
+    hp->gscale = fo_gscale(a->maximize, grad_scale);
+    hp->clip = a->clip_value;
+    hp->l1 = a->l1;
+    hp->etaminus = a->etaminus;
+    hp->etaplus = a->etaplus;
+    hp->step_size_min = a->step_size_min;
+    hp->step_size_max = a->step_size_max;
 }
 
 #define FO_HP_SIZE_(E, c) case FO_RULE_##E: return sizeof(fo_##c##_hp);
@@ -405,6 +457,9 @@ void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *au
     case FO_RULE_RADAM: fo_radam_scalars((fo_radam_hp *)hp, (const fo_radam_args *)args, step, grad_scale); break;
     case FO_RULE_EMA: fo_ema_scalars((fo_ema_hp *)hp, (const fo_ema_args *)args); break;
     case FO_RULE_NADAM: fo_nadam_scalars((fo_nadam_hp *)hp, (const fo_nadam_args *)args, step, aux, grad_scale); break;
+    case FO_RULE_ADADELTA: fo_adadelta_scalars((fo_adadelta_hp *)hp, (const fo_adadelta_args *)args, grad_scale); break;
+    case FO_RULE_ASGD: fo_asgd_scalars((fo_asgd_hp *)hp, (const fo_asgd_args *)args, step, aux, grad_scale); break;
+    case FO_RULE_RPROP: fo_rprop_scalars((fo_rprop_hp *)hp, (const fo_rprop_args *)args, grad_scale); break;
     default: fo_probe_scalars((fo_probe_hp *)hp, (const fo_probe_args *)args); break;
     }
 }

@@ -66,10 +66,14 @@ uint64_t fo_sr_key(uint64_t seed, int64_t param, int64_t step);
  *   ADAMAX   exp_avg, exp_inf
  *   RADAM    exp_avg, exp_avg_sq
  *   EMA      none: stream P is the average (written), stream G the param (read)
- *   NADAM    exp_avg, exp_avg_sq (and a per-tensor scalar: mu_product, see fo_scalars)   */
+ *   NADAM    exp_avg, exp_avg_sq (and a per-tensor scalar: mu_product, see fo_scalars)
+ *   ADADELTA square_avg, acc_delta
+ *   RPROP    prev, step_size
+ *   ASGD     ax (and two per-tensor scalars: eta, mu, see fo_scalars)                      */
 #define FO_RULE_LIST(X)                                                                    \
     X(SGD, sgd) X(ADAM, adam) X(PROBE, probe) X(RMSPROP, rmsprop) X(ADAGRAD, adagrad)      \
-    X(LION, lion) X(ADAMAX, adamax) X(RADAM, radam) X(EMA, ema) X(NADAM, nadam)
+    X(LION, lion) X(ADAMAX, adamax) X(RADAM, radam) X(EMA, ema) X(NADAM, nadam)         \
+    X(ADADELTA, adadelta) X(RPROP, rprop) X(ASGD, asgd)
 #define FO_RULE_ENUM_(E, c) FO_RULE_##E,
 enum { FO_RULE_LIST(FO_RULE_ENUM_) FO_NRULES };
 #undef FO_RULE_ENUM_
@@ -107,6 +111,11 @@ enum { FO_SIG_LIST(FO_SIG_ENUM_) FO_NSIGS, FO_SIG_MIXED = FO_NSIGS, FO_NSIGS_ALL
     X(clip_value)
 #define FO_RADAM_ARGS(X) X(lr) X(beta1) X(beta2) X(eps) X(weight_decay)                    \
     X(decoupled_weight_decay) X(maximize) X(l1) X(clip_value)
+#define FO_ADADELTA_ARGS(X) X(lr) X(rho) X(eps) X(weight_decay) X(maximize) X(l1) X(clip_value)
+#define FO_RPROP_ARGS(X) X(etaminus) X(etaplus) X(step_size_min) X(step_size_max) X(maximize) \
+    X(l1) X(clip_value)
+#define FO_ASGD_ARGS(X) X(lr) X(lambd) X(alpha) X(t0) X(weight_decay) X(maximize) X(l1)     \
+    X(clip_value)
 
 #define FO_ARG_FIELD_(name) double name;
 #define FO_ARGS_STRUCT_(E, c) typedef struct fo_##c##_args { FO_##E##_ARGS(FO_ARG_FIELD_) } fo_##c##_args;
@@ -195,12 +204,34 @@ typedef struct fo_radam_hp {
     int rectify;                /* rho_t > 5: use the adaptive, rectified step */
 } fo_radam_hp;
 
+typedef struct fo_adadelta_hp {
+    double gscale, clip, l2, l1;
+    double rho, one_minus_rho, eps;
+    double neg_lr;
+} fo_adadelta_hp;
+
+typedef struct fo_rprop_hp {
+    double gscale, clip, l1;
+    double etaminus, etaplus;       /* the step size's factors where grad*prev < 0 and > 0 */
+    double step_size_min, step_size_max;
+} fo_rprop_hp;
+
+typedef struct fo_asgd_hp {
+    double gscale, clip, l2, l1;
+    double decay;               /* 1 - lambd * eta */
+    double neg_eta;
+    double mu;
+    int copy_avg;               /* mu == 1: ax = param (torch copies instead of averaging) */
+} fo_asgd_hp;
+
 /* Fill the per-step scalars of a rule from its argument record, the step count and this
  * call's gradient scale. `aux` is the tensor's own scalar state, read and updated (NAdam's
- * mu_product; NULL for the rules without one); fo_has_aux tells which rules use it. */
+ * mu_product; ASGD's eta and mu, in this order; NULL for the rules without one);
+ * fo_aux_count tells how many scalars a rule keeps per tensor (fo_has_aux: whether any). */
 void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *aux,
                 double grad_scale);
 int fo_has_aux(int rule);
+int fo_aux_count(int rule);
 /* Size in bytes of the per-step scalar struct of a rule; number of fields of its record. */
 size_t fo_hp_size(int rule);
 int fo_nargs(int rule);

@@ -30,6 +30,13 @@
  *   RAdam    m = lerp(m, g, 1-b1); v = v*b2 + (1-b2)*g*g; mb = m/bc1;
  *            p = p - ((mb*lr) * ((1/(sqrt(v)+eps))*bc2_sqrt)) * rect   if rho_t > 5
  *            p = p - mb*lr                                             otherwise
+ *   Adadelta v = v*rho + (1-rho)*g*g; d = (sqrt(u + eps) / sqrt(v + eps)) * g;
+ *            u = u*rho + (1-rho)*d*d; p = p + (-lr)*d
+ *   Rprop    s = tsgn(g*prev) (torch.sign: 0 for +-0 and NaN); f = s>0 ? eta+ : s<0 ? eta- : s;
+ *            f = f==0 ? 1 : f; ss = min(max(ss*f, ss_min), ss_max) (NaN propagates);
+ *            g = f==eta- ? 0 : g; p = p + (-tsgn(g))*ss; prev = g   (torch's order of selects)
+ *   ASGD     q = p*decay + (-eta)*g (decay = 1 - lambd*eta); p = q;
+ *            ax = mu == 1 ? q : ax + (q - ax)*mu   (eta, mu: the tensor's scalars, fo_scalars)
  * sgn(x) is 1, -1, or x itself for +-0 and NaN (a zero does not move, a NaN propagates).
  * Optional terms are compile-time flags of always-inline bodies, so each combination becomes
  * its own branch-free loop; the L1 term is a select, cheap enough to leave in every loop.
@@ -493,7 +500,138 @@ static void FO_FN(ema)(int64_t n, int64_t index, void *const *s, const void *hpv
     else FO_FN(ema_body)(n, s, hp, 0);
 }
 
+/* ---- Adadelta ---------------------------------------------------------------------------- */
+/* These loops take clip and l1 as compile-time flags too (FO_CALL_FLAGS3): with them as
+ * run-time values GCC leaves the loops scalar ("control flow in loop"), ~8x slower. */
+
+#define FO_FLAG_LOCALS                                                                     \
+    const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, l1c = (FO_T)hp->l1
+/* Call BODY(n, s, hp, a, b, c) with three flags as compile-time constants. */
+#define FO_CALL_FLAGS3(BODY, A, B, C)                                                      \
+    switch (((A) << 2) | ((B) << 1) | (C)) {                                               \
+    case 0: BODY(n, s, hp, 0, 0, 0); break;                                                \
+    case 1: BODY(n, s, hp, 0, 0, 1); break;                                                \
+    case 2: BODY(n, s, hp, 0, 1, 0); break;                                                \
+    case 3: BODY(n, s, hp, 0, 1, 1); break;                                                \
+    case 4: BODY(n, s, hp, 1, 0, 0); break;                                                \
+    case 5: BODY(n, s, hp, 1, 0, 1); break;                                                \
+    case 6: BODY(n, s, hp, 1, 1, 0); break;                                                \
+    default: BODY(n, s, hp, 1, 1, 1); break;                                               \
+    }
+
+static FO_ALWAYS_INLINE void FO_FN(adadelta_body)(int64_t n, void *const *s,
+                                                   const fo_adadelta_hp *hp, const int l2,
+                                                   const int clip, const int l1)
+{
+    FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    FO_T *FO_RESTRICT v = FO_STREAM(FO_S1);
+    FO_T *FO_RESTRICT u = FO_STREAM(FO_S2);
+    FO_FLAG_LOCALS;
+    const FO_T l2c = (FO_T)hp->l2;
+    const FO_T rho = (FO_T)hp->rho, omr = (FO_T)hp->one_minus_rho;
+    const FO_T eps = (FO_T)hp->eps, nlr = (FO_T)hp->neg_lr;
+    for (int64_t i = 0; i < n; i++) {
+        const FO_T pi = p[i];
+        const FO_T gi = FO_GRAD_IN(i, pi, l2c, l2);
+        const FO_T vi = v[i] * rho + omr * gi * gi;
+        const FO_T ui = u[i];
+        const FO_T d = (FO_SQRT(ui + eps) / FO_SQRT(vi + eps)) * gi;
+        v[i] = vi;
+        u[i] = ui * rho + omr * d * d;
+        p[i] = pi + nlr * d;
+    }
+}
+
+static void FO_FN(adadelta)(int64_t n, int64_t index, void *const *s, const void *hpv)
+{
+    (void)index;
+    const fo_adadelta_hp *hp = (const fo_adadelta_hp *)hpv;
+    FO_CALL_FLAGS3(FO_FN(adadelta_body), hp->l2 != 0.0, hp->clip != 0.0, hp->l1 != 0.0);
+}
+
+/* ---- Rprop ------------------------------------------------------------------------------- */
+
+/* torch.sign: 1, -1, or +0 for +-0 and NaN (unlike fo_sgn, a NaN gives 0). Written as
+ * torch writes it, (0 < x) - (x < 0): GCC if-converts this but not the nested select, and
+ * leaves the loop scalar with the latter (~6x slower). */
+static FO_ALWAYS_INLINE FO_T FO_FN(fo_tsgn)(FO_T x)
+{
+    return (FO_T)(x > 0) - (FO_T)(x < 0);
+}
+
+static FO_ALWAYS_INLINE void FO_FN(rprop_body)(int64_t n, void *const *s,
+                                                const fo_rprop_hp *hp, const int unused,
+                                                const int clip, const int l1)
+{
+    FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    FO_T *FO_RESTRICT prev = FO_STREAM(FO_S1);
+    FO_T *FO_RESTRICT ss = FO_STREAM(FO_S2);
+    FO_FLAG_LOCALS;
+    (void)unused;
+    const FO_T em = (FO_T)hp->etaminus, ep = (FO_T)hp->etaplus;
+    const FO_T lo = (FO_T)hp->step_size_min, hi = (FO_T)hp->step_size_max;
+    for (int64_t i = 0; i < n; i++) {
+        const FO_T pi = p[i];
+        const FO_T gi = FO_GRAD_IN(i, pi, 0, 0);
+        /* torch: sign = sign(g*prev); sign[sign>0] = eta+; sign[sign<0] = eta-; sign[sign==0] = 1 */
+        FO_T f = FO_FN(fo_tsgn)(gi * prev[i]);
+        f = f > 0 ? ep : f;
+        f = f < 0 ? em : f;
+        f = f == 0 ? (FO_T)1 : f;
+        FO_T si = ss[i] * f;
+        si = si < lo ? lo : si;            /* clamp_(min, max): NaN stays NaN */
+        si = si > hi ? hi : si;
+        const FO_T gz = f == em ? (FO_T)0 : gi;
+        ss[i] = si;
+        prev[i] = gz;
+        p[i] = pi + (-FO_FN(fo_tsgn)(gz)) * si;
+    }
+}
+
+static void FO_FN(rprop)(int64_t n, int64_t index, void *const *s, const void *hpv)
+{
+    (void)index;
+    const fo_rprop_hp *hp = (const fo_rprop_hp *)hpv;
+    FO_CALL_FLAGS3(FO_FN(rprop_body), 0, hp->clip != 0.0, hp->l1 != 0.0);
+}
+
+/* ---- ASGD -------------------------------------------------------------------------------- */
+
+static FO_ALWAYS_INLINE void FO_FN(asgd_body)(int64_t n, void *const *s, const fo_asgd_hp *hp,
+                                               const int l2, const int copy_avg)
+{
+    FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    FO_T *FO_RESTRICT ax = FO_STREAM(FO_S1);
+    FO_GRAD_LOCALS;
+    const FO_T l2c = (FO_T)hp->l2;
+    const FO_T decay = (FO_T)hp->decay, neta = (FO_T)hp->neg_eta, mu = (FO_T)hp->mu;
+    for (int64_t i = 0; i < n; i++) {
+        const FO_T pi = p[i];
+        const FO_T gi = FO_GRAD_IN(i, pi, l2c, l2);
+        const FO_T q = pi * decay + neta * gi;
+        p[i] = q;
+        ax[i] = copy_avg ? q : ax[i] + (q - ax[i]) * mu;
+    }
+}
+
+static void FO_FN(asgd)(int64_t n, int64_t index, void *const *s, const void *hpv)
+{
+    (void)index;
+    const fo_asgd_hp *hp = (const fo_asgd_hp *)hpv;
+    switch (((hp->l2 != 0.0) << 1) | (hp->copy_avg != 0)) {
+    case 0: FO_FN(asgd_body)(n, s, hp, 0, 0); break;
+    case 1: FO_FN(asgd_body)(n, s, hp, 0, 1); break;
+    case 2: FO_FN(asgd_body)(n, s, hp, 1, 0); break;
+    default: FO_FN(asgd_body)(n, s, hp, 1, 1); break;
+    }
+}
+
 #undef FO_STREAM
+#undef FO_FLAG_LOCALS
+#undef FO_CALL_FLAGS3
 #undef FO_GRAD_LOCALS
 #undef FO_GRAD_IN
 #undef FO_SMALL

@@ -10,8 +10,10 @@ from . import kernels, reference, schedules
 from ._config import _select_isa_from_env, config, set_isa, show_config
 from ._threading import get_num_threads, set_num_threads
 from ._version import __version__
+from .adadelta import Adadelta, Rprop
 from .adam import Adam, Adamax, AdamW, NAdam, RAdam
 from .amp import LossScaler
+from .asgd import ASGD
 from .averaging import EMA, GradientAccumulator
 from .checkpoint import load, save
 from .clip import clip_grad_norm_, clip_grad_value_, grad_norm
@@ -23,6 +25,8 @@ from .sgd import SGD
 _select_isa_from_env()
 
 __all__ = [
+    "ASGD",
+    "Adadelta",
     "Adagrad",
     "Adam",
     "AdamW",
@@ -35,6 +39,7 @@ __all__ = [
     "Optimizer",
     "RAdam",
     "RMSprop",
+    "Rprop",
     "SGD",
     "__version__",
     "clip_grad_norm_",

@@ -93,6 +93,7 @@ cdef extern from "fastopt.h" nogil:
     void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *aux,
                     double grad_scale)
     int fo_has_aux(int rule)
+    int fo_aux_count(int rule)
 
 cdef extern from "numpy/ndarraytypes.h":
     enum:
@@ -951,8 +952,8 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
     records, see ARG_NAMES). ``gscale`` float64 (groups,): this call's gradient factor per group
     (1, or 1/loss scale); clipping multiplies its coefficient in. ``steps`` int64 (T,): with
     ``increment`` the counts of the stepping tensors are incremented first; without, they are
-    this step's counts. ``aux`` float64 (T,): per-tensor scalar state (NAdam's mu_product),
-    updated in place. ``max_norms`` float64 (groups,): clip each group's gradients by their
+    this step's counts. ``aux`` float64 (T * k,): per-tensor scalar state, k per tensor
+    (fo_aux_count: NAdam's mu_product; ASGD's eta, mu), updated in place. ``max_norms`` float64 (groups,): clip each group's gradients by their
     2-norm where > 0 (``norms``, float64 (groups,), receives the norms). ``check_finite``: a NaN
     or Inf in any stepping gradient makes the call modify nothing and return SKIPPED.
 
@@ -978,6 +979,7 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
     cdef double *gs
     cdef double *mx = NULL
     cdef double *ax = NULL
+    cdef int64_t naux
     cdef double coef, norm
     cdef int64_t *st
     cdef const double *a
@@ -1003,9 +1005,11 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
         raise ValueError(f"gscale: expected a contiguous float64 array of {ngroups}")
     if not _vec(steps, cnp.NPY_INT64, T, True):
         raise ValueError(f"steps: expected a writeable contiguous int64 array of {T}")
-    if fo_has_aux(rule):
-        if not _vec(aux, cnp.NPY_DOUBLE, T, True):
-            raise ValueError(f"aux: expected a writeable contiguous float64 array of {T}")
+    naux = fo_aux_count(rule)
+    if naux:
+        if not _vec(aux, cnp.NPY_DOUBLE, T * naux, True):
+            raise ValueError(f"aux: expected a writeable contiguous float64 array of {T} x "
+                             f"{naux} (each tensor's scalars in a row)")
         ax = <double *>cnp.PyArray_DATA(aux)
     if max_norms is not None:
         if not _vec(max_norms, cnp.NPY_DOUBLE, ngroups, False):
@@ -1088,7 +1092,7 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
                 else:
                     hp_of[i] = hps + i * hp_size
                     fo_scalars(rule, hp_of[i], a + grp[i] * nargs, st[i],
-                               ax + i if ax != NULL else NULL, gs[grp[i]])
+                               ax + i * naux if ax != NULL else NULL, gs[grp[i]])
                     last = i
                 store[i].rounding = rnd[grp[i]] if rnd != NULL else FO_ROUND_NEAREST
                 store[i].key = 0

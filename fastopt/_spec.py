@@ -11,8 +11,10 @@ A ``Rule`` says, for one update rule:
   defaults (see ``_check_all``) and in the tests for every option set;
 - ``buffers``: the state buffers (torch's key, the stream they occupy, the option that needs
   them, their initial value);
-- ``step_state`` / ``aux``: whether state holds ``step``, and a per-param scalar state kept in
-  float64 next to it (NAdam's ``mu_product``);
+- ``step_state`` / ``aux``: whether state holds ``step``, and the per-param scalar states kept
+  in float64 next to it (their state keys: NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``,
+  in the order of csrc/dispatch.c's fo_scalars; ``aux_init`` gives their initial values from
+  the group);
 - ``reference``: how the NumPy twin (fastopt.reference) is called for one tensor.
 
 The optimizer classes (their checks, state creation and revalidation), the functional layer,
@@ -123,8 +125,8 @@ class Rule:
     pack: Callable[[Mapping], dict[str, float]]
     buffers: tuple[Buffer, ...] = ()
     step_state: bool = True
-    aux: str | None = None
-    aux_init: float = 1.0
+    aux: tuple[str, ...] = ()
+    aux_init: Callable[[Mapping], tuple[float, ...]] = lambda group: ()
     reference: Callable[..., None] | None = None
     flags: tuple[str, ...] = ()                  # record fields that are booleans
 
@@ -382,8 +384,79 @@ NADAM = Rule(
     (("lr", 2e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 0.0),
      ("momentum_decay", 4e-3), ("decoupled_weight_decay", False), _KW, ("maximize", False),
      ("l1", 0.0)),
-    _pack_nadam, (Buffer("exp_avg", S1), Buffer("exp_avg_sq", S2)), aux="mu_product",
-    reference=_ref_nadam, flags=("decoupled_weight_decay", "maximize"))
+    _pack_nadam, (Buffer("exp_avg", S1), Buffer("exp_avg_sq", S2)), aux=("mu_product",),
+    aux_init=lambda group: (1.0,), reference=_ref_nadam,
+    flags=("decoupled_weight_decay", "maximize"))
+
+
+def _pack_adadelta(g: Mapping) -> dict[str, float]:
+    return {"lr": v.lr(g["lr"]), "rho": v.real("rho", g["rho"], high=1.0), "eps": _eps(g),
+            **_common(g)}
+
+
+def _ref_adadelta(p, g, b, *, step, aux, **kw):
+    reference.adadelta_step(p, g, b[S1], b[S2], **kw)
+
+
+ADADELTA = Rule(
+    "adadelta",
+    (("lr", 1.0), ("rho", 0.9), ("eps", 1e-6), ("weight_decay", 0.0), _KW, ("maximize", False),
+     ("l1", 0.0)),
+    _pack_adadelta, (Buffer("square_avg", S1), Buffer("acc_delta", S2)),
+    reference=_ref_adadelta, flags=("maximize",))
+
+
+def _pack_rprop(g: Mapping) -> dict[str, float]:
+    v.lr(g["lr"])       # the step sizes' initial value (Buffer.fill), not a kernel argument
+    etas = g["etas"]
+    if not isinstance(etas, (tuple, list)) or len(etas) != 2:
+        raise TypeError(f"Invalid etas: expected a pair (etaminus, etaplus), got {etas!r}")
+    sizes = g["step_sizes"]
+    if not isinstance(sizes, (tuple, list)) or len(sizes) != 2:
+        raise TypeError("Invalid step_sizes: expected a pair (step_size_min, step_size_max), "
+                        f"got {sizes!r}")
+    em = v.real("etas", etas[0], what="eta values")
+    ep = v.real("etas", etas[1], what="eta values")
+    if not 0.0 < em < 1.0 < ep:
+        raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
+    lo = v.real("step_sizes", sizes[0], low=None, what="step_size_min value")
+    hi = v.real("step_sizes", sizes[1], low=None, what="step_size_max value")
+    common = _common({**g, "weight_decay": 0.0})
+    del common["weight_decay"]
+    return {"etaminus": em, "etaplus": ep, "step_size_min": lo, "step_size_max": hi, **common}
+
+
+def _ref_rprop(p, g, b, *, step, aux, **kw):
+    reference.rprop_step(p, g, b[S1], b[S2], **kw)
+
+
+RPROP = Rule(
+    "rprop",
+    (("lr", 1e-2), ("etas", (0.5, 1.2)), ("step_sizes", (1e-6, 50.0)), _KW,
+     ("maximize", False), ("l1", 0.0)),
+    _pack_rprop,
+    (Buffer("prev", S1), Buffer("step_size", S2, fill=lambda g: float(g["lr"]))),
+    reference=_ref_rprop, flags=("maximize",))
+
+
+def _pack_asgd(g: Mapping) -> dict[str, float]:
+    return {"lr": v.lr(g["lr"]), "lambd": v.real("lambd", g["lambd"], low=None),
+            "alpha": v.real("alpha", g["alpha"], low=None),
+            "t0": v.real("t0", g["t0"], low=None), **_common(g)}
+
+
+def _ref_asgd(p, g, b, *, step, aux, **kw):
+    reference.asgd_step(p, g, b[S1], aux, step=step, **kw)
+
+
+ASGD = Rule(
+    "asgd",
+    (("lr", 1e-2), ("lambd", 1e-4), ("alpha", 0.75), ("t0", 1e6), ("weight_decay", 0.0),
+     ("maximize", False), ("l1", 0.0)),
+    _pack_asgd, (Buffer("ax", S1),), aux=("eta", "mu"),
+    # torch's 0-d float32 tensors: eta = lr (rounded to float32), mu = 1
+    aux_init=lambda group: (float(np.float32(group["lr"])), 1.0),
+    reference=_ref_asgd, flags=("maximize",))
 
 
 def _ref_ema(p, g, b, *, step, aux, **kw):
@@ -411,7 +484,7 @@ PROBE = Rule("probe", (("nstreams", 2),),
 
 RULES = {"SGD": SGD, "Adam": ADAM, "AdamW": ADAMW, "RMSprop": RMSPROP, "Adagrad": ADAGRAD,
          "Lion": LION, "Adamax": ADAMAX, "RAdam": RADAM, "NAdam": NADAM, "EMA": EMA,
-         "probe": PROBE}
+         "probe": PROBE, "Adadelta": ADADELTA, "Rprop": RPROP, "ASGD": ASGD}
 
 
 def _check_all() -> None:

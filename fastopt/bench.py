@@ -133,6 +133,10 @@ OPTIMIZERS = {
                      dict(lr=1e-3), dict(lr=1e-3)),
     "nadam": OptSpec("nadam", "NAdam", "nadam", 2, "NAdam", "NAdam",
                      dict(lr=2e-3), dict(lr=2e-3)),
+    "adadelta": OptSpec("adadelta", "Adadelta", "adadelta", 2, "Adadelta", "Adadelta",
+                        dict(lr=1.0), dict(lr=1.0)),
+    "rprop": OptSpec("rprop", "Rprop", "rprop", 2, "Rprop", "Rprop", dict(lr=1e-2), dict()),
+    "asgd": OptSpec("asgd", "ASGD", "asgd", 1, "ASGD", "ASGD", dict(lr=1e-2), dict(lr=1e-2)),
 }
 DEFAULT_OPTIMIZERS = ("adam", "sgd")
 
@@ -289,6 +293,9 @@ def _functional_step(module, spec, params, grads):
     if spec.family == "nadam":
         mu = np.ones(len(p))
         return lambda: fn(p, g, *state, mu, steps, **kw)
+    if spec.family == "asgd":
+        eta_mu = np.tile([kw["lr"], 1.0], (len(p), 1))
+        return lambda: fn(p, g, *state, eta_mu, steps, **kw)
     if spec.family in ("adagrad", "adamax", "radam"):      # rules that take step counts
         return lambda: fn(p, g, *state, steps, **kw)
     return lambda: fn(p, g, *state, **kw)

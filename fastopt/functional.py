@@ -28,7 +28,8 @@ from ._backend import BACKEND
 from ._backend import native as _native
 from ._threading import get_num_threads
 
-__all__ = ["adam", "sgd", "rmsprop", "adagrad", "lion", "adamax", "radam", "nadam", "probe",
+__all__ = ["adam", "sgd", "rmsprop", "adagrad", "lion", "adamax", "radam", "nadam", "adadelta",
+           "rprop", "asgd", "probe",
            "run_lists", "run_frame", "NATIVE"]
 
 Arrays = Sequence[np.ndarray]
@@ -133,14 +134,15 @@ def _run_reference(rule, streams, group, records, gscale, steps, increment, aux,
             if rule.name not in ("probe", "ema"):
                 kw["grad_scale"] = gs[group[i]]
             mode = 0 if rounding is None else int(rounding[group[i]])
+            k = len(rule.aux)
+            ax = None if aux is None else aux[i * k:(i + 1) * k]
             mixed = reference.Mixed.of(streams[0][i], g, bufs, streams[S - 1][i]
                                        if streams[S - 1] is not None else None)
             if mixed is None:
-                rule.reference(streams[0][i], g, bufs, step=int(steps[i]),
-                               aux=None if aux is None else aux[i:i + 1], **kw)
+                rule.reference(streams[0][i], g, bufs, step=int(steps[i]), aux=ax, **kw)
                 continue
-            rule.reference(mixed.param, mixed.grad, mixed.bufs, step=int(steps[i]),
-                           aux=None if aux is None else aux[i:i + 1], **kw)
+            rule.reference(mixed.param, mixed.grad, mixed.bufs, step=int(steps[i]), aux=ax,
+                           **kw)
             mixed.store(mode, _native_key(seed, i, int(steps[i])) if mode else 0)
     return OK
 
@@ -441,6 +443,56 @@ def nadam(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
           [exp_avgs, exp_avg_sqs], row, steps, mu_products)
 
 
+
+
+# ---- Adadelta ------------------------------------------------------------------------------
+
+def adadelta(params: Arrays, grads: Sequence[np.ndarray | None], square_avgs: Arrays,
+             acc_deltas: Arrays, *, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
+             weight_decay: float = 0.0, maximize: bool = False, l1: float = 0.0,
+             clip_value: float | None = None, grad_scale: float = 1.0) -> None:
+    """Adadelta on many tensors in one native call; params and state modified in place.
+    See ``fastopt.Adadelta`` for the formula."""
+    row = _spec.ADADELTA.record(dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                                     maximize=maximize, l1=l1, clip_value=clip_value))
+    _call(_spec.ADADELTA, grad_scale, ["params", "square_avgs", "acc_deltas"], params, grads,
+          [square_avgs, acc_deltas], row)
+
+
+# ---- Rprop ---------------------------------------------------------------------------------
+
+def rprop(params: Arrays, grads: Sequence[np.ndarray | None], prevs: Arrays,
+          step_sizes: Arrays, *, etaminus: float = 0.5, etaplus: float = 1.2,
+          step_size_min: float = 1e-6, step_size_max: float = 50.0, maximize: bool = False,
+          l1: float = 0.0, clip_value: float | None = None, grad_scale: float = 1.0) -> None:
+    """Rprop on many tensors in one native call; params, prevs and step_sizes (each element's
+    step size: start them at lr) modified in place. See ``fastopt.Rprop`` for the formula."""
+    row = _spec.RPROP.record(dict(lr=0.0, etas=(etaminus, etaplus),
+                                  step_sizes=(step_size_min, step_size_max),
+                                  maximize=maximize, l1=l1, clip_value=clip_value))
+    _call(_spec.RPROP, grad_scale, ["params", "prevs", "step_sizes"], params, grads,
+          [prevs, step_sizes], row)
+
+
+# ---- ASGD ----------------------------------------------------------------------------------
+
+def asgd(params: Arrays, grads: Sequence[np.ndarray | None], axs: Arrays, eta_mu: np.ndarray,
+         steps, *, lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
+         t0: float = 1e6, weight_decay: float = 0.0, maximize: bool = False, l1: float = 0.0,
+         clip_value: float | None = None, grad_scale: float = 1.0) -> None:
+    """ASGD on many tensors in one native call; params, axs and ``eta_mu`` (a float64 (T, 2)
+    array: each tensor's eta and mu, starting at (float32(lr), 1)) modified in place. See
+    ``fastopt.ASGD`` for the formula."""
+    row = _spec.ASGD.record(dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0,
+                                 weight_decay=weight_decay, maximize=maximize, l1=l1,
+                                 clip_value=clip_value))
+    if (not isinstance(eta_mu, np.ndarray) or eta_mu.dtype != np.float64
+            or eta_mu.shape != (len(params), 2) or not eta_mu.flags.c_contiguous
+            or not eta_mu.flags.writeable):
+        raise TypeError(f"eta_mu: expected a writeable C-contiguous float64 array of shape "
+                        f"({len(params)}, 2)")
+    _call(_spec.ASGD, grad_scale, ["params", "axs"], params, grads, [axs], row, steps,
+          eta_mu.reshape(-1))
 
 
 # ---- the probe -----------------------------------------------------------------------------

@@ -15,11 +15,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functional import _one, adagrad, adam, adamax, lion, nadam, probe, radam, rmsprop, sgd
+from .functional import (
+    _one,
+    adadelta,
+    adagrad,
+    adam,
+    adamax,
+    asgd,
+    lion,
+    nadam,
+    probe,
+    radam,
+    rmsprop,
+    rprop,
+    sgd,
+)
 
 __all__ = ["adam_step", "adam", "sgd_step", "sgd", "rmsprop_step", "rmsprop", "adagrad_step",
            "adagrad", "lion_step", "lion", "adamax_step", "adamax", "radam_step", "radam",
-           "nadam_step", "nadam", "probe"]
+           "nadam_step", "nadam", "adadelta_step", "adadelta", "rprop_step", "rprop", "asgd_step",
+           "asgd", "probe"]
 
 
 def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray,
@@ -140,3 +155,57 @@ def nadam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg
           clip_value=clip_value, grad_scale=grad_scale)
     if not np.shares_memory(mp, mu_product):
         mu_product[...] = mp[0]
+
+
+def adadelta_step(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray,
+                  acc_delta: np.ndarray, *, lr: float = 1.0, rho: float = 0.9,
+                  eps: float = 1e-6, weight_decay: float = 0.0, maximize: bool = False,
+                  l1: float = 0.0, clip_value: float | None = None,
+                  grad_scale: float = 1.0) -> None:
+    """One fused Adadelta step on one tensor; param and state modified in place."""
+    adadelta([param], [grad], [square_avg], [acc_delta], lr=lr, rho=rho, eps=eps,
+             weight_decay=weight_decay, maximize=maximize, l1=l1, clip_value=clip_value,
+             grad_scale=grad_scale)
+
+
+def rprop_step(param: np.ndarray, grad: np.ndarray, prev: np.ndarray, step_size: np.ndarray,
+               *, etaminus: float = 0.5, etaplus: float = 1.2, step_size_min: float = 1e-6,
+               step_size_max: float = 50.0, maximize: bool = False, l1: float = 0.0,
+               clip_value: float | None = None, grad_scale: float = 1.0) -> None:
+    """One fused Rprop step on one tensor; param, prev and step_size modified in place
+    (``step_size`` starts at lr, ``prev`` at 0).
+
+    >>> import numpy as np, fastopt
+    >>> p = np.zeros(2); prev = np.zeros(2); ss = np.full(2, 0.1)
+    >>> fastopt.kernels.rprop_step(p, np.array([2.0, -3.0]), prev, ss)
+    >>> p, prev, ss
+    (array([-0.1,  0.1]), array([ 2., -3.]), array([0.1, 0.1]))
+    """
+    rprop([param], [grad], [prev], [step_size], etaminus=etaminus, etaplus=etaplus,
+          step_size_min=step_size_min, step_size_max=step_size_max, maximize=maximize, l1=l1,
+          clip_value=clip_value, grad_scale=grad_scale)
+
+
+def asgd_step(param: np.ndarray, grad: np.ndarray, ax: np.ndarray, eta_mu: np.ndarray, *,
+              step: int, lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75,
+              t0: float = 1e6, weight_decay: float = 0.0, maximize: bool = False,
+              l1: float = 0.0, clip_value: float | None = None,
+              grad_scale: float = 1.0) -> None:
+    """One fused ASGD step on one tensor; ``eta_mu`` is a float64 array of two elements (eta,
+    mu: start them at float32(lr) and 1), modified in place with param and ax.
+
+    >>> import numpy as np, fastopt
+    >>> p = np.ones(2); ax = np.zeros(2); eta_mu = np.array([0.5, 1.0])
+    >>> fastopt.kernels.asgd_step(p, np.full(2, 1.0), ax, eta_mu, step=1, lr=0.5, lambd=0.0)
+    >>> p, ax, eta_mu
+    (array([0.5, 0.5]), array([0.5, 0.5]), array([0.5, 1. ]))
+    """
+    if (not isinstance(eta_mu, np.ndarray) or eta_mu.dtype != np.float64
+            or eta_mu.size != 2 or not eta_mu.flags.writeable):
+        raise TypeError("eta_mu: expected a writeable float64 array of two elements")
+    em = np.ascontiguousarray(eta_mu.reshape(1, 2))
+    asgd([param], [grad], [ax], em, [step], lr=lr, lambd=lambd, alpha=alpha, t0=t0,
+         weight_decay=weight_decay, maximize=maximize, l1=l1, clip_value=clip_value,
+         grad_scale=grad_scale)
+    if not np.shares_memory(em, eta_mu):
+        eta_mu.reshape(-1)[...] = em.reshape(-1)

@@ -99,7 +99,7 @@ class Optimizer:
         self._sizes: list[int] = []             # params per group when it was added
         self._group_of = np.zeros(0, np.int32)
         self._steps = np.zeros(0, dtype=np.int64)
-        self._aux = np.zeros(0, dtype=np.float64)
+        self._aux = np.zeros((0, len(self._spec.aux)))   # per param: its scalar states
         self._step_views: list[Any] = []        # the 0-d views at state[i]["step"]
         self._args: Any = None          # float64 (groups, nargs) records of the last validation
         self._args_key: Any = None      # the group values (objects) they were made from
@@ -196,8 +196,13 @@ class Optimizer:
                                                                  len(self.param_groups) - 1,
                                                                  np.int32)])
         self._set_steps(np.concatenate([self._steps, np.zeros(len(params), np.int64)]),
-                        np.concatenate([self._aux, np.full(len(params), self._spec.aux_init)]))
+                        np.concatenate([self._aux, self._aux_init(group, len(params))]))
         self._args_key = None
+
+    def _aux_init(self, group: Mapping, n: int) -> np.ndarray:
+        """The initial scalar states of n params of ``group``: an (n, len(spec.aux)) table."""
+        row = self._spec.aux_init(group) if self._spec.aux else ()
+        return np.array([row] * n, dtype=np.float64).reshape(n, len(self._spec.aux))
 
     def _live_params(self) -> list:
         """The params as the groups hold them now (a user may have replaced one)."""
@@ -214,8 +219,8 @@ class Optimizer:
     def _point_views(self, i: int, st: dict) -> None:
         if self._spec.step_state:
             st["step"] = self._step_views[i] = self._steps[i:i + 1].reshape(())
-        if self._spec.aux is not None:
-            st[self._spec.aux] = self._aux[i:i + 1].reshape(())
+        for k, key in enumerate(self._spec.aux):
+            st[key] = self._aux[i, k:k + 1].reshape(())
 
     # ---- stepping ----------------------------------------------------------------------------
 
@@ -297,7 +302,7 @@ class Optimizer:
             self._kwargs = dict(
                 group=self._group_of, records=self._args, gscale=self._ones,
                 steps=self._steps, increment=True,
-                aux=self._aux if self._spec.aux is not None else None,
+                aux=self._aux.reshape(-1) if self._spec.aux else None,
                 max_norms=self._max_norms if clipped else None, check_finite=False,
                 norms=self._norms if clipped else None, rounding=self._rounding,
                 seed=self._seed)
@@ -387,9 +392,9 @@ class Optimizer:
             st = self.state.get(i)
             if st is None:
                 st = self.state[i] = {}
-                done.append((i, None, int(self._steps[i]), float(self._aux[i])))
+                done.append((i, None, int(self._steps[i]), self._aux[i].copy()))
                 self._steps[i] = 0
-                self._aux[i] = spec.aux_init
+                self._aux[i] = self._aux_init(group, 1)[0]
                 self._point_views(i, st)
             elif spec.step_state and st.get("step") is not self._step_views[i]:
                 value = _validation.step_count(f"state[{i}]['step']", st.get("step"))
@@ -474,7 +479,7 @@ class Optimizer:
             groups.append(packed)
         state = {}
         for i, st in sorted(self.state.items()):
-            packed = {k: (int(v) if k == "step" else float(v) if k == self._spec.aux
+            packed = {k: (int(v) if k == "step" else float(v) if k in self._spec.aux
                           else v.copy()) for k, v in st.items()}
             if packed:
                 state[i] = packed
@@ -528,7 +533,7 @@ class Optimizer:
             new["params"] = group["params"]
             new_groups.append(new)
         new_state, new_steps = {}, np.zeros(len(self._group_of), np.int64)
-        new_aux = np.full(len(self._group_of), self._spec.aux_init)
+        new_aux = np.concatenate([self._aux_init(g, len(g["params"])) for g in new_groups])
         for pid, saved in saved_state.items():
             if pid not in index_map:
                 raise ValueError(f"state_dict: state for param id {pid!r}, which no group lists")
@@ -551,18 +556,19 @@ class Optimizer:
                     new_steps[i] = _validation.step_count(f"state_dict: state[{pid!r}]['step']",
                                                           value)
                     continue
-                if key == self._spec.aux:
+                if key in self._spec.aux:
                     scalar = value.item() if isinstance(value, np.ndarray) and value.size == 1 \
                         else value
-                    new_aux[i] = _validation.real(key, scalar, low=None,
-                                                  what=f"state_dict: state[{pid!r}][{key!r}]")
+                    new_aux[i, self._spec.aux.index(key)] = _validation.real(
+                        key, scalar, low=None, what=f"state_dict: state[{pid!r}][{key!r}]")
                     continue
                 _validation.check_like(f"state_dict: state[{pid!r}][{key!r}]", value, p,
                                        f"params[{i}]", writeable=False,
                                        stream=stream_of.get(key, 2))
                 st[key] = np.array(value, copy=True, order="C")
-            if self._spec.aux is not None and self._spec.aux not in saved:
-                raise ValueError(f"state_dict: state[{pid!r}] lacks {self._spec.aux!r}")
+            for key in self._spec.aux:
+                if key not in saved:
+                    raise ValueError(f"state_dict: state[{pid!r}] lacks {key!r}")
             if self._spec.step_state:
                 if "step" not in saved:
                     raise ValueError(f"state_dict: state[{pid!r}] lacks 'step'")

@@ -227,6 +227,75 @@ def nadam_step(param, grad, exp_avg, exp_avg_sq, mu_product, *, step, lr=2e-3, b
     param += (t((-lr * mu_next) / (1.0 - mu_product_next)) * exp_avg) / denom
 
 
+def adadelta_step(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6,
+                  weight_decay=0.0, maximize=False, l1=0.0, clip_value=None, grad_scale=1.0):
+    """One Adadelta step on one tensor; param, square_avg and acc_delta modified in place."""
+    t = param.dtype.type
+    g = _coupled(_grad(grad, param, maximize, grad_scale, clip_value), param, weight_decay, l1)
+    square_avg *= t(rho)
+    square_avg += t(1 - rho) * g * g
+    std = np.sqrt(square_avg + t(eps))
+    delta = np.sqrt(acc_delta + t(eps)) / std * g
+    acc_delta *= t(rho)
+    acc_delta += t(1 - rho) * delta * delta
+    param += t(-lr) * delta
+
+
+def _torch_sign(x):
+    """torch.sign: 1, -1, or 0 for +-0 and NaN (an array, also for 0-d input)."""
+    x = np.asarray(x)
+    return np.asarray((x > 0).astype(x.dtype) - (x < 0).astype(x.dtype), dtype=x.dtype)
+
+
+def rprop_step(param, grad, prev, step_size, *, etaminus=0.5, etaplus=1.2, step_size_min=1e-6,
+               step_size_max=50.0, maximize=False, l1=0.0, clip_value=None, grad_scale=1.0):
+    """One Rprop step on one tensor; param, prev and step_size modified in place.
+
+    torch's order: the sign of grad*prev (torch.sign, so a NaN counts as 0) becomes the step
+    size's factor (etaplus where positive, etaminus where negative, 1 where zero); the step size
+    is multiplied and clamped to [step_size_min, step_size_max]; where the factor is etaminus
+    the gradient is zeroed (that zero is the next step's prev); the param moves by
+    -sign(grad) * step_size.
+    """
+    t = param.dtype.type
+    g = _coupled(_grad(grad, param, maximize, grad_scale, clip_value), param, 0.0, l1)
+    sign = _torch_sign(g * prev)
+    sign[sign > 0] = t(etaplus)
+    sign[sign < 0] = t(etaminus)
+    sign[sign == 0] = 1
+    step_size *= sign
+    # clamp_(min, max) as torch: max with min, then min with max, a NaN kept
+    np.copyto(step_size, t(step_size_min), where=step_size < t(step_size_min))
+    np.copyto(step_size, t(step_size_max), where=step_size > t(step_size_max))
+    g = np.array(g, copy=True)
+    g[sign == t(etaminus)] = 0
+    param += -_torch_sign(g) * step_size
+    prev[...] = g
+
+
+def asgd_step(param, grad, ax, eta_mu, *, step, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6,
+              weight_decay=0.0, maximize=False, l1=0.0, clip_value=None, grad_scale=1.0):
+    """One ASGD step on one tensor; param, ax and ``eta_mu`` (a float64 array of two elements:
+    the tensor's eta and mu, torch's 0-d state tensors) modified in place.
+
+    This step uses the eta and mu the previous step stored (they start at lr and 1); it then
+    stores the next ones, from ``step`` (this step's count, from 1), rounded to float32 as
+    torch's float32 scalar tensors round them.
+    """
+    t = param.dtype.type
+    g = _coupled(_grad(grad, param, maximize, grad_scale, clip_value), param, weight_decay, l1)
+    scalars = eta_mu.reshape(-1)
+    eta, mu = float(scalars[0]), float(scalars[1])
+    param *= t(1 - lambd * eta)
+    param += t(-eta) * g
+    if mu != 1:
+        ax += (param - ax) * t(mu)
+    else:
+        ax[...] = param
+    scalars[0] = float(np.float32(lr / ((1 + lambd * lr * step) ** alpha)))
+    scalars[1] = float(np.float32(1 / max(1, step - t0)))
+
+
 def ema_update(average, param, *, decay):
     """average.lerp_(param, 1 - decay) in place: the exponential moving average of a param."""
     _lerp_(average, param, average.dtype.type(1 - decay))
@@ -284,6 +353,24 @@ def nadam(params, grads, exp_avgs, exp_avg_sqs, mu_products, steps, **hyper):
         if g is not None:
             nadam_step(p, g, exp_avgs[i], exp_avg_sqs[i], mu_products[i:i + 1],
                        step=int(steps[i]), **hyper)
+
+
+def adadelta(params, grads, square_avgs, acc_deltas, **hyper):
+    """adadelta_step over lists."""
+    _each(adadelta_step, params, grads, [square_avgs, acc_deltas], **hyper)
+
+
+def rprop(params, grads, prevs, step_sizes, **hyper):
+    """rprop_step over lists."""
+    _each(rprop_step, params, grads, [prevs, step_sizes], **hyper)
+
+
+def asgd(params, grads, axs, eta_mu, steps, **hyper):
+    """asgd_step over lists; ``eta_mu`` is a float64 (T, 2) array (each tensor's eta and mu),
+    in place; steps[i] is tensor i's count."""
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if g is not None:
+            asgd_step(p, g, axs[i], eta_mu[i], step=int(steps[i]), **hyper)
 
 
 def radam(params, grads, exp_avgs, exp_avg_sqs, steps, **hyper):

@@ -190,6 +190,9 @@ TRAIN = textwrap.dedent("""
         ("NAdam", fastopt.NAdam, dict(lr=0.01)),
         ("RAdam", fastopt.RAdam, dict(lr=0.01)),
         ("Lion", fastopt.Lion, dict(lr=0.001, weight_decay=0.1)),
+        ("Adadelta", fastopt.Adadelta, dict(lr=0.5, weight_decay=0.01)),
+        ("Rprop", fastopt.Rprop, dict(lr=0.01)),
+        ("ASGD", fastopt.ASGD, dict(lr=0.01, t0=10, lambd=1e-2, weight_decay=0.01)),
     ]
     SIZES = [1, 33, 8193, 20_000]
     VARIANTS = {"norm": dict(max_grad_norm=1.0),

@@ -6,14 +6,17 @@ import doctest
 import pytest
 
 import fastopt
+import fastopt.adadelta
 import fastopt.adam
+import fastopt.asgd
 import fastopt.averaging
 import fastopt.kernels
 import fastopt.sgd
 
 
 @pytest.mark.parametrize("module", [fastopt, fastopt.kernels, fastopt.adam, fastopt.sgd,
-                                    fastopt.averaging],
+                                    fastopt.averaging, fastopt.adadelta,
+                                    fastopt.asgd],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

@@ -22,6 +22,9 @@ RULES = {
     "Adamax": dict(),
     "RAdam": dict(),
     "NAdam": dict(),
+    "Adadelta": dict(weight_decay=0.1),
+    "Rprop": dict(),
+    "ASGD": dict(t0=1),
 }
 
 

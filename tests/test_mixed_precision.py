@@ -265,7 +265,7 @@ def test_stagnation_of_adams_second_moment_in_bfloat16_states():
 # ---- 4. master weights ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax",
-                                  "NAdam", "RAdam", "Lion"])
+                                  "NAdam", "RAdam", "Lion", "Adadelta", "Rprop", "ASGD"])
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "f16"])
 def test_master_weights_follow_the_float32_run_exactly(name, dtype):
     rng = np.random.default_rng(6)

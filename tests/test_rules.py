@@ -48,6 +48,18 @@ RULES = {
         "l2-max-l1": dict(weight_decay=0.1, maximize=True, l1=0.01, momentum_decay=0.01),
         "decoupled-beta1-large": dict(weight_decay=0.1, decoupled_weight_decay=True, beta1=0.2),
     }),
+    "adadelta": (kernels.adadelta_step, reference.adadelta_step, 2, (0, 1), False, {
+        "default": dict(),
+        "l2-max-l1": dict(weight_decay=0.1, maximize=True, l1=0.01, lr=0.5),
+        "rho-extremes": dict(rho=0.0, eps=1e-3),
+        "rho-one": dict(rho=1.0),
+    }),
+    "rprop": (kernels.rprop_step, reference.rprop_step, 2, (1,), False, {
+        "default": dict(),
+        "max-l1": dict(maximize=True, l1=0.01),
+        "etas-clamps": dict(etaminus=0.1, etaplus=3.0, step_size_min=0.05, step_size_max=0.08),
+        "min-above-max": dict(step_size_min=0.2, step_size_max=0.1),   # torch's clamp: max
+    }),
     "adam-l1": (kernels.adam_step, reference.adam_step, 2, (1,), True, {
         "l1": dict(l1=0.01), "l1-adamw": dict(l1=0.05, weight_decay=0.1,
                                                decoupled_weight_decay=True),
@@ -149,6 +161,8 @@ OPTIMIZERS = {
               reference.radam_step, ["exp_avg", "exp_avg_sq"], True),
     "NAdam": (fastopt.NAdam, dict(lr=2e-3, weight_decay=0.1),
               reference.nadam_step, ["exp_avg", "exp_avg_sq", "mu_product"], True),
+    "Adadelta": (fastopt.Adadelta, dict(lr=0.5, rho=0.8, weight_decay=0.01),
+                 reference.adadelta_step, ["square_avg", "acc_delta"], False),
 }
 
 
@@ -261,7 +275,7 @@ def test_adagrad_initial_accumulator_value_and_lr_decay():
 
 @pytest.mark.parametrize("cls", [fastopt.SGD, fastopt.Adam, fastopt.AdamW, fastopt.RMSprop,
                                  fastopt.Adagrad, fastopt.Lion, fastopt.Adamax, fastopt.RAdam,
-                                 fastopt.NAdam])
+                                 fastopt.NAdam, fastopt.Adadelta, fastopt.Rprop, fastopt.ASGD])
 def test_every_optimizer_takes_l1_and_refuses_a_negative_one(cls):
     p = np.array([2.0, -2.0, 0.0])
     opt = cls([p], lr=0.1, l1=0.5)
@@ -283,6 +297,15 @@ def test_every_optimizer_takes_l1_and_refuses_a_negative_one(cls):
     (fastopt.Lion, dict(lr=float("nan")), "Invalid learning rate"),
     (fastopt.Adamax, dict(betas=(-0.1, 0.9)), "Invalid beta parameter at index 0"),
     (fastopt.RAdam, dict(weight_decay=-1.0), "Invalid weight_decay value"),
+    (fastopt.Adadelta, dict(rho=1.5), "Invalid rho value"),
+    (fastopt.Adadelta, dict(eps=-1.0), "Invalid epsilon value"),
+    (fastopt.Rprop, dict(etas=(1.5, 2.0)), "Invalid eta values"),
+    (fastopt.Rprop, dict(etas=(0.5, 1.0)), "Invalid eta values"),
+    (fastopt.Rprop, dict(step_sizes=(float("nan"), 1.0)), "Invalid step_size_min value"),
+    (fastopt.Rprop, dict(lr=-0.1), "Invalid learning rate"),
+    (fastopt.ASGD, dict(weight_decay=-0.1), "Invalid weight_decay value"),
+    (fastopt.ASGD, dict(lambd=float("nan")), "Invalid lambd value"),
+    (fastopt.ASGD, dict(t0=float("inf")), "Invalid t0 value"),
 ])
 def test_bad_hyperparameters_of_the_new_rules(cls, kw, match):
     with pytest.raises(ValueError, match=match):
@@ -312,6 +335,8 @@ ALL_CLASSES = {
     "Adamax": (fastopt.Adamax, dict(lr=1e-2)),
     "RAdam": (fastopt.RAdam, dict(lr=1e-2)),
     "NAdam": (fastopt.NAdam, dict(lr=1e-2)),
+    "Adadelta": (fastopt.Adadelta, dict(lr=1.0)),
+    "ASGD": (fastopt.ASGD, dict(lr=1e-2, t0=5)),
 }
 
 

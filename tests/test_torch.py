@@ -35,6 +35,12 @@ CASES = [
     ("NAdam", dict(lr=2e-3)),
     ("NAdam", dict(lr=2e-3, weight_decay=0.1, momentum_decay=0.01, maximize=True)),
     ("NAdam", dict(lr=2e-3, weight_decay=0.1, decoupled_weight_decay=True, betas=(0.3, 0.9))),
+    ("Adadelta", dict()),
+    ("Adadelta", dict(lr=0.5, rho=0.5, eps=1e-4, weight_decay=0.1, maximize=True)),
+    ("Rprop", dict()),
+    ("Rprop", dict(lr=0.05, etas=(0.3, 1.5), step_sizes=(1e-3, 0.2), maximize=True)),
+    ("ASGD", dict()),
+    ("ASGD", dict(lr=0.05, lambd=1e-2, alpha=0.6, t0=5, weight_decay=0.1, maximize=True)),
 ]
 
 

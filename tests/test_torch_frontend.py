@@ -30,7 +30,8 @@ import fastopt  # noqa: E402
 import fastopt.torch as ft  # noqa: E402
 from fastopt.torch import _adapter  # noqa: E402
 
-NAMES = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam"]
+NAMES = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Adadelta",
+         "Rprop", "ASGD"]
 STEPS = 12
 
 
@@ -117,6 +118,12 @@ OPTION_SETS = [
                    momentum_decay=1e-2)),
     ("RAdam", dict(lr=1e-2)),
     ("RAdam", dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True)),
+    ("Adadelta", dict()),
+    ("Adadelta", dict(lr=0.5, rho=0.8, eps=1e-5, weight_decay=1e-2, maximize=True)),
+    ("Rprop", dict(lr=1e-3)),
+    ("Rprop", dict(lr=1e-2, etas=(0.4, 1.3), step_sizes=(1e-4, 0.05), maximize=True)),
+    ("ASGD", dict(lr=0.1)),
+    ("ASGD", dict(lr=0.1, lambd=1e-2, alpha=0.5, t0=4, weight_decay=1e-2, maximize=True)),
 ]
 
 
@@ -162,7 +169,11 @@ def test_signature_is_torchs_plus_extras(name):
 
 @pytest.mark.parametrize("name,bad", [("Adam", dict(lr=-1.0)), ("SGD", dict(momentum=-1)),
                                       ("RMSprop", dict(eps=-1.0)),
-                                      ("Adam", dict(betas=(1.0, 0.9)))])
+                                      ("Adam", dict(betas=(1.0, 0.9))),
+                                      ("Adadelta", dict(rho=1.5)), ("Adadelta", dict(eps=-1.0)),
+                                      ("Rprop", dict(etas=(1.5, 2.0))),
+                                      ("Rprop", dict(lr=-1.0)),
+                                      ("ASGD", dict(weight_decay=-1.0))])
 def test_torch_errors_and_messages(name, bad):
     p = [torch.zeros(2, requires_grad=True)]
     with pytest.raises(ValueError) as theirs:
@@ -510,7 +521,10 @@ def test_state_dict_hooks():
 
 @pytest.mark.parametrize("name,kw", [("Adam", dict(lr=1e-2, amsgrad=True)),
                                      ("SGD", dict(lr=0.1, momentum=0.9)),
-                                     ("NAdam", dict(lr=1e-2)), ("Adagrad", dict(lr=0.1))])
+                                     ("NAdam", dict(lr=1e-2)), ("Adagrad", dict(lr=0.1)),
+                                     ("Adadelta", dict(weight_decay=1e-3)),
+                                     ("Rprop", dict(lr=1e-3)),
+                                     ("ASGD", dict(lr=0.1, t0=2))])
 def test_state_dict_interchange_and_weights_only(name, kw):
     dtype = torch.float64
     for src, dst in ((ft, torch.optim), (torch.optim, ft)):
@@ -538,7 +552,8 @@ def test_state_dict_interchange_and_weights_only(name, kw):
             # here), and torch.optim then keeps the product in float64 where an uninterrupted
             # run keeps it in float32: 3 float32 roundings (2e-7) bound that difference
             _compare(o2, m2, o1, m1, dtype, f"{src.__name__}->{dst.__name__} step {t}",
-                     tol=2e-7 if name == "NAdam" else None, cast_keys=("mu_product",))
+                     tol=2e-7 if name == "NAdam" else None,
+                     cast_keys=("mu_product", "eta", "mu"))   # ASGD's eta, mu: likewise cast
 
 
 # ---- item 8: GradScaler --------------------------------------------------------------------

@@ -14,6 +14,9 @@ OPTIMIZERS = {
     "SGD": lambda ps, **kw: fastopt.SGD(ps, lr=0.1, momentum=0.9, **kw),
     "Adam": lambda ps, **kw: fastopt.Adam(ps, lr=0.1, amsgrad=True, **kw),
     "AdamW": lambda ps, **kw: fastopt.AdamW(ps, lr=0.1, **kw),
+    "Adadelta": lambda ps, **kw: fastopt.Adadelta(ps, weight_decay=0.1, **kw),
+    "Rprop": lambda ps, **kw: fastopt.Rprop(ps, lr=0.1, **kw),
+    "ASGD": lambda ps, **kw: fastopt.ASGD(ps, lr=0.1, t0=0, **kw),
 }
 
 
@@ -156,7 +159,8 @@ def test_grad_aliasing_optimizer_state_is_refused(name):
     params = fresh()
     opt = OPTIMIZERS[name](params)
     opt.step(grads_for(params))
-    key = "momentum_buffer" if name == "SGD" else "exp_avg"
+    key = {"SGD": "momentum_buffer", "Adadelta": "acc_delta", "Rprop": "prev",
+           "ASGD": "ax"}.get(name, "exp_avg")
     bad = grads_for(params)
     bad[0] = opt.state[0][key]
     before = snapshot(all_arrays(opt, params))

@@ -60,7 +60,8 @@ from torch.optim.optimizer import _get_scalar_dtype
 from .. import _spec
 from . import _adapter
 
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Lion"]
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Lion",
+           "Adadelta", "Rprop", "ASGD"]
 
 _EXTRAS = {"l1": 0.0, "max_grad_norm": None, "clip_value": None}
 
@@ -324,7 +325,8 @@ class _Native:
                 steps = [int(s) + 1 for s in torch.stack(step_tensors).tolist()]
             else:       # SGD: the kernel starts a buffer as the gradient on its first step
                 steps = [1 if f else 2 for f in fresh]
-            mus = [st["mu_product"] for st in states] if spec.aux is not None else None
+            # the per-tensor scalar states (NAdam's mu_product; ASGD's eta, mu), flat
+            mus = [st[k] for st in states for k in spec.aux] if spec.aux else None
             self.last_grad_norms[gi] = _adapter.run(
                 spec, ps, gs, buffers, hyper, steps=steps, grad_scale=inv,
                 max_grad_norm=group.get("max_grad_norm"), mu_products=mus, names=names,
@@ -510,6 +512,77 @@ class NAdam(_Native, torch.optim.NAdam):
                 state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
+# ---- Adadelta / Rprop ----------------------------------------------------------------------
+
+class Adadelta(_Native, torch.optim.Adadelta):
+    _fo_spec = _spec.ADADELTA
+    _fo_own_fused = True
+
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *,
+                 capturable=False, maximize=False, differentiable=False, fused=None, l1=0.0,
+                 max_grad_norm=None, clip_value=None):
+        self._fo_begin(dict(fused=fused, differentiable=differentiable, l1=l1,
+                            max_grad_norm=max_grad_norm, clip_value=clip_value))
+        self._fo_init_extras.pop("differentiable")
+        super().__init__(params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                         foreach=foreach, capturable=capturable, maximize=maximize,
+                         differentiable=differentiable)
+        self._fo_end()
+
+
+class Rprop(_Native, torch.optim.Rprop):
+    _fo_spec = _spec.RPROP
+    _fo_own_fused = True
+
+    def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *,
+                 capturable=False, foreach=None, maximize=False, differentiable=False,
+                 fused=None, l1=0.0, max_grad_norm=None, clip_value=None):
+        self._fo_begin(dict(fused=fused, differentiable=differentiable, l1=l1,
+                            max_grad_norm=max_grad_norm, clip_value=clip_value))
+        self._fo_init_extras.pop("differentiable")
+        super().__init__(params, lr=lr, etas=etas, step_sizes=step_sizes,
+                         capturable=capturable, foreach=foreach, maximize=maximize,
+                         differentiable=differentiable)
+        self._fo_end()
+
+    def _fo_new_state(self, p, group, state):
+        if not state:
+            state["step"] = torch.zeros((), dtype=_get_scalar_dtype())
+        if "prev" not in state:
+            state["prev"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if "step_size" not in state:
+            lr = _f(group["lr"])     # torch: full_like(grad, lr), (lr, lr) for complex
+            state["step_size"] = torch.full_like(p, complex(lr, lr) if p.is_complex() else lr,
+                                                 memory_format=torch.preserve_format)
+
+
+# ---- ASGD ----------------------------------------------------------------------------------
+
+class ASGD(_Native, torch.optim.ASGD):
+    _fo_spec = _spec.ASGD
+    _fo_own_fused = True
+
+    def __init__(self, params, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0,
+                 foreach=None, maximize=False, differentiable=False, capturable=False, *,
+                 fused=None, l1=0.0, max_grad_norm=None, clip_value=None):
+        self._fo_begin(dict(fused=fused, differentiable=differentiable, l1=l1,
+                            max_grad_norm=max_grad_norm, clip_value=clip_value))
+        self._fo_init_extras.pop("differentiable")
+        super().__init__(params, lr=lr, lambd=lambd, alpha=alpha, t0=t0,
+                         weight_decay=weight_decay, foreach=foreach, maximize=maximize,
+                         differentiable=differentiable, capturable=capturable)
+        self._fo_end()
+
+    def _fo_new_state(self, p, group, state):
+        if not state:       # torch's keys and dtypes: 0-d tensors of the scalar dtype
+            dt = _get_scalar_dtype()
+            state["step"] = torch.zeros((), dtype=dt)
+            state["eta"] = torch.as_tensor(_f(group["lr"]), dtype=dt).clone().detach()
+            state["mu"] = torch.ones((), dtype=dt)
+        if "ax" not in state:
+            state["ax"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
 # ---- Lion ----------------------------------------------------------------------------------
 
 class Lion(_Native, torch.optim.Optimizer):
@@ -582,6 +655,8 @@ def _lion_torch(opt, groups):
 for _cls, _tcls in ((SGD, torch.optim.SGD), (Adam, torch.optim.Adam),
                     (AdamW, torch.optim.AdamW), (RMSprop, torch.optim.RMSprop),
                     (Adagrad, torch.optim.Adagrad), (Adamax, torch.optim.Adamax),
-                    (NAdam, torch.optim.NAdam), (RAdam, torch.optim.RAdam)):
+                    (NAdam, torch.optim.NAdam), (RAdam, torch.optim.RAdam),
+                    (Adadelta, torch.optim.Adadelta), (Rprop, torch.optim.Rprop),
+                    (ASGD, torch.optim.ASGD)):
     _common_doc(_cls, _tcls)
 del _cls, _tcls
