@@ -23,9 +23,13 @@ FO_HINLINE float fo_bf16_to_f32(uint16_t h) { return fo_float((uint32_t)h << 16)
 
 FO_HINLINE uint16_t fo_f32_to_bf16(float f)
 {
+    /* round to nearest even on the bits; NaN: the quiet NaN of its sign (masks, not a branch,
+     * so that the loops vectorise) */
     const uint32_t u = fo_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) & 0x8000u) | 0x7fc0u;
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    const uint32_t nanm = 0u - (uint32_t)((u & 0x7fffffffu) > 0x7f800000u);
+    const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
+    return (uint16_t)((r & ~nanm) | (nan & nanm));
 }
 
 FO_HINLINE float fo_f16_to_f32(uint16_t h)

@@ -100,36 +100,45 @@ FO_INLINE uint32_t fo_draw(uint32_t klo, uint32_t khi, int64_t index)
     return fo_draw_lo(klo, fo_draw_hi(khi, index), (uint32_t)index);
 }
 
+/* Branch-free (selects only), so that the loops vectorise. */
 FO_INLINE uint16_t fo_f32_to_bf16_sr(float f, uint32_t r)
 {
     const uint32_t u = fo_bits(f);
-    if ((u & 0x7f800000u) == 0x7f800000u) return fo_f32_to_bf16(f);          /* Inf, NaN */
-    return (uint16_t)((u + r) >> 16);
+    const uint32_t a = u & 0x7fffffffu;
+    const uint32_t nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
+    const uint32_t special = a > 0x7f800000u ? nan : u >> 16;       /* NaN; Inf as it is */
+    return (uint16_t)((a & 0x7f800000u) == 0x7f800000u ? special : (u + r) >> 16);
 }
 
 FO_INLINE uint16_t fo_f32_to_f16_sr(float f, uint32_t r)
 {
     const uint32_t u = fo_bits(f);
-    const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    const uint32_t sign = (u >> 16) & 0x8000u;
     const uint32_t a = u & 0x7fffffffu;
-    if (a >= 0x7f800000u) return fo_f32_to_f16(f);                             /* Inf, NaN */
-    if (a >= 0x47800000u) return sign | 0x7c00u;          /* >= 65536: beyond any rounding */
-    if (a < 0x38800000u) {                                /* subnormal results, quantum 2^-24 */
-        const uint32_t e = a >> 23;
-        if (e == 0) return sign;                          /* float32 subnormal: < 2^-126 */
-        /* 32-bit arithmetic only (it vectorises): m < 2^24, shift in [14, 126] */
-        const uint32_t m = (a & 0x7fffffu) | 0x800000u;
-        const uint32_t shift = 126u - e;
-        const uint32_t sc = shift < 31u ? shift : 31u;
-        const uint32_t q = m >> sc;
-        const uint32_t rem = m & ((1u << sc) - 1u);
-        const uint32_t s16 = (shift - 16u) < 24u ? shift - 16u : 0u;
-        uint32_t frac16 = shift >= 16u ? rem >> s16 : rem << ((16u - shift) & 15u);
-        if (shift >= 40u) frac16 = 0;
-        return sign | (uint16_t)(q + (r < frac16));
-    }
+    /* normal results: the 13 dropped bits against the upper 13 of the draw */
     const uint32_t b = a - 0x38000000u;
-    return sign | (uint16_t)((b >> 13) + ((r >> 3) < (b & 0x1fffu)));
+    const uint32_t hn = (b >> 13) + ((r >> 3) < (b & 0x1fffu));
+    /* subnormal results (|f| < 2^-14), quantum 2^-24: m / 2^shift with the fraction cut to
+     * 16 bits; 32-bit arithmetic only, m < 2^24 */
+    const uint32_t e = a >> 23;
+    const uint32_t m = (a & 0x7fffffu) | 0x800000u;
+    const uint32_t shift = 126u - e;                      /* >= 14 where it is used */
+    const uint32_t sc = shift < 31u ? shift : 31u;
+    const uint32_t q = m >> sc;
+    const uint32_t rem = m & ((1u << sc) - 1u);
+    const uint32_t s16 = (shift - 16u) < 24u ? shift - 16u : 0u;
+    uint32_t frac16 = shift >= 16u ? rem >> s16 : rem << ((16u - shift) & 15u);
+    frac16 = shift >= 40u ? 0u : frac16;                  /* (float32 subnormals too) */
+    const uint32_t hs = q + (r < frac16);
+    uint32_t h = a < 0x38800000u ? hs : hn;
+    h = a >= 0x47800000u ? 0x7c00u : h;                   /* >= 65536: beyond any rounding */
+    /* Inf as it is, NaN quieted keeping its sign and leading payload (as fo_f32_to_f16);
+     * bit masks rather than selects here: one more select and GCC no longer if-converts */
+    const uint32_t nanm = 0u - (uint32_t)(a > 0x7f800000u);
+    const uint32_t special = 0x7c00u | (nanm & (0x200u | ((a >> 13) & 0x3ffu)));
+    const uint32_t spm = 0u - (uint32_t)(a >= 0x7f800000u);
+    h = (h & ~spm) | (special & spm);
+    return (uint16_t)(sign | h);
 }
 
 /* ---- conversion loops, one copy per instruction set ------------------------------------- */
@@ -168,13 +177,14 @@ typedef struct fo_cvt {
         while (n > 0) {     /* runs within which the index's upper 32 bits are constant */ \
             const uint32_t lo = (uint32_t)index;                                          \
             const int64_t room = (int64_t)((1ull << 32) - lo);                            \
-            const int64_t m = n < room ? n : room;                                        \
+            const int64_t cap = room < (1ll << 30) ? room : (1ll << 30);                  \
+            const int32_t m = (int32_t)(n < cap ? n : cap);                               \
             const uint32_t hi = fo_draw_hi(khi, index);                                   \
             if (dt == FO_DT_BF16) {                                                       \
-                for (int64_t i = 0; i < m; i++)                                           \
+                for (int32_t i = 0; i < m; i++)                                           \
                     h[i] = fo_f32_to_bf16_sr(src[i], fo_draw_lo(klo, hi, lo + (uint32_t)i)); \
             } else {                                                                      \
-                for (int64_t i = 0; i < m; i++)                                           \
+                for (int32_t i = 0; i < m; i++)                                           \
                     h[i] = fo_f32_to_f16_sr(src[i], fo_draw_lo(klo, hi, lo + (uint32_t)i)); \
             }                                                                             \
             n -= m; index += m; src += m; h += m;                                         \
