@@ -394,18 +394,29 @@ static void fo_lamb_scalars(fo_lamb_hp *hp, const fo_lamb_args *a, int64_t step,
 
 int fo_reduce_count(int rule) { return rule == FO_RULE_LAMB ? 2 : 0; }
 
+/* LAMB's reduction per instruction set (in fo_tables' order) and signature. Every instance
+ * performs the same IEEE operations in the same order per accumulator lane (vectorising runs
+ * the lanes side by side), so the sums are bitwise the same on every instruction set. */
+typedef void (*fo_lamb_reduce_fn)(int64_t, void *const *, const fo_lamb_hp *, double *);
+static const fo_lamb_reduce_fn fo_lamb_reduce_fns[][FO_NSIGS] = {
+    {[FO_SIG_F32] = lamb_reduce_f32_baseline, [FO_SIG_F64] = lamb_reduce_f64_baseline},
+#if FO_X86_DISPATCH
+    {[FO_SIG_F32] = lamb_reduce_f32_avx2, [FO_SIG_F64] = lamb_reduce_f64_avx2},
+    {[FO_SIG_F32] = lamb_reduce_f32_avx512, [FO_SIG_F64] = lamb_reduce_f64_avx512},
+#endif
+};
+
 void fo_reduce_block(int rule, int sig, int64_t off, int64_t n, void *const *ptrs,
                      const void *hp, double *out)
 {
-    /* the baseline instance only, as the norms: the result must not depend on the ISA */
     const size_t esz = fo_sig_elsize(sig);
     void *s[FO_MAX_STREAMS];
     for (int k = 0; k < FO_MAX_STREAMS; k++)
         s[k] = ptrs[k] ? (char *)ptrs[k] + (size_t)off * esz : (void *)0;
     out[0] = out[1] = 0.0;
     if (rule != FO_RULE_LAMB || n <= 0) return;
-    if (sig == FO_SIG_F64) lamb_reduce_f64_baseline(n, s, (const fo_lamb_hp *)hp, out);
-    else lamb_reduce_f32_baseline(n, s, (const fo_lamb_hp *)hp, out);
+    if (sig < 0 || sig >= FO_NSIGS) return;
+    fo_lamb_reduce_fns[fo_active - fo_tables][sig](n, s, (const fo_lamb_hp *)hp, out);
 }
 
 void fo_reduced(int rule, void *hpv, const double *sums)

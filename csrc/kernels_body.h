@@ -682,32 +682,58 @@ static void FO_FN(lamb)(int64_t n, int64_t index, void *const *s, const void *hp
     FO_CALL_FLAGS3(FO_FN(lamb_body), 0, hp->clip != 0.0, hp->l1 != 0.0);
 }
 
-/* out[0] += sum of p*p, out[1] += sum of u*u over n elements, in float64: element i to
- * accumulator i % 8, the eight combined pairwise (fo_norm_block's order). */
-#if defined(__GNUC__) || defined(__clang__)
-__attribute__((unused))     /* dispatch.c calls the baseline instance only */
-#endif
-static void FO_FN(lamb_reduce)(int64_t n, void *const *s, const fo_lamb_hp *hp, double *out)
+/* out[0] = sum of p*p, out[1] = sum of u*u over n elements, in float64: element i to
+ * accumulator i % 8, each accumulator adding in order, the eight combined pairwise
+ * (fo_norm_block's order). Chunks of 256 elements: u computed into a buffer (a loop like the
+ * step's, which vectorises), then accumulated; 256 is a multiple of 8, so element i still goes
+ * to accumulator i % 8. clip and l1 are compile-time flags, as in the step's loops. */
+static FO_ALWAYS_INLINE void FO_FN(lamb_reduce_body)(int64_t n, void *const *s,
+                                                      const fo_lamb_hp *hp, double *out,
+                                                      const int clip, const int l1)
 {
     const FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
     const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
     const FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
     const FO_T *FO_RESTRICT v = FO_STREAM(FO_S2);
-    FO_GRAD_LOCALS;
+    FO_FLAG_LOCALS;
     FO_LAMB_LOCALS;
     double ap[8] = {0, 0, 0, 0, 0, 0, 0, 0}, au[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int64_t i = 0; i < n; i++) {
-        const FO_T pi = p[i];
-        const FO_T gi = FO_GRAD_IN(i, pi, 0, 0);
-        FO_T mi, vi;
-        const FO_T u = FO_FN(lamb_u)(pi, gi, m[i], v[i], b1, omb1, b2, omb2, bc1, bc2, eps, wd,
-                                     &mi, &vi);
-        const double pd = (double)pi, ud = (double)u;
-        ap[i % 8] = ap[i % 8] + pd * pd;
-        au[i % 8] = au[i % 8] + ud * ud;
+    FO_T ub[256];
+    for (int64_t c = 0; c < n; c += 256) {
+        const int64_t len = n - c < 256 ? n - c : 256;
+        const FO_T *FO_RESTRICT pc = p + c;
+        for (int64_t j = 0; j < len; j++) {
+            const FO_T pi = pc[j];
+            const FO_T gi = FO_GRAD_IN(c + j, pi, 0, 0);
+            FO_T mi, vi;
+            ub[j] = FO_FN(lamb_u)(pi, gi, m[c + j], v[c + j], b1, omb1, b2, omb2, bc1, bc2,
+                                  eps, wd, &mi, &vi);
+        }
+        int64_t j = 0;
+        for (; j + 8 <= len; j += 8)
+            for (int k = 0; k < 8; k++) {
+                const double pd = (double)pc[j + k], ud = (double)ub[j + k];
+                ap[k] = ap[k] + pd * pd;
+                au[k] = au[k] + ud * ud;
+            }
+        for (int k = 0; j < len; j++, k++) {
+            const double pd = (double)pc[j], ud = (double)ub[j];
+            ap[k] = ap[k] + pd * pd;
+            au[k] = au[k] + ud * ud;
+        }
     }
     out[0] = ((ap[0] + ap[1]) + (ap[2] + ap[3])) + ((ap[4] + ap[5]) + (ap[6] + ap[7]));
     out[1] = ((au[0] + au[1]) + (au[2] + au[3])) + ((au[4] + au[5]) + (au[6] + au[7]));
+}
+
+static void FO_FN(lamb_reduce)(int64_t n, void *const *s, const fo_lamb_hp *hp, double *out)
+{
+    switch (((hp->clip != 0.0) << 1) | (hp->l1 != 0.0)) {
+    case 0: FO_FN(lamb_reduce_body)(n, s, hp, out, 0, 0); break;
+    case 1: FO_FN(lamb_reduce_body)(n, s, hp, out, 0, 1); break;
+    case 2: FO_FN(lamb_reduce_body)(n, s, hp, out, 1, 0); break;
+    default: FO_FN(lamb_reduce_body)(n, s, hp, out, 1, 1); break;
+    }
 }
 
 #undef FO_LAMB_LOCALS
