@@ -374,6 +374,66 @@ int fo_aux_count(int rule)
 
 int fo_has_aux(int rule) { return fo_aux_count(rule) > 0; }
 
+/* LAMB (Apex FusedLAMB, adam_w_mode, grad_averaging): the bias corrections from the step; the
+ * trust ratio from the tensor's norms, in fo_reduced. */
+static void fo_lamb_scalars(fo_lamb_hp *hp, const fo_lamb_args *a, int64_t step, double grad_scale)
+{
+    const double t = (double)step;
+    const int bc = a->bias_correction != 0.0;
+    hp->gscale = fo_gscale(a->maximize, grad_scale);
+    hp->clip = a->clip_value;
+    hp->l1 = a->l1;
+    hp->beta1 = a->beta1;
+    hp->one_minus_beta1 = 1.0 - a->beta1;
+    hp->beta2 = a->beta2;
+    hp->one_minus_beta2 = 1.0 - a->beta2;
+    hp->bias_correction1 = bc ? 1.0 - pow(a->beta1, t) : 1.0;
+    hp->bias_correction2 = bc ? 1.0 - pow(a->beta2, t) : 1.0;
+    hp->eps = a->eps;
+    hp->weight_decay = a->weight_decay;
+    hp->lr = a->lr;
+    hp->trust = a->use_nvlamb != 0.0 || a->weight_decay != 0.0;
+    hp->neg_ratio = -a->lr;
+}
+
+int fo_reduce_count(int rule) { return rule == FO_RULE_LAMB ? 2 : 0; }
+
+/* LAMB's reduction per instruction set (in fo_tables' order) and signature. Every instance
+ * performs the same IEEE operations in the same order per accumulator lane (vectorising runs
+ * the lanes side by side), so the sums are bitwise the same on every instruction set. */
+typedef void (*fo_lamb_reduce_fn)(int64_t, void *const *, const fo_lamb_hp *, double *);
+static const fo_lamb_reduce_fn fo_lamb_reduce_fns[][FO_NSIGS] = {
+    {[FO_SIG_F32] = lamb_reduce_f32_baseline, [FO_SIG_F64] = lamb_reduce_f64_baseline},
+#if FO_X86_DISPATCH
+    {[FO_SIG_F32] = lamb_reduce_f32_avx2, [FO_SIG_F64] = lamb_reduce_f64_avx2},
+    {[FO_SIG_F32] = lamb_reduce_f32_avx512, [FO_SIG_F64] = lamb_reduce_f64_avx512},
+#endif
+};
+
+void fo_reduce_block(int rule, int sig, int64_t off, int64_t n, void *const *ptrs,
+                     const void *hp, double *out)
+{
+    /* compiled signatures only: the driver refuses mixed storage for rules with a reduction */
+    out[0] = out[1] = 0.0;
+    if (rule != FO_RULE_LAMB || n <= 0) return;
+    if (sig != FO_SIG_F32 && sig != FO_SIG_F64) return;
+    const size_t esz = sig == FO_SIG_F64 ? sizeof(double) : sizeof(float);
+    void *s[FO_MAX_STREAMS];
+    for (int k = 0; k < FO_MAX_STREAMS; k++)
+        s[k] = ptrs[k] ? (char *)ptrs[k] + (size_t)off * esz : (void *)0;
+    fo_lamb_reduce_fns[fo_active - fo_tables][sig](n, s, (const fo_lamb_hp *)hp, out);
+}
+
+void fo_reduced(int rule, void *hpv, const double *sums)
+{
+    if (rule != FO_RULE_LAMB) return;
+    fo_lamb_hp *hp = (fo_lamb_hp *)hpv;
+    const double pn = sqrt(sums[0]), un = sqrt(sums[1]);
+    /* Apex: ratio = (use_nvlamb || decay != 0) && |p| != 0 && |u| != 0 ? lr * |p| / |u| : lr */
+    const double ratio = hp->trust && pn != 0.0 && un != 0.0 ? hp->lr * (pn / un) : hp->lr;
+    hp->neg_ratio = -ratio;
+}
+
 static void fo_ema_scalars(fo_ema_hp *hp, const fo_ema_args *a)
 {
     hp->lerp_weight = 1.0 - a->decay;
@@ -458,6 +518,7 @@ void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *au
     case FO_RULE_EMA: fo_ema_scalars((fo_ema_hp *)hp, (const fo_ema_args *)args); break;
     case FO_RULE_NADAM: fo_nadam_scalars((fo_nadam_hp *)hp, (const fo_nadam_args *)args, step, aux, grad_scale); break;
     case FO_RULE_ADADELTA: fo_adadelta_scalars((fo_adadelta_hp *)hp, (const fo_adadelta_args *)args, grad_scale); break;
+    case FO_RULE_LAMB: fo_lamb_scalars((fo_lamb_hp *)hp, (const fo_lamb_args *)args, step, grad_scale); break;
     case FO_RULE_ASGD: fo_asgd_scalars((fo_asgd_hp *)hp, (const fo_asgd_args *)args, step, aux, grad_scale); break;
     case FO_RULE_RPROP: fo_rprop_scalars((fo_rprop_hp *)hp, (const fo_rprop_args *)args, grad_scale); break;
     default: fo_probe_scalars((fo_probe_hp *)hp, (const fo_probe_args *)args); break;

@@ -69,11 +69,12 @@ uint64_t fo_sr_key(uint64_t seed, int64_t param, int64_t step);
  *   NADAM    exp_avg, exp_avg_sq (and a per-tensor scalar: mu_product, see fo_scalars)
  *   ADADELTA square_avg, acc_delta
  *   RPROP    prev, step_size
- *   ASGD     ax (and two per-tensor scalars: eta, mu, see fo_scalars)                      */
+ *   ASGD     ax (and two per-tensor scalars: eta, mu, see fo_scalars)
+ *   LAMB     exp_avg, exp_avg_sq (and a per-tensor reduction before the step: fo_reduce_block) */
 #define FO_RULE_LIST(X)                                                                    \
     X(SGD, sgd) X(ADAM, adam) X(PROBE, probe) X(RMSPROP, rmsprop) X(ADAGRAD, adagrad)      \
     X(LION, lion) X(ADAMAX, adamax) X(RADAM, radam) X(EMA, ema) X(NADAM, nadam)         \
-    X(ADADELTA, adadelta) X(RPROP, rprop) X(ASGD, asgd)
+    X(ADADELTA, adadelta) X(RPROP, rprop) X(ASGD, asgd) X(LAMB, lamb)
 #define FO_RULE_ENUM_(E, c) FO_RULE_##E,
 enum { FO_RULE_LIST(FO_RULE_ENUM_) FO_NRULES };
 #undef FO_RULE_ENUM_
@@ -116,6 +117,8 @@ enum { FO_SIG_LIST(FO_SIG_ENUM_) FO_NSIGS, FO_SIG_MIXED = FO_NSIGS, FO_NSIGS_ALL
     X(l1) X(clip_value)
 #define FO_ASGD_ARGS(X) X(lr) X(lambd) X(alpha) X(t0) X(weight_decay) X(maximize) X(l1)     \
     X(clip_value)
+#define FO_LAMB_ARGS(X) X(lr) X(beta1) X(beta2) X(eps) X(weight_decay) X(bias_correction)    \
+    X(use_nvlamb) X(maximize) X(l1) X(clip_value)
 
 #define FO_ARG_FIELD_(name) double name;
 #define FO_ARGS_STRUCT_(E, c) typedef struct fo_##c##_args { FO_##E##_ARGS(FO_ARG_FIELD_) } fo_##c##_args;
@@ -224,6 +227,15 @@ typedef struct fo_asgd_hp {
     int copy_avg;               /* mu == 1: ax = param (torch copies instead of averaging) */
 } fo_asgd_hp;
 
+typedef struct fo_lamb_hp {
+    double gscale, clip, l1;
+    double beta1, one_minus_beta1, beta2, one_minus_beta2;
+    double bias_correction1, bias_correction2, eps, weight_decay;
+    double lr;
+    int trust;                  /* use_nvlamb or weight_decay != 0: scale by the trust ratio */
+    double neg_ratio;           /* -lr * trust ratio: set by fo_reduced from the tensor's norms */
+} fo_lamb_hp;
+
 /* Fill the per-step scalars of a rule from its argument record, the step count and this
  * call's gradient scale. `aux` is the tensor's own scalar state, read and updated (NAdam's
  * mu_product; ASGD's eta and mu, in this order; NULL for the rules without one);
@@ -232,6 +244,17 @@ void fo_scalars(int rule, void *hp, const double *args, int64_t step, double *au
                 double grad_scale);
 int fo_has_aux(int rule);
 int fo_aux_count(int rule);
+
+/* Rules whose step needs per-tensor sums first (LAMB: the squared norms of the param and of
+ * its update): fo_reduce_count gives how many (0 for the others). fo_reduce_block adds up the
+ * block [off, off + n) of one tensor (streams `ptrs`, per-step scalars `hp` from fo_scalars)
+ * into out[0..count-1], reading only, in an order that depends on n alone (8 float64
+ * accumulators, as fo_norm_block); the driver adds the blocks of a tensor in order and hands
+ * the totals to fo_reduced, which completes the tensor's per-step scalars. */
+int fo_reduce_count(int rule);
+void fo_reduce_block(int rule, int sig, int64_t off, int64_t n, void *const *ptrs,
+                     const void *hp, double *out);
+void fo_reduced(int rule, void *hp, const double *sums);
 /* Size in bytes of the per-step scalar struct of a rule; number of fields of its record. */
 size_t fo_hp_size(int rule);
 int fo_nargs(int rule);

@@ -37,6 +37,9 @@
  *            g = f==eta- ? 0 : g; p = p + (-tsgn(g))*ss; prev = g   (torch's order of selects)
  *   ASGD     q = p*decay + (-eta)*g (decay = 1 - lambd*eta); p = q;
  *            ax = mu == 1 ? q : ax + (q - ax)*mu   (eta, mu: the tensor's scalars, fo_scalars)
+ *   LAMB     m = m*b1 + (1-b1)*g; v = v*b2 + (1-b2)*g*g; u = (m/bc1)/(sqrt(v/bc2) + eps) + wd*p;
+ *            p = p + (-ratio)*u, ratio = lr*|p|/|u| (norms of the tensor before the step, from a
+ *            first read-only pass, lamb_reduce, that computes the same u; Apex FusedLAMB's)
  * sgn(x) is 1, -1, or x itself for +-0 and NaN (a zero does not move, a NaN propagates).
  * Optional terms are compile-time flags of always-inline bodies, so each combination becomes
  * its own branch-free loop; the L1 term is a select, cheap enough to leave in every loop.
@@ -629,6 +632,111 @@ static void FO_FN(asgd)(int64_t n, int64_t index, void *const *s, const void *hp
     }
 }
 
+/* ---- LAMB -------------------------------------------------------------------------------- */
+/* Two passes over the same per-element update u (same operations, same bits): lamb_reduce
+ * sums p*p and u*u in float64 (read-only), the driver turns the sums into the trust ratio,
+ * then lamb writes the moments and the param. */
+
+static FO_ALWAYS_INLINE FO_T FO_FN(lamb_u)(FO_T pi, FO_T gi, FO_T mo, FO_T vo, FO_T b1, FO_T omb1,
+                                            FO_T b2, FO_T omb2, FO_T bc1, FO_T bc2, FO_T eps,
+                                            FO_T wd, FO_T *mi, FO_T *vi)
+{
+    *mi = mo * b1 + omb1 * gi;
+    *vi = vo * b2 + omb2 * gi * gi;
+    return (*mi / bc1) / (FO_SQRT(*vi / bc2) + eps) + wd * pi;
+}
+
+#define FO_LAMB_LOCALS                                                                     \
+    const FO_T b1 = (FO_T)hp->beta1, omb1 = (FO_T)hp->one_minus_beta1;                     \
+    const FO_T b2 = (FO_T)hp->beta2, omb2 = (FO_T)hp->one_minus_beta2;                     \
+    const FO_T bc1 = (FO_T)hp->bias_correction1, bc2 = (FO_T)hp->bias_correction2;         \
+    const FO_T eps = (FO_T)hp->eps, wd = (FO_T)hp->weight_decay
+
+static FO_ALWAYS_INLINE void FO_FN(lamb_body)(int64_t n, void *const *s, const fo_lamb_hp *hp,
+                                               const int unused, const int clip, const int l1)
+{
+    FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
+    FO_T *FO_RESTRICT v = FO_STREAM(FO_S2);
+    FO_FLAG_LOCALS;
+    FO_LAMB_LOCALS;
+    const FO_T nr = (FO_T)hp->neg_ratio;
+    (void)unused;
+    for (int64_t i = 0; i < n; i++) {
+        const FO_T pi = p[i];
+        const FO_T gi = FO_GRAD_IN(i, pi, 0, 0);
+        FO_T mi, vi;
+        const FO_T u = FO_FN(lamb_u)(pi, gi, m[i], v[i], b1, omb1, b2, omb2, bc1, bc2, eps, wd,
+                                     &mi, &vi);
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = pi + nr * u;
+    }
+}
+
+static void FO_FN(lamb)(int64_t n, int64_t index, void *const *s, const void *hpv)
+{
+    (void)index;
+    const fo_lamb_hp *hp = (const fo_lamb_hp *)hpv;
+    FO_CALL_FLAGS3(FO_FN(lamb_body), 0, hp->clip != 0.0, hp->l1 != 0.0);
+}
+
+/* out[0] = sum of p*p, out[1] = sum of u*u over n elements, in float64: element i to
+ * accumulator i % 8, each accumulator adding in order, the eight combined pairwise
+ * (fo_norm_block's order). Chunks of 256 elements: u computed into a buffer (a loop like the
+ * step's, which vectorises), then accumulated; 256 is a multiple of 8, so element i still goes
+ * to accumulator i % 8. clip and l1 are compile-time flags, as in the step's loops. */
+static FO_ALWAYS_INLINE void FO_FN(lamb_reduce_body)(int64_t n, void *const *s,
+                                                      const fo_lamb_hp *hp, double *out,
+                                                      const int clip, const int l1)
+{
+    const FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    const FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
+    const FO_T *FO_RESTRICT v = FO_STREAM(FO_S2);
+    FO_FLAG_LOCALS;
+    FO_LAMB_LOCALS;
+    double ap[8] = {0, 0, 0, 0, 0, 0, 0, 0}, au[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    FO_T ub[256];
+    for (int64_t c = 0; c < n; c += 256) {
+        const int64_t len = n - c < 256 ? n - c : 256;
+        const FO_T *FO_RESTRICT pc = p + c;
+        for (int64_t j = 0; j < len; j++) {
+            const FO_T pi = pc[j];
+            const FO_T gi = FO_GRAD_IN(c + j, pi, 0, 0);
+            FO_T mi, vi;
+            ub[j] = FO_FN(lamb_u)(pi, gi, m[c + j], v[c + j], b1, omb1, b2, omb2, bc1, bc2,
+                                  eps, wd, &mi, &vi);
+        }
+        int64_t j = 0;
+        for (; j + 8 <= len; j += 8)
+            for (int k = 0; k < 8; k++) {
+                const double pd = (double)pc[j + k], ud = (double)ub[j + k];
+                ap[k] = ap[k] + pd * pd;
+                au[k] = au[k] + ud * ud;
+            }
+        for (int k = 0; j < len; j++, k++) {
+            const double pd = (double)pc[j], ud = (double)ub[j];
+            ap[k] = ap[k] + pd * pd;
+            au[k] = au[k] + ud * ud;
+        }
+    }
+    out[0] = ((ap[0] + ap[1]) + (ap[2] + ap[3])) + ((ap[4] + ap[5]) + (ap[6] + ap[7]));
+    out[1] = ((au[0] + au[1]) + (au[2] + au[3])) + ((au[4] + au[5]) + (au[6] + au[7]));
+}
+
+static void FO_FN(lamb_reduce)(int64_t n, void *const *s, const fo_lamb_hp *hp, double *out)
+{
+    switch (((hp->clip != 0.0) << 1) | (hp->l1 != 0.0)) {
+    case 0: FO_FN(lamb_reduce_body)(n, s, hp, out, 0, 0); break;
+    case 1: FO_FN(lamb_reduce_body)(n, s, hp, out, 0, 1); break;
+    case 2: FO_FN(lamb_reduce_body)(n, s, hp, out, 1, 0); break;
+    default: FO_FN(lamb_reduce_body)(n, s, hp, out, 1, 1); break;
+    }
+}
+
+#undef FO_LAMB_LOCALS
 #undef FO_STREAM
 #undef FO_FLAG_LOCALS
 #undef FO_CALL_FLAGS3

@@ -17,6 +17,7 @@ from .asgd import ASGD
 from .averaging import EMA, GradientAccumulator
 from .checkpoint import load, save
 from .clip import clip_grad_norm_, clip_grad_value_, grad_norm
+from .lamb import LAMB
 from .lion import Lion
 from .optimizer import Optimizer
 from .rmsprop import Adagrad, RMSprop
@@ -33,6 +34,7 @@ __all__ = [
     "Adamax",
     "EMA",
     "GradientAccumulator",
+    "LAMB",
     "Lion",
     "LossScaler",
     "NAdam",

@@ -94,6 +94,10 @@ cdef extern from "fastopt.h" nogil:
                     double grad_scale)
     int fo_has_aux(int rule)
     int fo_aux_count(int rule)
+    int fo_reduce_count(int rule)
+    void fo_reduce_block(int rule, int sig, int64_t off, int64_t n, void *const *ptrs,
+                         const void *hp, double *out)
+    void fo_reduced(int rule, void *hp, const double *sums)
 
 cdef extern from "numpy/ndarraytypes.h":
     enum:
@@ -935,6 +939,65 @@ cdef int _prepass(Frame f, const int *group, Py_ssize_t ngroups, double *sumsq,
     return 0
 
 
+cdef int _reduce(int rule, int64_t T, const int *sigs, uintptr_t *addr,
+                 const int64_t *active, char **hp_of, int nthreads) except -1:
+    """The per-tensor sums of a rule that needs them before its step (fo_reduce_count; LAMB's
+    norms): each stepping tensor cut into NORM_BLOCK-element blocks from its start, the blocks
+    reduced in parallel (fo_reduce_block, read-only), then added per tensor in block order
+    (so the sums do not depend on the thread count) and handed to fo_reduced, which completes
+    that tensor's per-step scalars."""
+    cdef int nred = fo_reduce_count(rule), nt
+    cdef int64_t i, j, k, nb = 0
+    cdef int64_t *owner = NULL
+    cdef int64_t *off = NULL
+    cdef double *part = NULL
+    cdef double sums[8]
+    for i in range(T):
+        nb += (active[i] + NORM_BLOCK - 1) // NORM_BLOCK
+    try:
+        owner = <int64_t *>malloc(max(nb, 1) * sizeof(int64_t))
+        off = <int64_t *>malloc(max(nb, 1) * sizeof(int64_t))
+        part = <double *>malloc(max(nb, 1) * nred * sizeof(double))
+        if not owner or not off or not part:
+            raise MemoryError()
+        k = 0
+        for i in range(T):
+            j = 0
+            while j < active[i]:
+                owner[k] = i
+                off[k] = j
+                k += 1
+                j += NORM_BLOCK
+        nt = _block_threads(nb, nthreads)
+        with nogil:
+            if nt <= 1:
+                for k in range(nb):
+                    fo_reduce_block(rule, sigs[owner[k]], off[k],
+                                    min(<int64_t>NORM_BLOCK, active[owner[k]] - off[k]),
+                                    <void **>&addr[owner[k] * S], hp_of[owner[k]],
+                                    &part[k * nred])
+            else:
+                for k in prange(nb, num_threads=nt, schedule='static'):
+                    fo_reduce_block(rule, sigs[owner[k]], off[k],
+                                    min(<int64_t>NORM_BLOCK, active[owner[k]] - off[k]),
+                                    <void **>&addr[owner[k] * S], hp_of[owner[k]],
+                                    &part[k * nred])
+        k = 0
+        for i in range(T):
+            if addr[i * S + FO_G] == 0:
+                continue
+            for j in range(nred):
+                sums[j] = 0.0
+            while k < nb and owner[k] == i:
+                for j in range(nred):
+                    sums[j] = sums[j] + part[k * nred + j]
+                k += 1
+            fo_reduced(rule, hp_of[i], sums)
+    finally:
+        free(owner); free(off); free(part)
+    return 0
+
+
 cdef inline bint _vec(cnp.ndarray a, int typ, Py_ssize_t n, bint writeable):
     return (a is not None and cnp.PyArray_TYPE(a) == typ and cnp.PyArray_NDIM(a) == 1
             and cnp.PyArray_DIM(a, 0) == n and cnp.PyArray_IS_C_CONTIGUOUS(a)
@@ -1040,7 +1103,7 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
     a = <const double *>cnp.PyArray_DATA(args)
     st = <int64_t *>cnp.PyArray_DATA(steps)
     hp_size = fo_hp_size(rule)
-    shared = not fo_has_aux(rule)
+    shared = not fo_has_aux(rule) and not fo_reduce_count(rule)
     f.busy = True
     f.applied = False
     try:
@@ -1100,6 +1163,12 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
                     store[i].key = fo_sr_key(seed, pid[i] if pid != NULL else i, st[i])
             total += active[i]
             prefix[i + 1] = total
+        if fo_reduce_count(rule):
+            for i in range(T):
+                if sigs[i] == FO_SIG_MIXED:
+                    raise ValueError(f"fastopt: {fo_rule_name(rule).decode()} takes float32 or "
+                                     f"float64 storage only (tensor {i} mixes storage types)")
+            _reduce(rule, T, sigs, f.addr, active, hp_of, nthreads)
         job.rule = rule
         job.T = T
         job.sigs = sigs

@@ -129,6 +129,7 @@ class Rule:
     aux_init: Callable[[Mapping], tuple[float, ...]] = lambda group: ()
     reference: Callable[..., None] | None = None
     flags: tuple[str, ...] = ()                  # record fields that are booleans
+    storage16: bool = True                       # 16-bit / mixed storage supported
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -459,6 +460,24 @@ ASGD = Rule(
     reference=_ref_asgd, flags=("maximize",))
 
 
+def _pack_lamb(g: Mapping) -> dict[str, float]:
+    return {"lr": v.lr(g["lr"]), **_betas(g), "eps": _eps(g),
+            "bias_correction": float(v.flag("bias_correction", g["bias_correction"])),
+            "use_nvlamb": float(v.flag("use_nvlamb", g["use_nvlamb"])), **_common(g)}
+
+
+def _ref_lamb(p, g, b, *, step, aux, **kw):
+    reference.lamb_step(p, g, b[S1], b[S2], step=step, **kw)
+
+
+LAMB = Rule(
+    "lamb",
+    (("lr", 1e-3), ("betas", (0.9, 0.999)), ("eps", 1e-6), ("weight_decay", 0.01),
+     ("bias_correction", True), _KW, ("use_nvlamb", False), ("maximize", False), ("l1", 0.0)),
+    _pack_lamb, (Buffer("exp_avg", S1), Buffer("exp_avg_sq", S2)), reference=_ref_lamb,
+    flags=("bias_correction", "use_nvlamb", "maximize"), storage16=False)
+
+
 def _ref_ema(p, g, b, *, step, aux, **kw):
     reference.ema_update(p, g, **kw)
 
@@ -484,7 +503,8 @@ PROBE = Rule("probe", (("nstreams", 2),),
 
 RULES = {"SGD": SGD, "Adam": ADAM, "AdamW": ADAMW, "RMSprop": RMSPROP, "Adagrad": ADAGRAD,
          "Lion": LION, "Adamax": ADAMAX, "RAdam": RADAM, "NAdam": NADAM, "EMA": EMA,
-         "probe": PROBE, "Adadelta": ADADELTA, "Rprop": RPROP, "ASGD": ASGD}
+         "probe": PROBE, "Adadelta": ADADELTA, "Rprop": RPROP, "ASGD": ASGD,
+         "LAMB": LAMB}
 
 
 def _check_all() -> None:

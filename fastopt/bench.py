@@ -137,6 +137,7 @@ OPTIMIZERS = {
                         dict(lr=1.0), dict(lr=1.0)),
     "rprop": OptSpec("rprop", "Rprop", "rprop", 2, "Rprop", "Rprop", dict(lr=1e-2), dict()),
     "asgd": OptSpec("asgd", "ASGD", "asgd", 1, "ASGD", "ASGD", dict(lr=1e-2), dict(lr=1e-2)),
+    "lamb": OptSpec("lamb", "LAMB", "lamb", 2, "LAMB", None, dict(lr=1e-3), dict(lr=1e-3)),
 }
 DEFAULT_OPTIMIZERS = ("adam", "sgd")
 
@@ -296,7 +297,7 @@ def _functional_step(module, spec, params, grads):
     if spec.family == "asgd":
         eta_mu = np.tile([kw["lr"], 1.0], (len(p), 1))
         return lambda: fn(p, g, *state, eta_mu, steps, **kw)
-    if spec.family in ("adagrad", "adamax", "radam"):      # rules that take step counts
+    if spec.family in ("adagrad", "adamax", "radam", "lamb"):   # rules that take step counts
         return lambda: fn(p, g, *state, steps, **kw)
     return lambda: fn(p, g, *state, **kw)
 

@@ -29,7 +29,7 @@ from ._backend import native as _native
 from ._threading import get_num_threads
 
 __all__ = ["adam", "sgd", "rmsprop", "adagrad", "lion", "adamax", "radam", "nadam", "adadelta",
-           "rprop", "asgd", "probe",
+           "rprop", "asgd", "lamb", "probe",
            "run_lists", "run_frame", "NATIVE"]
 
 Arrays = Sequence[np.ndarray]
@@ -493,6 +493,23 @@ def asgd(params: Arrays, grads: Sequence[np.ndarray | None], axs: Arrays, eta_mu
                         f"({len(params)}, 2)")
     _call(_spec.ASGD, grad_scale, ["params", "axs"], params, grads, [axs], row, steps,
           eta_mu.reshape(-1))
+
+
+# ---- LAMB ----------------------------------------------------------------------------------
+
+def lamb(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
+         exp_avg_sqs: Arrays, steps, *, lr: float = 1e-3, beta1: float = 0.9,
+         beta2: float = 0.999, eps: float = 1e-6, weight_decay: float = 0.01,
+         bias_correction: bool = True, use_nvlamb: bool = False, maximize: bool = False,
+         l1: float = 0.0, clip_value: float | None = None, grad_scale: float = 1.0) -> None:
+    """LAMB on many tensors in one native call (each tensor's trust ratio from its own
+    norms); params and state modified in place. See ``fastopt.LAMB`` for the formula."""
+    row = _spec.LAMB.record(dict(lr=lr, betas=(beta1, beta2), eps=eps,
+                                 weight_decay=weight_decay, bias_correction=bias_correction,
+                                 use_nvlamb=use_nvlamb, maximize=maximize, l1=l1,
+                                 clip_value=clip_value))
+    _call(_spec.LAMB, grad_scale, ["params", "exp_avgs", "exp_avg_sqs"], params, grads,
+          [exp_avgs, exp_avg_sqs], row, steps)
 
 
 # ---- the probe -----------------------------------------------------------------------------

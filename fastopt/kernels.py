@@ -22,6 +22,7 @@ from .functional import (
     adam,
     adamax,
     asgd,
+    lamb,
     lion,
     nadam,
     probe,
@@ -34,7 +35,7 @@ from .functional import (
 __all__ = ["adam_step", "adam", "sgd_step", "sgd", "rmsprop_step", "rmsprop", "adagrad_step",
            "adagrad", "lion_step", "lion", "adamax_step", "adamax", "radam_step", "radam",
            "nadam_step", "nadam", "adadelta_step", "adadelta", "rprop_step", "rprop", "asgd_step",
-           "asgd", "probe"]
+           "asgd", "lamb_step", "lamb", "probe"]
 
 
 def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray,
@@ -209,3 +210,16 @@ def asgd_step(param: np.ndarray, grad: np.ndarray, ax: np.ndarray, eta_mu: np.nd
          grad_scale=grad_scale)
     if not np.shares_memory(em, eta_mu):
         eta_mu.reshape(-1)[...] = em.reshape(-1)
+
+
+def lamb_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray,
+              *, step: int, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+              eps: float = 1e-6, weight_decay: float = 0.01, bias_correction: bool = True,
+              use_nvlamb: bool = False, maximize: bool = False, l1: float = 0.0,
+              clip_value: float | None = None, grad_scale: float = 1.0) -> None:
+    """One fused LAMB step on one tensor (its norms, then its update); param and state
+    modified in place."""
+    lamb([param], [grad], [exp_avg], [exp_avg_sq], [step], lr=lr, beta1=beta1, beta2=beta2,
+         eps=eps, weight_decay=weight_decay, bias_correction=bias_correction,
+         use_nvlamb=use_nvlamb, maximize=maximize, l1=l1, clip_value=clip_value,
+         grad_scale=grad_scale)

@@ -144,7 +144,10 @@ class Optimizer:
         """The group's record, its own and the common hyperparameters checked."""
         row = self._check_group(dict(group))
         _spec.check_max_grad_norm(group)
-        _spec.check_storage(group)
+        storage = _spec.check_storage(group)
+        if not self._spec.storage16 and storage.state_dtype not in (None, np.float32):
+            raise ValueError(f"{type(self).__name__} keeps float32 or float64 states only "
+                             f"(state_dtype={storage.state_dtype})")
         return row
 
     def _buffers(self, group: Mapping) -> tuple[tuple[int, str], ...]:
@@ -181,6 +184,9 @@ class Optimizer:
         first = len(self._group_of)
         for j, p in enumerate(params):
             _validation.check_param(f"params[{first + j}]", p)
+            if not self._spec.storage16 and _is16(p):
+                raise TypeError(f"params[{first + j}]: {type(self).__name__} takes float32 or "
+                                f"float64 params, got {p.dtype}")
         for key, value in self.defaults.items():
             group.setdefault(key, value)
         _freeze(group)

@@ -296,6 +296,32 @@ def asgd_step(param, grad, ax, eta_mu, *, step, lr=1e-2, lambd=1e-4, alpha=0.75,
     scalars[1] = float(np.float32(1 / max(1, step - t0)))
 
 
+def lamb_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999,
+              eps=1e-6, weight_decay=0.01, bias_correction=True, use_nvlamb=False,
+              maximize=False, l1=0.0, clip_value=None, grad_scale=1.0):
+    """One LAMB step on one tensor (Apex FusedLAMB's rule); param and state modified in place.
+
+    The trust ratio uses the norms of the param (before the step) and of its update, each a
+    sum of squares in float64 in grad_norm's order (blocks of 8192 elements from the tensor's
+    start, 8 accumulators each, the blocks added in order), as the native driver adds them.
+    """
+    t = param.dtype.type
+    g = _coupled(_grad(grad, param, maximize, grad_scale, clip_value), param, 0.0, l1)
+    exp_avg *= t(beta1)
+    exp_avg += t(1 - beta1) * g
+    exp_avg_sq *= t(beta2)
+    exp_avg_sq += t(1 - beta2) * g * g
+    bc1 = 1 - beta1 ** step if bias_correction else 1.0
+    bc2 = 1 - beta2 ** step if bias_correction else 1.0
+    update = (exp_avg / t(bc1)) / (np.sqrt(exp_avg_sq / t(bc2)) + t(eps)) \
+        + t(weight_decay) * param
+    p_norm = float(np.sqrt(_block_sum([np.asarray(param).reshape(-1)], 2.0)))
+    u_norm = float(np.sqrt(_block_sum([np.asarray(update).reshape(-1)], 2.0)))
+    trust = use_nvlamb or weight_decay != 0
+    ratio = lr * (p_norm / u_norm) if trust and p_norm != 0 and u_norm != 0 else lr
+    param += t(-ratio) * update
+
+
 def ema_update(average, param, *, decay):
     """average.lerp_(param, 1 - decay) in place: the exponential moving average of a param."""
     _lerp_(average, param, average.dtype.type(1 - decay))
@@ -371,6 +397,11 @@ def asgd(params, grads, axs, eta_mu, steps, **hyper):
     for i, (p, g) in enumerate(zip(params, grads)):
         if g is not None:
             asgd_step(p, g, axs[i], eta_mu[i], step=int(steps[i]), **hyper)
+
+
+def lamb(params, grads, exp_avgs, exp_avg_sqs, steps, **hyper):
+    """lamb_step over lists; steps[i] is tensor i's count."""
+    _each(lamb_step, params, grads, [exp_avgs, exp_avg_sqs], steps, **hyper)
 
 
 def radam(params, grads, exp_avgs, exp_avg_sqs, steps, **hyper):

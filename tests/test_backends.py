@@ -193,6 +193,7 @@ TRAIN = textwrap.dedent("""
         ("Adadelta", fastopt.Adadelta, dict(lr=0.5, weight_decay=0.01)),
         ("Rprop", fastopt.Rprop, dict(lr=0.01)),
         ("ASGD", fastopt.ASGD, dict(lr=0.01, t0=10, lambd=1e-2, weight_decay=0.01)),
+        ("LAMB", fastopt.LAMB, dict(lr=0.01)),
     ]
     SIZES = [1, 33, 8193, 20_000]
     VARIANTS = {"norm": dict(max_grad_norm=1.0),

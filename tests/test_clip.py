@@ -16,7 +16,7 @@ CLASSES = [(fastopt.SGD, dict(lr=0.1, momentum=0.9)), (fastopt.Adam, dict(lr=0.0
            (fastopt.Adagrad, dict(lr=0.1)), (fastopt.Lion, dict(lr=0.01)),
            (fastopt.Adamax, dict(lr=0.01)), (fastopt.RAdam, dict(lr=0.01)),
            (fastopt.Adadelta, dict(lr=0.5)), (fastopt.Rprop, dict(lr=0.01)),
-           (fastopt.ASGD, dict(lr=0.05, t0=2))]
+           (fastopt.ASGD, dict(lr=0.05, t0=2)), (fastopt.LAMB, dict(lr=0.01))]
 
 
 def grads_like(shapes, seed, scale=3.0, dtype=np.float32):

@@ -194,7 +194,8 @@ def test_specs_match_the_c_records():
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Lion",
-                                  "Adamax", "RAdam", "NAdam", "Adadelta", "Rprop", "ASGD"])
+                                  "Adamax", "RAdam", "NAdam", "Adadelta", "Rprop", "ASGD",
+                                  "LAMB"])
 def test_class_signatures_match_the_spec(name):
     import inspect
     cls = getattr(fastopt, name)

@@ -11,12 +11,13 @@ import fastopt.adam
 import fastopt.asgd
 import fastopt.averaging
 import fastopt.kernels
+import fastopt.lamb
 import fastopt.sgd
 
 
 @pytest.mark.parametrize("module", [fastopt, fastopt.kernels, fastopt.adam, fastopt.sgd,
                                     fastopt.averaging, fastopt.adadelta,
-                                    fastopt.asgd],
+                                    fastopt.asgd, fastopt.lamb],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

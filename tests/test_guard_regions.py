@@ -25,6 +25,7 @@ RULES = {
     "Adadelta": dict(weight_decay=0.1),
     "Rprop": dict(),
     "ASGD": dict(t0=1),
+    "LAMB": dict(),
 }
 
 

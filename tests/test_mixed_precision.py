@@ -573,3 +573,17 @@ def test_loss_scaler_follows_torch_grad_scaler():
         ours.update()
         assert ours.get_scale() == theirs.get_scale()
     assert ours.state_dict()["_growth_tracker"] == theirs.state_dict()["_growth_tracker"]
+
+
+def test_lamb_refuses_16_bit_storage_clearly():
+    with pytest.raises(TypeError, match="LAMB takes float32 or float64"):
+        fastopt.LAMB([np.ones(3, BF16)])
+    with pytest.raises(ValueError, match="state_dtype"):
+        fastopt.LAMB([np.ones(3, np.float32)], state_dtype=BF16)
+    if NATIVE:      # the driver refuses a mixed tensor for a rule with a reduction
+        p = np.ones(3, BF16)
+        before = _bits16(p).copy()
+        with pytest.raises(ValueError, match="lamb takes float32 or float64"):
+            fastopt.kernels.lamb([p], [np.ones(3, BF16)], [np.zeros(3, np.float32)],
+                                 [np.zeros(3, np.float32)], [1])
+        assert np.array_equal(_bits16(p), before)

@@ -275,7 +275,8 @@ def test_adagrad_initial_accumulator_value_and_lr_decay():
 
 @pytest.mark.parametrize("cls", [fastopt.SGD, fastopt.Adam, fastopt.AdamW, fastopt.RMSprop,
                                  fastopt.Adagrad, fastopt.Lion, fastopt.Adamax, fastopt.RAdam,
-                                 fastopt.NAdam, fastopt.Adadelta, fastopt.Rprop, fastopt.ASGD])
+                                 fastopt.NAdam, fastopt.Adadelta, fastopt.Rprop, fastopt.ASGD,
+                                 fastopt.LAMB])
 def test_every_optimizer_takes_l1_and_refuses_a_negative_one(cls):
     p = np.array([2.0, -2.0, 0.0])
     opt = cls([p], lr=0.1, l1=0.5)

@@ -17,6 +17,7 @@ OPTIMIZERS = {
     "Adadelta": lambda ps, **kw: fastopt.Adadelta(ps, weight_decay=0.1, **kw),
     "Rprop": lambda ps, **kw: fastopt.Rprop(ps, lr=0.1, **kw),
     "ASGD": lambda ps, **kw: fastopt.ASGD(ps, lr=0.1, t0=0, **kw),
+    "LAMB": lambda ps, **kw: fastopt.LAMB(ps, lr=0.1, **kw),
 }
 
 

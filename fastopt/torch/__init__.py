@@ -61,7 +61,7 @@ from .. import _spec
 from . import _adapter
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Lion",
-           "Adadelta", "Rprop", "ASGD"]
+           "Adadelta", "Rprop", "ASGD", "LAMB"]
 
 _EXTRAS = {"l1": 0.0, "max_grad_norm": None, "clip_value": None}
 
@@ -650,6 +650,91 @@ def _lion_torch(opt, groups):
             c = mr.mul(b1).add_(gr, alpha=1 - _f(b1))
             pr.add_(torch.sign(c), alpha=-lr)
             mr.mul_(b2).add_(gr, alpha=1 - _f(b2))
+
+
+# ---- LAMB ----------------------------------------------------------------------------------
+
+class LAMB(_Native, torch.optim.Optimizer):
+    r"""LAMB with Apex FusedLAMB's trust ratio, fastopt's rule (see ``fastopt.LAMB``); torch
+    has none.
+
+    ``LAMB(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
+    bias_correction=True, *, use_nvlamb=False, maximize=False, fused=None, l1=0,
+    max_grad_norm=None, clip_value=None)``. State: ``step`` (0-d float32 tensor),
+    ``exp_avg``, ``exp_avg_sq``. ``fused=False`` runs a plain torch implementation of the same
+    rule (also used for float16/bfloat16 params), equal to the native one up to rounding.
+    """
+
+    _fo_spec = _spec.LAMB
+    _fo_own_fused = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
+                 bias_correction=True, *, use_nvlamb=False, maximize=False, fused=None,
+                 l1=0.0, max_grad_norm=None, clip_value=None):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        self._fo_begin(dict(fused=fused, l1=l1, max_grad_norm=max_grad_norm,
+                            clip_value=clip_value))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay,
+                                      bias_correction=bias_correction, use_nvlamb=use_nvlamb,
+                                      maximize=maximize, differentiable=False))
+        self._fo_end()
+
+    def step(self, closure=None):
+        """Perform a single optimization step (see ``fastopt.torch``)."""
+        return _Native.step(self, closure)
+
+    def _fo_torch_step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        _lamb_torch(self, self.param_groups)
+        return loss
+
+
+@torch.no_grad()
+def _lamb_torch(opt, groups):
+    """LAMB in plain torch operations (fused=False, and low-precision params), in float32 for
+    16-bit params as Apex computes it."""
+    for group in groups:
+        lr, (b1, b2), eps = _f(group["lr"]), group["betas"], group["eps"]
+        wd = _f(group["weight_decay"])
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            st = opt.state[p]
+            if not st:
+                st["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["step"] += 1
+            t = _f(st["step"])
+            ct = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+            g = (-p.grad if group["maximize"] else p.grad).to(ct)
+            m, v, x = st["exp_avg"], st["exp_avg_sq"], p.to(ct)
+            mc = m.to(ct).mul_(b1).add_(g, alpha=1 - b1)
+            vc = v.to(ct).mul_(b2).addcmul_(g, g, value=1 - b2)
+            bc1 = 1 - b1 ** t if group["bias_correction"] else 1.0
+            bc2 = 1 - b2 ** t if group["bias_correction"] else 1.0
+            u = (mc / bc1) / ((vc / bc2).sqrt() + eps) + wd * x
+            pn, un = x.double().norm().item(), u.double().norm().item()
+            trust = group["use_nvlamb"] or wd != 0
+            ratio = lr * (pn / un) if trust and pn != 0 and un != 0 else lr
+            m.copy_(mc)
+            v.copy_(vc)
+            p.copy_(x - ratio * u)
 
 
 for _cls, _tcls in ((SGD, torch.optim.SGD), (Adam, torch.optim.Adam),
