@@ -217,12 +217,12 @@ class _Native:
         """torch's own step (without its hook wrapper: hooks fire once, around ``step``)."""
         return _torch_step(type(self))(self, closure)
 
-    def _fo_driver_state(self):
-        """The native frame and per-group memos this optimizer reuses across steps (made on
-        first use: they are not part of the pickled or deep-copied state)."""
+    def _fo_driver_state(self) -> _adapter.Plan:
+        """The native frame, memo and fast-fill arrays this optimizer reuses across steps (made
+        on first use: they are not part of the pickled or deep-copied state)."""
         held = self.__dict__.get("_fo_driver")
         if held is None:
-            held = self.__dict__["_fo_driver"] = (_adapter.new_frame(), {})
+            held = self.__dict__["_fo_driver"] = _adapter.Plan()
         return held
 
     # ---- step --------------------------------------------------------------------------
@@ -256,16 +256,44 @@ class _Native:
         inv = 1.0
         if grad_scale is not None:
             inv = float(np.float32(1.0 / _f(grad_scale)))
-        # 1. check every group before anything is modified
-        native, slow, torch_groups = [], [], []
+        # the groups' settings, checked before anything is modified
+        native, torch_groups = [], []
         for gi, group in enumerate(self.param_groups):
             if not self._fo_native_group(group):
                 torch_groups.append(group)
                 continue
             _check_extras(group)
             plain = self._fo_group(group)
-            keys = self._fo_spec.needed(plain)
-            hyper = self._fo_spec.record(plain)
+            native.append((gi, group, self._fo_spec.needed(plain), self._fo_spec.record(plain)))
+        if len(self.last_grad_norms) != len(self.param_groups):
+            self.last_grad_norms = [None] * len(self.param_groups)
+        plan = self._fo_driver_state()
+        if native and _adapter.FAST:
+            # the steady state: one C pass reads every tensor, one native call steps them
+            params = [g["params"] if type(g["params"]) is list else list(g["params"])
+                      for _, g, _, _ in native]
+            norms = _adapter.fast_step(
+                self._fo_spec, plan, params, [keys for _, _, keys, _ in native],
+                [hyper for _, _, _, hyper in native],
+                [g.get("max_grad_norm") for _, g, _, _ in native], self.state, inv,
+                [gi for gi, _, _, _ in native])
+            if norms is not None:
+                for (gi, _, _, _), nrm in zip(native, norms):
+                    if nrm is not _adapter.UNSET:
+                        self.last_grad_norms[gi] = nrm
+                if torch_groups:    # a mixed optimizer: GradScaler unscaled these itself
+                    self._fo_torch_fallback(torch_groups)
+                return
+        self._fo_step_checked(native, torch_groups, inv, plan)
+
+    def _fo_step_checked(self, native_groups: list, torch_groups: list, inv: float,
+                         plan: _adapter.Plan) -> None:
+        """The step through Python: every tensor checked (raising the clear error), missing
+        state created, odd layouts handled, low-precision params routed to torch; then the
+        native groups in one call. The first step, and any step the fast fill refuses."""
+        # 1. check every group before anything is modified
+        native, slow = [], []
+        for gi, group, keys, hyper in native_groups:
             ps, gs, others, names = [], [], [], []
             for pi, p in enumerate(group["params"]):
                 g = p.grad
@@ -297,40 +325,40 @@ class _Native:
                         "float32/float64 params")
                 slow.append(dict(group, params=others))
             native.append((gi, group, keys, hyper, ps, gs, names))
-        # 2. state, then one native call per group
-        if len(self.last_grad_norms) != len(self.param_groups):
-            self.last_grad_norms = [None] * len(self.param_groups)
-        frame, memos = self._fo_driver_state()
+        # 2. state, then one native call for all groups
         spec = self._fo_spec
+        batches, stepped, step_tensors = [], [], []
         for gi, group, keys, hyper, ps, gs, names in native:
             if not ps:
                 continue
             fresh = []
-            if self._fo_spec.step_state or keys:
+            if spec.step_state or keys:
                 state = self.state
                 states = [state[p] for p in ps]
-                has_step = self._fo_spec.step_state
                 for p, st in zip(ps, states):
                     new = any(k not in st for _, k in keys)
                     fresh.append(new)
-                    if new or (has_step and not st):
+                    if new or (spec.step_state and not st):
                         self._fo_new_state(p, group, st)
             else:   # plain SGD keeps no state, as torch's
                 fresh, states = [False] * len(ps), []
             buffers = {stream: [st[k] for st in states] for stream, k in keys}
-            step_tensors = None
-            if self._fo_spec.step_state:
-                step_tensors = [st["step"] for st in states]
-                steps = [int(s) + 1 for s in torch.stack(step_tensors).tolist()]
+            if spec.step_state:
+                mine = [st["step"] for st in states]
+                steps = [int(s) + 1 for s in torch.stack(mine).tolist()]
+                step_tensors.extend(mine)
             else:       # SGD: the kernel starts a buffer as the gradient on its first step
                 steps = [1 if f else 2 for f in fresh]
             mus = [st["mu_product"] for st in states] if spec.aux is not None else None
-            self.last_grad_norms[gi] = _adapter.run(
-                spec, ps, gs, buffers, hyper, steps=steps, grad_scale=inv,
-                max_grad_norm=group.get("max_grad_norm"), mu_products=mus, names=names,
-                frame=frame, memo=memos.setdefault(gi, _adapter.new_memo()))
-            if step_tensors:
-                torch._foreach_add_(step_tensors, 1.0)
+            batches.append(_adapter.Batch(ps, gs, buffers, hyper, steps=steps,
+                                          max_grad_norm=group.get("max_grad_norm"),
+                                          mu_products=mus, names=names))
+            stepped.append(gi)
+        norms = _adapter.run(spec, batches, grad_scale=inv, frame=plan.frame, memo=plan.memo)
+        for gi, nrm in zip(stepped, norms):
+            self.last_grad_norms[gi] = nrm
+        if step_tensors:
+            torch._foreach_add_(step_tensors, 1.0)
         # 3. what torch steps: low-precision params and groups routed to torch
         if slow:
             if inv != 1.0:
