@@ -306,13 +306,19 @@ class _Native:
                         _adapter.check_param(name, p)
                     others.append(p)
                     continue
-                _adapter.check_param(name, p)
-                _adapter.check_grad(name, g, p)
+                if _adapter.is_sharded(p) and group.get("max_grad_norm") is not None:
+                    raise ValueError(
+                        f"fastopt.torch: {name} is a DTensor (sharded): max_grad_norm would "
+                        "clip by the local shard's norm; clip with torch.nn.utils."
+                        "clip_grad_norm_ (which reduces across ranks) instead")
+                lp = _adapter.local(p)
+                _adapter.check_param(name, lp)
+                _adapter.check_grad(name, _adapter.local(g), lp)
                 st = self.state.get(p)
                 if st:
                     for _, key in keys:
                         if key in st:
-                            _adapter.check_state(name, key, st[key], p)
+                            _adapter.check_state(name, key, _adapter.local(st[key]), lp)
                 ps.append(p)
                 gs.append(g)
                 names.append(name)
@@ -342,7 +348,7 @@ class _Native:
                         self._fo_new_state(p, group, st)
             else:   # plain SGD keeps no state, as torch's
                 fresh, states = [False] * len(ps), []
-            buffers = {stream: [st[k] for st in states] for stream, k in keys}
+            buffers = {stream: [_adapter.local(st[k]) for st in states] for stream, k in keys}
             if spec.step_state:
                 mine = [st["step"] for st in states]
                 steps = [int(s) + 1 for s in torch.stack(mine).tolist()]
@@ -350,7 +356,9 @@ class _Native:
             else:       # SGD: the kernel starts a buffer as the gradient on its first step
                 steps = [1 if f else 2 for f in fresh]
             mus = [st["mu_product"] for st in states] if spec.aux is not None else None
-            batches.append(_adapter.Batch(ps, gs, buffers, hyper, steps=steps,
+            batches.append(_adapter.Batch(list(map(_adapter.local, ps)),
+                                          list(map(_adapter.local, gs)), buffers, hyper,
+                                          steps=steps,
                                           max_grad_norm=group.get("max_grad_norm"),
                                           mu_products=mus, names=names))
             stepped.append(gi)

@@ -30,6 +30,8 @@ another stream of the call: tied or aliased params and state, reported here by n
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
@@ -69,8 +71,31 @@ def _lazy_view(t: torch.Tensor) -> str | None:
     return None
 
 
+def _dtensor_type():
+    """torch.distributed.tensor.DTensor if that module is loaded (no DTensor exists before)."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    return getattr(mod, "DTensor", None)
+
+
+def is_sharded(t) -> bool:
+    """True for a DTensor (FSDP2's params, their gradients and state): the step updates its
+    local shard, element-wise, which is what torch's own optimizers compute on it."""
+    dt = _dtensor_type()
+    return dt is not None and isinstance(t, dt)
+
+
+def local(t):
+    """The tensor whose memory the kernels read or write: a DTensor's local shard, else t."""
+    return t._local_tensor if is_sharded(t) else t
+
+
 def check_param(name: str, p: torch.Tensor) -> None:
     """Raise a clear error if ``p`` cannot be stepped in place natively."""
+    if type(p).__torch_dispatch__ is not torch.Tensor.__torch_dispatch__:
+        raise RuntimeError(
+            f"fastopt.torch: {name} is a {type(p).__name__}, a tensor subclass that dispatches "
+            "its own operations; fastopt steps plain tensors (and DTensors through their "
+            "local shards). Use fused=False for torch's implementation")
     if p.is_cpu and p.layout == torch.strided and p.is_contiguous() and not p.is_neg() \
             and not p.is_conj():
         return
