@@ -1,6 +1,7 @@
 """fastopt.torch next to torch.optim, side by side in one process: one Adam step (float32) with
 torch's for-loop, foreach and fused implementations and with fastopt.torch's native step, on
-one 1e7-element tensor, 1,000 tensors of 1,000 elements and 1,000 tensors of 16 elements.
+one 1e7-element tensor, 1,000 tensors of 1,000 elements and 1,000 tensors of 16 elements, and
+one tensor of 16,000 elements, from which the per-tensor overhead follows.
 Rounds are interleaved (each round steps every system once) and medians reported, so that a
 noisy, shared machine slows all systems alike.
 
@@ -19,7 +20,7 @@ import torch
 import fastopt.torch as ft
 
 CASES = (("1 x 1e7", [10_000_000], 15), ("1000 x 1e3", [1000] * 1000, 40),
-         ("1000 x 16", [16] * 1000, 200))
+         ("1000 x 16", [16] * 1000, 200), ("1 x 16000", [16_000], 200))
 
 
 def _optimizer(shapes, make):
@@ -45,6 +46,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     print(f"Adam float32, {args.threads} thread(s), median ms per step (interleaved rounds)")
     print(f"{'case':<12}" + "".join(f"{k:>16}" for k in SYSTEMS) + f"{'fused/fastopt':>15}")
+    meds: dict[str, dict[str, float]] = {}
     for label, shapes, rounds in CASES:
         opts = {k: _optimizer(shapes, make) for k, make in SYSTEMS.items()}
         for o in opts.values():         # state created, caches warm
@@ -57,8 +59,13 @@ def main(argv=None) -> None:
                 o.step()
                 times[k].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        meds[label] = med
         print(f"{label:<12}" + "".join(f"{med[k]:>16.3f}" for k in SYSTEMS)
               + f"{med['torch fused'] / med['fastopt.torch']:>14.2f}x")
+    # the cost of one more tensor in a step: the same 16,000 elements as 1,000 tensors or one
+    per = {k: (meds["1000 x 16"][k] - meds["1 x 16000"][k]) / 999 * 1e3 for k in SYSTEMS}
+    print(f"{'us/tensor':<12}" + "".join(f"{per[k]:>16.3f}" for k in SYSTEMS)
+          + "   (per-tensor overhead: (1000 x 16 - 1 x 16000) / 999)")
 
 
 if __name__ == "__main__":
