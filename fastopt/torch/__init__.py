@@ -6,8 +6,8 @@ a subclass of the torch.optim class of the same name (``Lion``, which torch lack
 validation and error messages, and everything else is torch's: param groups,
 ``add_param_group``, ``zero_grad``, ``state`` (keyed by tensor, with torch's keys, dtypes and
 shapes), ``state_dict``/``load_state_dict`` and their hooks, step hooks, schedulers, pickling.
-Only ``step`` differs: it updates all the params of a group that have a gradient in ONE fused
-native call of fastopt's kernels, reading and writing the tensors in place (zero copy).
+Only ``step`` differs: it updates all the params of all groups that have a gradient in ONE
+fused native call of fastopt's kernels, reading and writing the tensors in place (zero copy).
 
 Flags and extras (keyword-only):
 

@@ -3,10 +3,13 @@
 Everything the torch frontend (``fastopt.torch``) does with memory goes through this module:
 layout checks, the array descriptors of params, gradients and state (data address, element
 count, storage dtype, with the tensors themselves held as owners for the call), the thread
-count, and the single native call per param group through ``fastopt.functional.run_frame``,
-with the rule's spec (fastopt._spec) for its hyperparameters and state streams. No tensor is
-converted to a NumPy array and nothing is copied, except a gradient whose layout differs from
-its param's (below).
+count, and the single native call per step (all param groups, each with its own record)
+through ``fastopt.functional.run_frame``, with the rule's spec (fastopt._spec) for its
+hyperparameters and state streams. No tensor is converted to a NumPy array and nothing is
+copied, except a gradient whose layout differs from its param's (below). In the steady state
+the descriptors come from ``fast_step`` (one C pass, ``_kernels.fill_torch``); the first step
+and anything that pass does not take come through the checked path (``check_param`` /
+``check_grad`` / ``check_state`` and ``run``).
 
 Layout contract (checked by ``check_param`` / ``check_state`` before anything is modified):
 
