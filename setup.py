@@ -72,7 +72,8 @@ extensions = [
         sources=["fastopt/_kernels.pyx", "csrc/dispatch.c", "csrc/storage.c"],
         include_dirs=["csrc", np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION")],
-        depends=["csrc/fastopt.h", "csrc/kernels_body.h", "csrc/fo_omp.h", "csrc/fo_half.h"],
+        depends=["csrc/fastopt.h", "csrc/kernels_body.h", "csrc/fo_omp.h", "csrc/fo_half.h",
+                 "csrc/fo_dlpack.h"],
     )
 ]
 

@@ -1,7 +1,8 @@
 """fastopt.torch next to torch.optim, side by side in one process: one step (float32) with
 torch's for-loop, foreach and (where torch has one) fused implementations and with
 fastopt.torch's native step, on one 1e7-element tensor, 1,000 tensors of 1,000 elements and
-1,000 tensors of 16 elements. Rounds are interleaved (each round steps every system once) and
+1,000 tensors of 16 elements, and one tensor of 16,000 elements, from which the per-tensor
+overhead follows. Rounds are interleaved (each round steps every system once) and
 medians reported, so that a noisy, shared machine slows all systems alike.
 
     python bench/torch_step.py [--threads 1] [--rounds 1.0] [--rules Adam,Adadelta,Rprop,ASGD]
@@ -20,7 +21,7 @@ import torch
 import fastopt.torch as ft
 
 CASES = (("1 x 1e7", [10_000_000], 15), ("1000 x 1e3", [1000] * 1000, 40),
-         ("1000 x 16", [16] * 1000, 200))
+         ("1000 x 16", [16] * 1000, 200), ("1 x 16000", [16_000], 200))
 # each rule's hyperparameters (shared by torch and fastopt.torch)
 RULES = {"Adam": dict(lr=1e-3), "Adadelta": dict(lr=1.0), "Rprop": dict(lr=1e-2),
          "ASGD": dict(lr=1e-2)}
@@ -55,6 +56,7 @@ def main(argv=None) -> None:
         print(f"{rule} float32, {args.threads} thread(s), median ms per step "
               "(interleaved rounds)")
         print(f"{'case':<12}" + "".join(f"{k:>16}" for k in names) + f"{'torch/fastopt':>15}")
+        meds: dict[str, dict[str, float]] = {}
         for label, shapes, rounds in CASES:
             opts = {}
             for k, make in _systems(rule).items():
@@ -72,10 +74,17 @@ def main(argv=None) -> None:
                     o.step()
                     times[k].append(time.perf_counter() - t0)
             med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+            meds[label] = med
             best = min(v for k, v in med.items() if k != "fastopt.torch")
             print(f"{label:<12}" + "".join(f"{med[k]:>16.3f}" if k in med else f"{'-':>16}"
                                            for k in names)
                   + f"{best / med['fastopt.torch']:>14.2f}x")
+        # the cost of one more tensor in a step: the same 16,000 elements as 1,000 tensors or one
+        per = {k: (meds["1000 x 16"][k] - meds["1 x 16000"][k]) / 999 * 1e3
+               for k in names if k in meds["1000 x 16"] and k in meds["1 x 16000"]}
+        print(f"{'us/tensor':<12}" + "".join(f"{per[k]:>16.3f}" if k in per else f"{'-':>16}"
+                                             for k in names)
+              + "   (per-tensor overhead: (1000 x 16 - 1 x 16000) / 999)")
         print()
 
 

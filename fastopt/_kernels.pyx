@@ -1307,3 +1307,442 @@ def convert_check_all(str isa, int dt, bint full=False):
 def sr_key(uint64_t seed, int64_t param, int64_t step):
     """The stochastic-rounding key of one param at one step."""
     return fo_sr_key(seed, param, step)
+
+# ---- the torch adapter's fast fill ----------------------------------------------------------
+#
+# fastopt.torch's steady state: every param of every native group, its gradient, its state
+# buffers and its step count read straight from the tensor objects with one C call each (the
+# DLPack exchange table torch publishes, csrc/fo_dlpack.h), no Python method call per tensor.
+# The fill only READS: anything it does not recognise as the plain case (a tensor subclass, a
+# dtype it was not given, a non-contiguous or non-CPU tensor, a gradient whose shape or dtype
+# differs, missing state, a conjugated or negated view) makes it return a reason code having
+# modified nothing, and the adapter then takes its Python path, which checks everything again
+# and raises the clear error, creates the state, or copies the gradient. Nothing is cached:
+# every address, shape and stride is read afresh at every fill.
+
+cdef extern from "fo_dlpack.h" nogil:
+    enum:
+        FO_DL_CPU
+        FO_DL_CUDA_HOST
+        FO_DL_ROCM_HOST
+        FO_DL_FLOAT
+        FO_DL_BFLOAT
+        FO_DL_COMPLEX
+    ctypedef struct fo_dl_device:
+        int device_type
+    ctypedef struct fo_dl_dtype:
+        unsigned char code
+        unsigned char bits
+        unsigned short lanes
+    ctypedef struct fo_dl_tensor:
+        void *data
+        fo_dl_device device
+        int ndim
+        fo_dl_dtype dtype
+        int64_t *shape
+        int64_t *strides
+        unsigned long long byte_offset
+    ctypedef struct fo_dl_version:
+        unsigned int major
+    ctypedef struct fo_dl_api_header:
+        fo_dl_version version
+    ctypedef int (*fo_dl_from_pyobject)(void *py_object, fo_dl_tensor *out)
+    ctypedef struct fo_dl_api:
+        fo_dl_api_header header
+        fo_dl_from_pyobject dltensor_from_py_object_no_sync
+
+cdef extern from *:
+    """
+    /* The state dict lookup of a tensor key without calling torch.Tensor.__hash__ (a Python
+       function: `return id(self)`), by handing the dict that hash, computed as Python hashes
+       the int id(self). Used only for types whose __hash__ was checked to be torch's. */
+    static PyObject *fo_dict_get_by_id(PyObject *d, PyObject *key) {
+    #if PY_VERSION_HEX < 0x030E0000 && !defined(PYPY_VERSION)
+        Py_hash_t h = (Py_hash_t)((size_t)(uintptr_t)key % (size_t)_PyHASH_MODULUS);
+        if (h == -1) h = -2;
+        return _PyDict_GetItem_KnownHash(d, key, h);
+    #else
+        return PyDict_GetItemWithError(d, key);
+    #endif
+    }
+    """
+    PyObject *fo_dict_get_by_id(object d, object key)
+    PyObject *PyDict_GetItemWithError(object d, object key)
+
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
+from cpython.exc cimport PyErr_Clear, PyErr_Occurred
+from cpython.object cimport PyObject_GetAttr, PyObject_IsTrue
+from cpython.dict cimport PyDict_Check
+from cpython.object cimport Py_TYPE
+
+cdef const fo_dl_api *_dl = NULL
+
+
+def set_dlpack_api(object capsule):
+    """Adopt a framework's DLPack exchange table (the capsule torch.Tensor publishes as
+    __dlpack_c_exchange_api__). Returns True if it is usable (DLPack major version 1, with the
+    non-owning DLTensor export), else False and the fast fill stays off."""
+    global _dl
+    cdef const fo_dl_api *api
+    _dl = NULL
+    if capsule is None or not PyCapsule_IsValid(capsule, "dlpack_exchange_api"):
+        return False
+    api = <const fo_dl_api *>PyCapsule_GetPointer(capsule, "dlpack_exchange_api")
+    if api == NULL or api.header.version.major != 1 or api.dltensor_from_py_object_no_sync == NULL:
+        return False
+    _dl = api
+    return True
+
+
+DEF HOLD_STEP_F32 = 1
+DEF HOLD_STEP_F64 = 2
+
+
+cdef class TorchHold:
+    """The 0-d tensors of one fast fill that the step updates after the kernels: each tensor's
+    ``step`` count (+1) and its per-param scalar (NAdam's mu_product, from the driver's aux
+    array), held by reference until ``commit`` or ``discard``."""
+    cdef Py_ssize_t n, cap
+    cdef readonly Py_ssize_t active
+    cdef Py_ssize_t filled
+    cdef unsigned char *act
+    cdef PyObject **step_obj
+    cdef void **step_addr
+    cdef unsigned char *step_kind
+    cdef PyObject **aux_obj
+    cdef void **aux_addr
+    cdef unsigned char *aux_kind
+
+    def __cinit__(self):
+        self.n = self.cap = self.active = self.filled = 0
+        self.act = NULL
+        self.step_obj = NULL; self.step_addr = NULL; self.step_kind = NULL
+        self.aux_obj = NULL; self.aux_addr = NULL; self.aux_kind = NULL
+
+    def __dealloc__(self):
+        self._drop()
+        free(self.step_obj); free(self.step_addr); free(self.step_kind)
+        free(self.aux_obj); free(self.aux_addr); free(self.aux_kind); free(self.act)
+
+    cdef void _drop(self):
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            Py_XDECREF(self.step_obj[i])
+            Py_XDECREF(self.aux_obj[i])
+            self.step_obj[i] = NULL
+            self.aux_obj[i] = NULL
+        self.n = 0
+
+    cdef int _reset(self, Py_ssize_t T) except -1:
+        self._drop()
+        if T > self.cap:
+            free(self.step_obj); free(self.step_addr); free(self.step_kind)
+            free(self.aux_obj); free(self.aux_addr); free(self.aux_kind); free(self.act)
+            self.act = <unsigned char *>malloc(T)
+            self.step_obj = <PyObject **>malloc(T * sizeof(PyObject *))
+            self.step_addr = <void **>malloc(T * sizeof(void *))
+            self.step_kind = <unsigned char *>malloc(T)
+            self.aux_obj = <PyObject **>malloc(T * sizeof(PyObject *))
+            self.aux_addr = <void **>malloc(T * sizeof(void *))
+            self.aux_kind = <unsigned char *>malloc(T)
+            if (not self.step_obj or not self.step_addr or not self.step_kind
+                    or not self.aux_obj or not self.aux_addr or not self.aux_kind
+                    or not self.act):
+                self.cap = 0
+                raise MemoryError()
+            self.cap = T
+        if T > 0:
+            memset(self.step_obj, 0, T * sizeof(PyObject *))
+            memset(self.aux_obj, 0, T * sizeof(PyObject *))
+            memset(self.step_kind, 0, T)
+            memset(self.aux_kind, 0, T)
+            memset(self.act, 0, T)
+        self.n = self.filled = T
+        self.active = 0
+        return 0
+
+    def commit(self, cnp.ndarray aux=None):
+        """After a step that ran: add 1 to every held step count, write ``aux[i]`` (float64,
+        one per tensor) into every held scalar, then drop the references."""
+        cdef Py_ssize_t i
+        cdef const double *ax = NULL
+        if aux is not None:
+            if not _vec(aux, cnp.NPY_DOUBLE, self.n, False):
+                raise ValueError(f"aux: expected a contiguous float64 array of {self.n}")
+            ax = <const double *>cnp.PyArray_DATA(aux)
+        for i in range(self.n):
+            if self.step_kind[i] == HOLD_STEP_F32:
+                (<float *>self.step_addr[i])[0] = (<float *>self.step_addr[i])[0] + <float>1.0
+            elif self.step_kind[i] == HOLD_STEP_F64:
+                (<double *>self.step_addr[i])[0] = (<double *>self.step_addr[i])[0] + 1.0
+            if ax != NULL:
+                if self.aux_kind[i] == HOLD_STEP_F32:
+                    (<float *>self.aux_addr[i])[0] = <float>ax[i]
+                elif self.aux_kind[i] == HOLD_STEP_F64:
+                    (<double *>self.aux_addr[i])[0] = ax[i]
+        self._drop()
+
+    def discard(self):
+        """Drop the references without writing anything (the step did not run)."""
+        self._drop()
+
+    def active_groups(self, cnp.ndarray group_of not None, Py_ssize_t ngroups):
+        """Per group (``group_of``: the fill's), whether any of its tensors steps."""
+        cdef Py_ssize_t i
+        cdef const int *grp
+        if not _vec(group_of, cnp.NPY_INT32, self.filled, False):
+            raise ValueError("group_of: expected the fill's int32 array")
+        grp = <const int *>cnp.PyArray_DATA(group_of)
+        out = [False] * ngroups
+        for i in range(cnp.PyArray_DIM(group_of, 0)):
+            if self.act[i] and 0 <= grp[i] < ngroups:
+                out[grp[i]] = True
+        return out
+
+
+cdef inline bint _dl_read(object o, fo_dl_tensor *t):
+    """Describe ``o`` (a tensor of a checked type); False (no exception left) if it cannot
+    be, e.g. it has no storage (sparse, meta, a wrapper subclass)."""
+    if _dl.dltensor_from_py_object_no_sync(<void *><PyObject *>o, t) != 0:
+        PyErr_Clear()
+        return False
+    return True
+
+
+cdef inline bint _dl_host(const fo_dl_tensor *t):
+    return (t.device.device_type == FO_DL_CPU or t.device.device_type == FO_DL_CUDA_HOST
+            or t.device.device_type == FO_DL_ROCM_HOST)
+
+
+cdef inline int64_t _dl_contiguous_numel(const fo_dl_tensor *t):
+    """The element count if ``t`` is C-contiguous (strides of size-1 dimensions ignored),
+    else -1."""
+    cdef int64_t expected = 1, n = 1
+    cdef int d
+    for d in range(t.ndim - 1, -1, -1):
+        if t.shape[d] == 0:
+            return 0
+        if t.shape[d] != 1 and t.strides[d] != expected:
+            n = -1
+        expected *= t.shape[d]
+    return expected if n == 1 else -1
+
+
+cdef inline bint _dl_same_shape(const fo_dl_tensor *a, int ndim, const int64_t *shape):
+    cdef int d
+    if a.ndim != ndim:
+        return False
+    for d in range(ndim):
+        if a.shape[d] != shape[d]:
+            return False
+    return True
+
+
+cdef inline bint _exact_type(object o, tuple types):
+    cdef Py_ssize_t j
+    cdef PyObject *tp = <PyObject *>Py_TYPE(o)
+    for j in range(PyTuple_GET_SIZE(types)):
+        if <PyObject *>PyTuple_GET_ITEM(types, j) == tp:
+            return True
+    return False
+
+
+def fill_torch(Frame f not None, list groups not None, list slots_by_group not None,
+               object state, object step_key, object aux_key, tuple types not None,
+               tuple dtypes not None, bint id_hash, object is_neg,
+               cnp.ndarray group_of not None, cnp.ndarray steps not None, cnp.ndarray aux,
+               TorchHold hold not None):
+    """The torch adapter's fill of ALL native param groups of one step, from the live objects.
+
+    ``groups``: per group, its list of params; ``slots_by_group``: per group, a tuple of
+    (stream, state key) pairs its settings need; ``state``: the optimizer's state dict
+    (tensor -> dict); ``step_key``/``aux_key``: the state keys of the step count and of the
+    per-param scalar (or None); ``types``: the tensor types taken as plain (exact type);
+    ``dtypes``: (DLPack type code, bits, storage dtype code) triples of the dtypes taken;
+    ``id_hash``: those types hash by id (the state lookup need not call __hash__); ``is_neg``:
+    None, or torch.Tensor.is_neg, called on every gradient (a negated view reads wrong).
+
+    Fills the frame with one tensor per param (a param without a gradient stays inactive),
+    ``group_of`` (int32) with each tensor's group, ``steps`` (int64) with this step's counts
+    (the held step + 1; 2 for rules without one: their buffers exist), ``aux`` (float64, when
+    ``aux_key``) with each scalar, and ``hold`` with the 0-d tensors to update after the run.
+
+    Returns -1, or the reason (R_*) the adapter's Python path must look first; then
+    ``f.bad_tensor`` is the tensor, nothing was modified and no reference is kept."""
+    cdef Py_ssize_t ngroups = PyList_GET_SIZE(groups), gi, j, T = 0, i = 0, s, nslots
+    cdef list params
+    cdef tuple slots, slot
+    cdef object p, g, st, t
+    cdef PyObject *item
+    cdef fo_dl_tensor dp, dg, ds
+    cdef int64_t n
+    cdef int k, code, want, c, ndim
+    cdef unsigned char lut[8][65]
+    cdef int *grp
+    cdef int64_t *stp
+    cdef double *ax = NULL
+    cdef double v
+    cdef bint need_state, group_state, rc_ok = False
+    cdef int64_t pshape[64]
+    if _dl == NULL:
+        raise RuntimeError("fastopt: no DLPack exchange table (set_dlpack_api)")
+    if PyList_GET_SIZE(slots_by_group) != ngroups:
+        raise ValueError("slots_by_group needs one entry per group")
+    for gi in range(ngroups):
+        o = <object>PyList_GET_ITEM(groups, gi)
+        if type(o) is not list:
+            raise TypeError("groups: expected lists of params")
+        T += PyList_GET_SIZE(<list>o)
+    if not _vec(group_of, cnp.NPY_INT32, T, True) or not _vec(steps, cnp.NPY_INT64, T, True):
+        raise ValueError(f"group_of and steps: expected writeable int32/int64 arrays of {T}")
+    if aux_key is not None:
+        if not _vec(aux, cnp.NPY_DOUBLE, T, True):
+            raise ValueError(f"aux: expected a writeable float64 array of {T}")
+        ax = <double *>cnp.PyArray_DATA(aux)
+    memset(lut, 0, sizeof(lut))
+    for j in range(len(dtypes)):
+        c, k, code = dtypes[j]
+        if 0 <= c < 8 and 0 <= k <= 64:
+            lut[c][k] = <unsigned char>code
+    grp = <int *>cnp.PyArray_DATA(group_of)
+    stp = <int64_t *>cnp.PyArray_DATA(steps)
+    need_state = step_key is not None or aux_key is not None
+    for gi in range(ngroups):
+        if PyTuple_GET_SIZE(<tuple>slots_by_group[gi]) > 0:
+            need_state = True
+    if need_state and (state is None or not PyDict_Check(state)):
+        return R_TYPE
+    f._reset(T)
+    hold._reset(T)
+    try:
+        for gi in range(ngroups):
+            params = <list>PyList_GET_ITEM(groups, gi)
+            slots = <tuple>slots_by_group[gi]
+            nslots = PyTuple_GET_SIZE(slots)
+            group_state = step_key is not None or aux_key is not None or nslots > 0
+            for j in range(PyList_GET_SIZE(params)):
+                grp[i] = <int>gi
+                stp[i] = 0
+                if ax != NULL:
+                    ax[i] = 0.0
+                p = <object>PyList_GET_ITEM(params, j)
+                if not _exact_type(p, types):
+                    return f._fail(R_TYPE, i, 0)
+                g = PyObject_GetAttr(p, "grad")
+                if g is None:
+                    i += 1
+                    continue
+                # the param
+                if not _dl_read(p, &dp) or not _dl_host(&dp) or dp.dtype.lanes != 1:
+                    return f._fail(R_DTYPE, i, 0)
+                code = lut[dp.dtype.code][dp.dtype.bits] if dp.dtype.code < 8 and dp.dtype.bits <= 64 else 0
+                if code == 0:
+                    return f._fail(R_DTYPE, i, 0)
+                n = _dl_contiguous_numel(&dp)
+                if n < 0:
+                    return f._fail(R_LAYOUT, i, 0)
+                ndim = dp.ndim
+                if ndim > 64:
+                    return f._fail(R_SHAPE, i, 0)
+                for k in range(ndim):
+                    pshape[k] = dp.shape[k]
+                f._ref(p)
+                f.addr[i * S] = <uintptr_t>dp.data + <uintptr_t>dp.byte_offset
+                f.dt[i * S] = <unsigned char>code
+                f.count[i] = n
+                # its gradient
+                if (not _exact_type(g, types) or not _dl_read(g, &dg) or not _dl_host(&dg)
+                        or dg.dtype.code != dp.dtype.code or dg.dtype.bits != dp.dtype.bits
+                        or dg.dtype.lanes != 1 or not _dl_same_shape(&dg, ndim, pshape)
+                        or _dl_contiguous_numel(&dg) != n):
+                    return f._fail(R_LAYOUT, i, FO_G)
+                if is_neg is not None and PyObject_IsTrue(is_neg(g)):
+                    return f._fail(R_LAYOUT, i, FO_G)
+                f._ref(g)
+                f.addr[i * S + FO_G] = <uintptr_t>dg.data + <uintptr_t>dg.byte_offset
+                f.dt[i * S + FO_G] = <unsigned char>code
+                hold.act[i] = 1
+                hold.active += 1
+                if not group_state:     # plain SGD keeps no state, as torch's
+                    stp[i] = 2
+                    i += 1
+                    continue
+                # its state
+                if id_hash:
+                    item = fo_dict_get_by_id(state, p)
+                else:
+                    item = PyDict_GetItemWithError(state, p)
+                if item == NULL:
+                    if PyErr_Occurred():
+                        PyErr_Clear()
+                        return f._fail(R_TYPE, i, -1)
+                    return f._fail(R_NEEDS_STATE, i, -1)
+                st = <object>item
+                if type(st) is not dict:
+                    return f._fail(R_TYPE, i, -1)
+                for s in range(nslots):
+                    slot = <tuple>PyTuple_GET_ITEM(slots, s)
+                    k = <int>slot[0]
+                    want = code if PyTuple_GET_SIZE(slot) < 3 else <int>slot[2]
+                    if not 2 <= k < S:
+                        raise ValueError(f"slot stream {k} out of range")
+                    item = PyDict_GetItem(st, <object>PyTuple_GET_ITEM(slot, 1))
+                    if item == NULL:
+                        return f._fail(R_NEEDS_STATE, i, k)
+                    t = <object>item
+                    if (not _exact_type(t, types) or not _dl_read(t, &ds) or not _dl_host(&ds)
+                            or ds.dtype.lanes != 1 or ds.dtype.code >= 8 or ds.dtype.bits > 64
+                            or lut[ds.dtype.code][ds.dtype.bits] != want
+                            or not _dl_same_shape(&ds, ndim, pshape)
+                            or _dl_contiguous_numel(&ds) != n):
+                        return f._fail(R_LAYOUT, i, k)
+                    f._ref(t)
+                    f.addr[i * S + k] = <uintptr_t>ds.data + <uintptr_t>ds.byte_offset
+                    f.dt[i * S + k] = <unsigned char>want
+                if step_key is None:
+                    stp[i] = 2      # rules without a step count: their buffers exist
+                else:
+                    item = PyDict_GetItem(st, step_key)
+                    if item == NULL:
+                        return f._fail(R_NEEDS_STATE, i, -1)
+                    t = <object>item
+                    if (not _exact_type(t, types) or not _dl_read(t, &ds) or not _dl_host(&ds)
+                            or ds.ndim != 0 or ds.dtype.code != FO_DL_FLOAT
+                            or ds.dtype.lanes != 1 or (ds.dtype.bits != 32 and ds.dtype.bits != 64)):
+                        return f._fail(R_TYPE, i, -1)
+                    if ds.dtype.bits == 32:
+                        v = (<float *>(<char *>ds.data + ds.byte_offset))[0]
+                    else:
+                        v = (<double *>(<char *>ds.data + ds.byte_offset))[0]
+                    if not (-9.0e15 < v < 9.0e15):     # NaN, inf, huge: Python's int() judges
+                        return f._fail(R_TYPE, i, -1)
+                    stp[i] = <int64_t>v + 1            # truncation, as int(step) + 1
+                    Py_INCREF(t)
+                    hold.step_obj[i] = <PyObject *>t
+                    hold.step_addr[i] = <char *>ds.data + ds.byte_offset
+                    hold.step_kind[i] = HOLD_STEP_F32 if ds.dtype.bits == 32 else HOLD_STEP_F64
+                if aux_key is not None:
+                    item = PyDict_GetItem(st, aux_key)
+                    if item == NULL:
+                        return f._fail(R_NEEDS_STATE, i, -1)
+                    t = <object>item
+                    if (not _exact_type(t, types) or not _dl_read(t, &ds) or not _dl_host(&ds)
+                            or ds.ndim != 0 or ds.dtype.code != FO_DL_FLOAT
+                            or ds.dtype.lanes != 1 or (ds.dtype.bits != 32 and ds.dtype.bits != 64)):
+                        return f._fail(R_TYPE, i, -1)
+                    if ds.dtype.bits == 32:
+                        ax[i] = (<float *>(<char *>ds.data + ds.byte_offset))[0]
+                    else:
+                        ax[i] = (<double *>(<char *>ds.data + ds.byte_offset))[0]
+                    Py_INCREF(t)
+                    hold.aux_obj[i] = <PyObject *>t
+                    hold.aux_addr[i] = <char *>ds.data + ds.byte_offset
+                    hold.aux_kind[i] = HOLD_STEP_F32 if ds.dtype.bits == 32 else HOLD_STEP_F64
+                i += 1
+        rc_ok = True
+        return -1
+    finally:
+        if not rc_ok:
+            f._drop_refs()
+            f.ntensors = 0
+            hold._drop()

@@ -6,8 +6,8 @@ a subclass of the torch.optim class of the same name (``Lion``, which torch lack
 validation and error messages, and everything else is torch's: param groups,
 ``add_param_group``, ``zero_grad``, ``state`` (keyed by tensor, with torch's keys, dtypes and
 shapes), ``state_dict``/``load_state_dict`` and their hooks, step hooks, schedulers, pickling.
-Only ``step`` differs: it updates all the params of a group that have a gradient in ONE fused
-native call of fastopt's kernels, reading and writing the tensors in place (zero copy).
+Only ``step`` differs: it updates all the params of all groups that have a gradient in ONE
+fused native call of fastopt's kernels, reading and writing the tensors in place (zero copy).
 
 Flags and extras (keyword-only):
 
@@ -218,12 +218,12 @@ class _Native:
         """torch's own step (without its hook wrapper: hooks fire once, around ``step``)."""
         return _torch_step(type(self))(self, closure)
 
-    def _fo_driver_state(self):
-        """The native frame and per-group memos this optimizer reuses across steps (made on
-        first use: they are not part of the pickled or deep-copied state)."""
+    def _fo_driver_state(self) -> _adapter.Plan:
+        """The native frame, memo and fast-fill arrays this optimizer reuses across steps (made
+        on first use: they are not part of the pickled or deep-copied state)."""
         held = self.__dict__.get("_fo_driver")
         if held is None:
-            held = self.__dict__["_fo_driver"] = (_adapter.new_frame(), {})
+            held = self.__dict__["_fo_driver"] = _adapter.Plan()
         return held
 
     # ---- step --------------------------------------------------------------------------
@@ -257,16 +257,44 @@ class _Native:
         inv = 1.0
         if grad_scale is not None:
             inv = float(np.float32(1.0 / _f(grad_scale)))
-        # 1. check every group before anything is modified
-        native, slow, torch_groups = [], [], []
+        # the groups' settings, checked before anything is modified
+        native, torch_groups = [], []
         for gi, group in enumerate(self.param_groups):
             if not self._fo_native_group(group):
                 torch_groups.append(group)
                 continue
             _check_extras(group)
             plain = self._fo_group(group)
-            keys = self._fo_spec.needed(plain)
-            hyper = self._fo_spec.record(plain)
+            native.append((gi, group, self._fo_spec.needed(plain), self._fo_spec.record(plain)))
+        if len(self.last_grad_norms) != len(self.param_groups):
+            self.last_grad_norms = [None] * len(self.param_groups)
+        plan = self._fo_driver_state()
+        if native and _adapter.FAST:
+            # the steady state: one C pass reads every tensor, one native call steps them
+            params = [g["params"] if type(g["params"]) is list else list(g["params"])
+                      for _, g, _, _ in native]
+            norms = _adapter.fast_step(
+                self._fo_spec, plan, params, [keys for _, _, keys, _ in native],
+                [hyper for _, _, _, hyper in native],
+                [g.get("max_grad_norm") for _, g, _, _ in native], self.state, inv,
+                [gi for gi, _, _, _ in native])
+            if norms is not None:
+                for (gi, _, _, _), nrm in zip(native, norms):
+                    if nrm is not _adapter.UNSET:
+                        self.last_grad_norms[gi] = nrm
+                if torch_groups:    # a mixed optimizer: GradScaler unscaled these itself
+                    self._fo_torch_fallback(torch_groups)
+                return
+        self._fo_step_checked(native, torch_groups, inv, plan)
+
+    def _fo_step_checked(self, native_groups: list, torch_groups: list, inv: float,
+                         plan: _adapter.Plan) -> None:
+        """The step through Python: every tensor checked (raising the clear error), missing
+        state created, odd layouts handled, low-precision params routed to torch; then the
+        native groups in one call. The first step, and any step the fast fill refuses."""
+        # 1. check every group before anything is modified
+        native, slow = [], []
+        for gi, group, keys, hyper in native_groups:
             ps, gs, others, names = [], [], [], []
             for pi, p in enumerate(group["params"]):
                 g = p.grad
@@ -279,13 +307,19 @@ class _Native:
                         _adapter.check_param(name, p)
                     others.append(p)
                     continue
-                _adapter.check_param(name, p)
-                _adapter.check_grad(name, g, p)
+                if _adapter.is_sharded(p) and group.get("max_grad_norm") is not None:
+                    raise ValueError(
+                        f"fastopt.torch: {name} is a DTensor (sharded): max_grad_norm would "
+                        "clip by the local shard's norm; clip with torch.nn.utils."
+                        "clip_grad_norm_ (which reduces across ranks) instead")
+                lp = _adapter.local(p)
+                _adapter.check_param(name, lp)
+                _adapter.check_grad(name, _adapter.local(g), lp)
                 st = self.state.get(p)
                 if st:
                     for _, key in keys:
                         if key in st:
-                            _adapter.check_state(name, key, st[key], p)
+                            _adapter.check_state(name, key, _adapter.local(st[key]), lp)
                 ps.append(p)
                 gs.append(g)
                 names.append(name)
@@ -298,41 +332,43 @@ class _Native:
                         "float32/float64 params")
                 slow.append(dict(group, params=others))
             native.append((gi, group, keys, hyper, ps, gs, names))
-        # 2. state, then one native call per group
-        if len(self.last_grad_norms) != len(self.param_groups):
-            self.last_grad_norms = [None] * len(self.param_groups)
-        frame, memos = self._fo_driver_state()
+        # 2. state, then one native call for all groups
         spec = self._fo_spec
+        batches, stepped, step_tensors = [], [], []
         for gi, group, keys, hyper, ps, gs, names in native:
             if not ps:
                 continue
             fresh = []
-            if self._fo_spec.step_state or keys:
+            if spec.step_state or keys:
                 state = self.state
                 states = [state[p] for p in ps]
-                has_step = self._fo_spec.step_state
                 for p, st in zip(ps, states):
                     new = any(k not in st for _, k in keys)
                     fresh.append(new)
-                    if new or (has_step and not st):
+                    if new or (spec.step_state and not st):
                         self._fo_new_state(p, group, st)
             else:   # plain SGD keeps no state, as torch's
                 fresh, states = [False] * len(ps), []
-            buffers = {stream: [st[k] for st in states] for stream, k in keys}
-            step_tensors = None
-            if self._fo_spec.step_state:
-                step_tensors = [st["step"] for st in states]
-                steps = [int(s) + 1 for s in torch.stack(step_tensors).tolist()]
+            buffers = {stream: [_adapter.local(st[k]) for st in states] for stream, k in keys}
+            if spec.step_state:
+                mine = [st["step"] for st in states]
+                steps = [int(s) + 1 for s in torch.stack(mine).tolist()]
+                step_tensors.extend(mine)
             else:       # SGD: the kernel starts a buffer as the gradient on its first step
                 steps = [1 if f else 2 for f in fresh]
             # the per-tensor scalar states (NAdam's mu_product; ASGD's eta, mu), flat
             mus = [st[k] for st in states for k in spec.aux] if spec.aux else None
-            self.last_grad_norms[gi] = _adapter.run(
-                spec, ps, gs, buffers, hyper, steps=steps, grad_scale=inv,
-                max_grad_norm=group.get("max_grad_norm"), mu_products=mus, names=names,
-                frame=frame, memo=memos.setdefault(gi, _adapter.new_memo()))
-            if step_tensors:
-                torch._foreach_add_(step_tensors, 1.0)
+            batches.append(_adapter.Batch(list(map(_adapter.local, ps)),
+                                          list(map(_adapter.local, gs)), buffers, hyper,
+                                          steps=steps,
+                                          max_grad_norm=group.get("max_grad_norm"),
+                                          mu_products=mus, names=names))
+            stepped.append(gi)
+        norms = _adapter.run(spec, batches, grad_scale=inv, frame=plan.frame, memo=plan.memo)
+        for gi, nrm in zip(stepped, norms):
+            self.last_grad_norms[gi] = nrm
+        if step_tensors:
+            torch._foreach_add_(step_tensors, 1.0)
         # 3. what torch steps: low-precision params and groups routed to torch
         if slow:
             if inv != 1.0:

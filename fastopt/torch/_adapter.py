@@ -3,10 +3,13 @@
 Everything the torch frontend (``fastopt.torch``) does with memory goes through this module:
 layout checks, the array descriptors of params, gradients and state (data address, element
 count, storage dtype, with the tensors themselves held as owners for the call), the thread
-count, and the single native call per param group through ``fastopt.functional.run_frame``,
-with the rule's spec (fastopt._spec) for its hyperparameters and state streams. No tensor is
-converted to a NumPy array and nothing is copied, except a gradient whose layout differs from
-its param's (below).
+count, and the single native call per step (all param groups, each with its own record)
+through ``fastopt.functional.run_frame``, with the rule's spec (fastopt._spec) for its
+hyperparameters and state streams. No tensor is converted to a NumPy array and nothing is
+copied, except a gradient whose layout differs from its param's (below). In the steady state
+the descriptors come from ``fast_step`` (one C pass, ``_kernels.fill_torch``); the first step
+and anything that pass does not take come through the checked path (``check_param`` /
+``check_grad`` / ``check_state`` and ``run``).
 
 Layout contract (checked by ``check_param`` / ``check_state`` before anything is modified):
 
@@ -29,6 +32,8 @@ The driver itself refuses (before anything is modified) any written stream that 
 another stream of the call: tied or aliased params and state, reported here by name.
 """
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import torch
@@ -59,9 +64,43 @@ def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     return all(sa == sb or sz <= 1 for sa, sb, sz in zip(a.stride(), b.stride(), a.shape))
 
 
+def _lazy_view(t: torch.Tensor) -> str | None:
+    """'negated' or 'conjugated' for a tensor whose memory holds the negation or conjugate of
+    its values (torch's lazy neg and conj bits: ``z.conj()``, ``z.conj().imag``), else None."""
+    if t.is_neg():
+        return "negated"
+    if t.is_conj():
+        return "conjugated"
+    return None
+
+
+def _dtensor_type():
+    """torch.distributed.tensor.DTensor if that module is loaded (no DTensor exists before)."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    return getattr(mod, "DTensor", None)
+
+
+def is_sharded(t) -> bool:
+    """True for a DTensor (FSDP2's params, their gradients and state): the step updates its
+    local shard, element-wise, which is what torch's own optimizers compute on it."""
+    dt = _dtensor_type()
+    return dt is not None and isinstance(t, dt)
+
+
+def local(t):
+    """The tensor whose memory the kernels read or write: a DTensor's local shard, else t."""
+    return t._local_tensor if is_sharded(t) else t
+
+
 def check_param(name: str, p: torch.Tensor) -> None:
     """Raise a clear error if ``p`` cannot be stepped in place natively."""
-    if p.is_cpu and p.layout == torch.strided and p.is_contiguous():
+    if type(p).__torch_dispatch__ is not torch.Tensor.__torch_dispatch__:
+        raise RuntimeError(
+            f"fastopt.torch: {name} is a {type(p).__name__}, a tensor subclass that dispatches "
+            "its own operations; fastopt steps plain tensors (and DTensors through their "
+            "local shards). Use fused=False for torch's implementation")
+    if p.is_cpu and p.layout == torch.strided and p.is_contiguous() and not p.is_neg() \
+            and not p.is_conj():
         return
     if p.device.type != "cpu":
         raise RuntimeError(f"fastopt.torch: {name} is on device {p.device}; fastopt steps CPU "
@@ -75,6 +114,12 @@ def check_param(name: str, p: torch.Tensor) -> None:
             "cover one dense block of memory; it cannot be updated in place without a copy, "
             "whose update would be lost. Make the parameter itself contiguous (e.g. "
             "p.data = p.data.contiguous()) or use fused=False for torch's implementation.")
+    lazy = _lazy_view(p)
+    if lazy:
+        raise ValueError(f"fastopt.torch: {name} is a lazily {lazy} view (its memory holds "
+                         "other values than it shows); it cannot be updated in place. "
+                         "Resolve it (p.data = p.data.resolve_conj().resolve_neg()) or use "
+                         "fused=False")
 
 
 def check_grad(name: str, g: torch.Tensor, p: torch.Tensor) -> None:
@@ -92,7 +137,7 @@ def check_grad(name: str, g: torch.Tensor, p: torch.Tensor) -> None:
 def check_state(name: str, key: str, t, p: torch.Tensor) -> None:
     if (isinstance(t, torch.Tensor) and t.dtype == p.dtype and t.shape == p.shape
             and t.is_cpu and t.layout == torch.strided and t.is_contiguous()
-            and p.is_contiguous()):
+            and p.is_contiguous() and not t.is_neg() and not t.is_conj()):
         return
     if not isinstance(t, torch.Tensor) or t.dtype != p.dtype or t.shape != p.shape \
             or t.device != p.device or t.layout != torch.strided \
@@ -102,10 +147,17 @@ def check_state(name: str, key: str, t, p: torch.Tensor) -> None:
         raise ValueError(f"fastopt.torch: state[{name}][{key!r}] must be a tensor with its "
                          f"param's dtype {p.dtype}, shape {tuple(p.shape)}, strides "
                          f"{p.stride()} and device; got {what}")
+    lazy = _lazy_view(t)
+    if lazy:
+        raise ValueError(f"fastopt.torch: state[{name}][{key!r}] is a lazily {lazy} view; "
+                         "it cannot be updated in place (resolve it, or use fused=False)")
 
 
 def _grad_tensor(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """The gradient laid out as its param (a temporary copy when it is not)."""
+    """The gradient laid out as its param, with its values in its memory (a temporary copy
+    when it is not: a lazily negated or conjugated gradient is resolved)."""
+    if g.is_neg() or g.is_conj():
+        g = g.resolve_conj().resolve_neg()
     if g.is_contiguous() and p.is_contiguous():
         return g
     if p.numel() > 1 and not (_same_layout(g, p) and _dense(g)):
@@ -119,6 +171,102 @@ def new_frame():
 
 def new_memo():
     return _native.Memo() if functional.NATIVE else None
+
+
+# ---- the fast fill: the steady state in one C pass -----------------------------------------
+#
+# After the first step (which creates the state through the Python path above) every step of
+# a plain model is read by ``_kernels.fill_torch`` straight from the live objects: the params
+# of all native groups, ``.grad``, the state dict and its tensors, each described by one call
+# of the DLPack exchange table torch publishes (``torch.Tensor.__dlpack_c_exchange_api__``),
+# so a step costs no Python work per tensor. Whatever the fill does not take as the plain case
+# (see fill_torch) sends that step down the Python path, which checks, explains or copies.
+
+# DLPack's (type code, bits) of the torch dtypes the fast fill takes; with _CODES above, the
+# only place that maps torch dtypes (a 16-bit dtype is one more entry in each).
+_DLPACK = {torch.float32: (2, 32), torch.float64: (2, 64)}
+FAST_DTYPES = tuple((*_DLPACK[dt], code) for dt, (code, per) in _CODES.items()
+                    if per == 1 and dt in _DLPACK)
+# exact types taken as plain tensors (a subclass may dispatch differently: the Python path)
+_TYPES = (torch.Tensor, torch.nn.Parameter)
+# gradients are read through their memory, so a negated view (``z.conj().imag``) would be read
+# with the wrong sign: each gradient's neg bit is checked (params and state are checked when
+# the Python path sees them)
+_IS_NEG = torch.Tensor.is_neg
+
+
+def _fast_setup() -> tuple[bool, bool]:
+    """(the fast fill is available, the tensor types hash by id)."""
+    if not functional.NATIVE or not hasattr(_native, "fill_torch"):
+        return False, False
+    ok = bool(_native.set_dlpack_api(getattr(torch.Tensor, "__dlpack_c_exchange_api__", None)))
+    probe = torch.zeros(())
+    id_hash = (all(t.__hash__ is torch.Tensor.__hash__ for t in _TYPES)
+               and hash(probe) == hash(id(probe)))
+    return ok, id_hash
+
+
+FAST, _ID_HASH = _fast_setup()
+
+
+class Plan:
+    """What one optimizer reuses from step to step (never part of its pickled state): the
+    frame, the contract check's memo, the fast fill's hold and its per-tensor arrays."""
+
+    __slots__ = ("frame", "memo", "hold", "group_of", "steps", "aux", "refused")
+
+    def __init__(self) -> None:
+        self.frame = new_frame()
+        self.memo = new_memo()
+        self.hold = _native.TorchHold() if FAST else None
+        self.group_of = self.steps = self.aux = None
+        self.refused: tuple[int, int] | None = None    # the fast fill's last (reason, tensor)
+
+    def arrays(self, n: int):
+        if self.steps is None or len(self.steps) != n:
+            self.group_of = np.zeros(n, np.int32)
+            self.steps = np.zeros(n, np.int64)
+            self.aux = np.zeros(n, np.float64)
+        return self.group_of, self.steps, self.aux
+
+
+def fast_step(spec: _spec.Rule, plan: Plan, groups: list, slots: list, records: list,
+              clip: list, state, grad_scale: float, where: list[int]) -> list | None:
+    """The step of all native groups (``groups``: their param lists; ``slots``: each group's
+    ``spec.needed``; ``records``/``clip``: each group's record and max_grad_norm; ``where``:
+    each group's index in param_groups) through the fast fill and one driver call. Returns
+    each group's gradient norm (or None), or None having done nothing when the fill refuses
+    (``plan.refused`` says why): the caller then takes the Python path."""
+    if len(spec.aux) > 1:       # the fast fill keeps one scalar state per tensor (not ASGD's)
+        plan.refused = (-1, -1)
+        return None
+    n = sum(map(len, groups))
+    group_of, steps, aux = plan.arrays(n)
+    rc = _native.fill_torch(plan.frame, groups, slots, state,
+                            "step" if spec.step_state else None,
+                            spec.aux[0] if spec.aux else None, _TYPES, FAST_DTYPES,
+                            _ID_HASH, _IS_NEG, group_of, steps,
+                            aux if spec.aux else None, plan.hold)
+    if rc >= 0:
+        plan.refused = (rc, plan.frame.bad_tensor)
+        return None
+    plan.refused = None
+    active = plan.hold.active_groups(group_of, len(groups))
+    if not plan.hold.active:
+        plan.frame.release()
+        plan.hold.discard()
+        return [UNSET] * len(groups)
+
+    def names():
+        return [f"param_groups[{gi}]['params'][{j}]"
+                for gi, ps in zip(where, groups) for j in range(len(ps))]
+
+    norms = _call(spec, plan.frame, plan.memo, records, clip, n, names, group_of, steps,
+                  grad_scale, aux if spec.aux else None, None, hold=plan.hold)
+    return [nrm if a else UNSET for nrm, a in zip(norms, active)]
+
+
+UNSET = object()    # fast_step's norm of a group none of whose params stepped
 
 
 def _execute(ntensors: int, nthreads: int, call):
@@ -135,11 +283,24 @@ def num_threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def run(spec: _spec.Rule, params: list, grads: list, buffers: dict, record: list[float], *,
-        steps: list[int], grad_scale: float = 1.0, max_grad_norm: float | None = None,
-        mu_products: list | None = None, names: list[str] | None = None,
-        frame=None, memo=None) -> float | None:
-    """One fused native step of ``spec`` over the tensors of one param group.
+class Batch:
+    """One param group's share of a step: its stepping tensors, their state and settings."""
+
+    __slots__ = ("params", "grads", "buffers", "record", "steps", "max_grad_norm",
+                 "mu_products", "names")
+
+    def __init__(self, params: list, grads: list, buffers: dict, record: list[float], *,
+                 steps: list[int], max_grad_norm: float | None = None,
+                 mu_products: list | None = None, names: list[str] | None = None):
+        self.params, self.grads, self.buffers, self.record = params, grads, buffers, record
+        self.steps, self.max_grad_norm = steps, max_grad_norm
+        self.mu_products, self.names = mu_products, names
+
+
+def run(spec: _spec.Rule, batches: list[Batch], *, grad_scale: float = 1.0, frame=None,
+        memo=None) -> list[float | None]:
+    """One fused native step of ``spec`` over the tensors of all ``batches`` (one per param
+    group) in ONE call of the driver: each group with its own argument record and clipping.
 
     ``params``/``grads``: tensors (checked with ``check_param``/``check_grad``); ``buffers``:
     stream -> list of state tensors (``spec.needed``'s streams); ``record``: the group's
@@ -148,60 +309,91 @@ def run(spec: _spec.Rule, params: list, grads: list, buffers: dict, record: list
     gradient as it is read (GradScaler's inverse scale); ``max_grad_norm``: clip the group's
     gradients by their global 2-norm (of the unscaled gradients: the driver's pre-pass);
     ``mu_products``: NAdam's 0-d running-product tensors, updated in place. ``frame``/``memo``:
-    the optimizer's, reused across steps. Returns the group's gradient norm when
-    ``max_grad_norm`` is given.
+    the optimizer's, reused across steps. Returns each group's gradient norm (None where
+    ``max_grad_norm`` is not given).
     """
-    n = len(params)
-    if not n:
-        return None
+    batches = [b for b in batches if b.params]
+    if not batches:
+        return []
     if not functional.NATIVE:
-        return _run_numpy(spec, params, grads, buffers, record, steps=steps,
-                          grad_scale=grad_scale, max_grad_norm=max_grad_norm,
-                          mu_products=mu_products, names=names)
+        return _run_numpy(spec, batches, grad_scale=grad_scale)
     S = _native.MAX_STREAMS
     pad = [0] * (S - 2)
     rows: list = []         # per tensor: S addresses, then S dtype codes, then the count
     owners: list = []
-    columns = [(k, buffers[k]) for k in sorted(buffers)]
-    for i, (p, g) in enumerate(zip(params, grads)):
-        code, per = _CODES[p.dtype]
-        g = _grad_tensor(g, p)
-        a_row = [p.data_ptr(), g.data_ptr()] + pad
-        c_row = [code, code] + pad
-        owners.append(p)
-        owners.append(g)
-        for k, col in columns:
-            t = col[i]
-            a_row[k] = t.data_ptr()
-            c_row[k] = code
-            owners.append(t)
-        rows.append((a_row, c_row, p.numel() * per))
+    group: list[int] = []
+    steps: list[int] = []
+    names: list[str] = []
+    for gi, b in enumerate(batches):
+        columns = [(k, b.buffers[k]) for k in sorted(b.buffers)]
+        for i, (p, g) in enumerate(zip(b.params, b.grads)):
+            code, per = _CODES[p.dtype]
+            g = _grad_tensor(g, p)
+            a_row = [p.data_ptr(), g.data_ptr()] + pad
+            c_row = [code, code] + pad
+            owners.append(p)
+            owners.append(g)
+            for k, col in columns:
+                t = col[i]
+                a_row[k] = t.data_ptr()
+                c_row[k] = code
+                owners.append(t)
+            rows.append((a_row, c_row, p.numel() * per))
+            group.append(gi)
+        steps.extend(b.steps)
+        names.extend(b.names or [f"tensor {i}" for i in range(len(b.params))])
+    n = len(rows)
     addr = np.array([r[0] for r in rows], dtype=np.uint64).reshape(n, S)
     codes = np.array([r[1] for r in rows], dtype=np.uint8).reshape(n, S)
     counts = np.array([r[2] for r in rows], dtype=np.int64)
     frame = new_frame() if frame is None else frame
     frame.fill_raw(addr, codes, counts, owners)
-    clip = max_grad_norm is not None
-    norms = np.zeros(1) if clip else None
-    aux = None
-    if mu_products is not None:
-        aux = np.array([float(m) for m in mu_products], dtype=np.float64)
+    mus = aux = None
+    if spec.aux:
+        mus = [m for b in batches for m in b.mu_products]
+        aux = np.array([float(m) for m in mus], dtype=np.float64)
+    return _call(spec, frame, memo, [b.record for b in batches],
+                 [b.max_grad_norm for b in batches], n, names, np.array(group, np.int32),
+                 np.array(steps, dtype=np.int64), grad_scale, aux, mus)
+
+
+def _call(spec, frame, memo, records, clip, n, names, group, steps, grad_scale, aux, mus,
+          hold=None) -> list[float | None]:
+    """The driver call through the seam, for the ``n`` tensors a fill has put into ``frame``
+    (``records``/``clip``: per group; ``names``: per tensor, or a function making them, for
+    messages); then the 0-d state the step updates: NAdam's products (``mus``, or ``hold``'s)
+    and, with ``hold`` (the fast fill's), the step counts. Nothing is written if it raises."""
+    ng = len(records)
+    any_clip = any(c is not None for c in clip)
+    norms = np.zeros(ng) if any_clip else None
+    max_norms = (np.array([0.0 if c is None else float(c) for c in clip]) if any_clip
+                 else None)
+
     def call(nthreads):
         return functional.run_frame(
-            frame, spec, group=np.zeros(n, np.int32),
-            records=np.array([record], dtype=np.float64), gscale=np.array([grad_scale]),
-            steps=np.array(steps, dtype=np.int64), increment=False, aux=aux,
-            max_norms=np.array([float(max_grad_norm)]) if clip else None, norms=norms,
-            memo=memo, nthreads=nthreads)
+            frame, spec, group=group, records=np.array(records, dtype=np.float64),
+            gscale=np.full(ng, grad_scale), steps=steps, increment=False, aux=aux,
+            max_norms=max_norms, norms=norms, memo=memo, nthreads=nthreads)
 
     try:
         _execute(n, num_threads(), call)
     except _native.ContractError as e:
-        raise ValueError(_contract_message(e, names, spec)) from None
-    if aux is not None:
-        for m, v in zip(mu_products, aux.tolist()):
+        if hold is not None:
+            hold.discard()
+        raise ValueError(_contract_message(e, names() if callable(names) else names,
+                                           spec)) from None
+    except BaseException:
+        if hold is not None:
+            hold.discard()
+        raise
+    finally:
+        frame.release()
+    if hold is not None:
+        hold.commit(aux)
+    elif aux is not None:
+        for m, v in zip(mus, aux.tolist()):
             m.fill_(v)
-    return float(norms[0]) if clip else None
+    return [None if c is None else float(norms[gi]) for gi, c in enumerate(clip)]
 
 
 def _numpy_view(t: torch.Tensor) -> np.ndarray:
@@ -215,34 +407,39 @@ def _numpy_view(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
-def _run_numpy(spec, params, grads, buffers, record, *, steps, grad_scale, max_grad_norm,
-               mu_products, names) -> float | None:
+def _run_numpy(spec, batches, *, grad_scale) -> list[float | None]:
     """The NumPy backend (FASTOPT_PUREPYTHON=1): the same step through functional.run_lists
-    (fastopt.reference per tensor), on zero-copy views of the tensors."""
+    (fastopt.reference per tensor), on zero-copy views of the tensors, in one call."""
     S = _native.MAX_STREAMS
-    ps = [_numpy_view(p) for p in params]
-    gs = [_numpy_view(_grad_tensor(g, p)) for g, p in zip(grads, params)]
+    ps = [_numpy_view(p) for b in batches for p in b.params]
+    gs = [_numpy_view(_grad_tensor(g, p)) for b in batches for g, p in zip(b.grads, b.params)]
     streams: list = [ps, gs] + [None] * (S - 2)
-    for k, col in buffers.items():
-        streams[k] = [_numpy_view(t) for t in col]
-    clip = max_grad_norm is not None
-    norms = np.zeros(1) if clip else None
-    aux = None
-    if mu_products is not None:
-        aux = np.array([float(m) for m in mu_products], dtype=np.float64)
+    keys = sorted({k for b in batches for k in b.buffers})
+    for k in keys:
+        streams[k] = [_numpy_view(t) if k in b.buffers else None
+                      for b in batches for t in (b.buffers[k] if k in b.buffers
+                                                 else [None] * len(b.params))]
+    group = np.array([gi for gi, b in enumerate(batches) for _ in b.params], np.int32)
+    steps = np.array([s for b in batches for s in b.steps], dtype=np.int64)
+    clip = [b.max_grad_norm for b in batches]
+    any_clip = any(c is not None for c in clip)
+    norms = np.zeros(len(batches)) if any_clip else None
+    mus = [m for b in batches for m in b.mu_products] if spec.aux else None
+    aux = None if mus is None else np.array([float(m) for m in mus], dtype=np.float64)
     labels = ["param", "grad"] + [f"state {k}" for k in range(2, S)]
 
     def call(nthreads):     # the NumPy backend runs on the calling thread
         return functional.run_lists(
-            spec, streams, labels, records=[record], gscale=[grad_scale],
-            steps=np.array(steps, dtype=np.int64), aux=aux,
-            max_norms=np.array([float(max_grad_norm)]) if clip else None, norms=norms)
+            spec, streams, labels, group=group, records=[b.record for b in batches],
+            gscale=[grad_scale] * len(batches), steps=steps, aux=aux,
+            max_norms=(np.array([0.0 if c is None else float(c) for c in clip])
+                       if any_clip else None), norms=norms)
 
-    _execute(len(params), num_threads(), call)
+    _execute(len(ps), num_threads(), call)
     if aux is not None:
-        for m, v in zip(mu_products, aux.tolist()):
+        for m, v in zip(mus, aux.tolist()):
             m.fill_(v)
-    return float(norms[0]) if clip else None
+    return [None if c is None else float(norms[gi]) for gi, c in enumerate(clip)]
 
 
 def _contract_message(e, names, spec) -> str:
