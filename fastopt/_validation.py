@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import math
 import numbers
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,14 +21,18 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 F32, F16 = np.dtype(np.float32), np.dtype(np.float16)
 
 
-def bfloat16():
-    """ml_dtypes' bfloat16 dtype, or None where ml_dtypes is not installed (it is imported only
-    if some array already uses it, or when asked for: ``fastopt[bf16]``)."""
-    try:
-        import ml_dtypes
-    except ImportError:
-        return None
-    return np.dtype(ml_dtypes.bfloat16)
+def bfloat16(load: bool = False):
+    """ml_dtypes' bfloat16 dtype, or None. Without ``load`` only if ml_dtypes is already
+    imported (whoever made a bfloat16 array imported it; a failed import is not cached by
+    Python, so trying it on every step would cost milliseconds); with ``load`` it is imported
+    if installed (``fastopt[bf16]``)."""
+    mod = sys.modules.get("ml_dtypes")
+    if mod is None and load:
+        try:
+            import ml_dtypes as mod
+        except ImportError:
+            return None
+    return None if mod is None else np.dtype(mod.bfloat16)
 
 
 def is16(dtype) -> bool:

@@ -61,7 +61,7 @@ def _from_json(value: Any) -> Any:
 
 def _dtype_named(name: str) -> np.dtype:
     if name == "bfloat16":
-        bf16 = _validation.bfloat16()
+        bf16 = _validation.bfloat16(load=True)
         if bf16 is None:
             raise ValueError("load: the checkpoint holds bfloat16 values, which need ml_dtypes "
                              "(pip install 'fastopt[bf16]')")

@@ -166,11 +166,19 @@ def _signals_deferred():
     finally:
         signal.signal(signal.SIGINT, previous)
     if caught:
-        if callable(previous):
-            previous(signal.SIGINT, None)
-        elif previous == signal.SIG_DFL:
-            raise KeyboardInterrupt
-        # SIG_IGN: ignored, as it would have been
+        try:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous == signal.SIG_DFL:
+                raise KeyboardInterrupt
+            # SIG_IGN: ignored, as it would have been
+        except KeyboardInterrupt:
+            raise AppliedInterrupt from None
+
+
+class AppliedInterrupt(KeyboardInterrupt):
+    """A Ctrl-C held back until the step it arrived in was applied whole: the caller must not
+    undo that step's bookkeeping (the optimizers keep the state it created)."""
 
 
 def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, records,

@@ -367,6 +367,8 @@ class Optimizer:
         try:
             rc = functional.run_lists(self._spec, streams, ["params", "grads"] + ["state"] * 4,
                                       **kwargs)
+        except functional.AppliedInterrupt:
+            raise                       # the step was applied whole: keep its state
         except BaseException:
             self._rollback(created)
             raise
