@@ -1556,8 +1556,10 @@ def fill_torch(Frame f not None, list groups not None, list slots_by_group not N
 
     ``groups``: per group, its list of params; ``slots_by_group``: per group, a tuple of
     (stream, state key) pairs its settings need; ``state``: the optimizer's state dict
-    (tensor -> dict); ``step_key``/``aux_key``: the state keys of the step count and of the
-    per-param scalar (or None); ``types``: the tensor types taken as plain (exact type);
+    (tensor -> dict); ``step_key``/``aux_key``: the state keys of the step count (or a list
+    of one key or None per group) and of the per-param scalar (or None); a slot's optional
+    third item is the stream's storage code, or a tuple of codes indexed by the param's code
+    (0: the param has no such stream); ``types``: the tensor types taken as plain (exact type);
     ``dtypes``: (DLPack type code, bits, storage dtype code) triples of the dtypes taken;
     ``id_hash``: those types hash by id (the state lookup need not call __hash__); ``is_neg``:
     None, or torch.Tensor.is_neg, called on every gradient (a negated view reads wrong).
@@ -1572,7 +1574,7 @@ def fill_torch(Frame f not None, list groups not None, list slots_by_group not N
     cdef Py_ssize_t ngroups = PyList_GET_SIZE(groups), gi, j, T = 0, i = 0, s, nslots
     cdef list params
     cdef tuple slots, slot
-    cdef object p, g, st, t
+    cdef object p, g, st, t, group_key
     cdef PyObject *item
     cdef fo_dl_tensor dp, dg, ds
     cdef int64_t n
@@ -1606,6 +1608,8 @@ def fill_torch(Frame f not None, list groups not None, list slots_by_group not N
             lut[c][k] = <unsigned char>code
     grp = <int *>cnp.PyArray_DATA(group_of)
     stp = <int64_t *>cnp.PyArray_DATA(steps)
+    if type(step_key) is list and PyList_GET_SIZE(step_key) != ngroups:
+        raise ValueError("step_key: expected one key (or None) per group")
     need_state = step_key is not None or aux_key is not None
     for gi in range(ngroups):
         if PyTuple_GET_SIZE(<tuple>slots_by_group[gi]) > 0:
@@ -1619,7 +1623,8 @@ def fill_torch(Frame f not None, list groups not None, list slots_by_group not N
             params = <list>PyList_GET_ITEM(groups, gi)
             slots = <tuple>slots_by_group[gi]
             nslots = PyTuple_GET_SIZE(slots)
-            group_state = step_key is not None or aux_key is not None or nslots > 0
+            group_key = (<list>step_key)[gi] if type(step_key) is list else step_key
+            group_state = group_key is not None or aux_key is not None or nslots > 0
             for j in range(PyList_GET_SIZE(params)):
                 grp[i] = <int>gi
                 stp[i] = 0
@@ -1683,7 +1688,14 @@ def fill_torch(Frame f not None, list groups not None, list slots_by_group not N
                 for s in range(nslots):
                     slot = <tuple>PyTuple_GET_ITEM(slots, s)
                     k = <int>slot[0]
-                    want = code if PyTuple_GET_SIZE(slot) < 3 else <int>slot[2]
+                    if PyTuple_GET_SIZE(slot) < 3:
+                        want = code
+                    else:
+                        t = <object>PyTuple_GET_ITEM(slot, 2)
+                        # a tuple: the storage code by the param's code (0: no such stream)
+                        want = <int>t[code] if type(t) is tuple else <int>t
+                        if want == 0:
+                            continue
                     if not 2 <= k < S:
                         raise ValueError(f"slot stream {k} out of range")
                     item = PyDict_GetItem(st, <object>PyTuple_GET_ITEM(slot, 1))
@@ -1699,10 +1711,10 @@ def fill_torch(Frame f not None, list groups not None, list slots_by_group not N
                     f._ref(t)
                     f.addr[i * S + k] = <uintptr_t>ds.data + <uintptr_t>ds.byte_offset
                     f.dt[i * S + k] = <unsigned char>want
-                if step_key is None:
+                if group_key is None:
                     stp[i] = 2      # rules without a step count: their buffers exist
                 else:
-                    item = PyDict_GetItem(st, step_key)
+                    item = PyDict_GetItem(st, group_key)
                     if item == NULL:
                         return f._fail(R_NEEDS_STATE, i, -1)
                     t = <object>item

@@ -105,7 +105,7 @@ def _prepass_reference(grads, group, ngroups, check_finite):
 
 
 def _run_reference(rule, streams, group, records, gscale, steps, increment, aux, max_norms,
-                   check_finite, norms, rounding=None, seed=0):
+                   check_finite, norms, rounding=None, seed=0, ids=None):
     grads = streams[1]
     ngroups = len(records)
     gs = [float(x) for x in gscale]
@@ -143,12 +143,9 @@ def _run_reference(rule, streams, group, records, gscale, steps, increment, aux,
                 continue
             rule.reference(mixed.param, mixed.grad, mixed.bufs, step=int(steps[i]), aux=ax,
                            **kw)
-            mixed.store(mode, _native_key(seed, i, int(steps[i])) if mode else 0)
+            pid = i if ids is None else int(ids[i])
+            mixed.store(mode, reference.sr_key(seed, pid, int(steps[i])) if mode else 0)
     return OK
-
-
-def _native_key(seed, i, step):
-    return reference.sr_key(seed, i, step)
 
 
 @contextlib.contextmanager
@@ -184,12 +181,14 @@ class AppliedInterrupt(KeyboardInterrupt):
 def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, records,
               gscale=None, steps=None, increment: bool = False, aux=None, max_norms=None,
               check_finite: bool = False, norms=None, memo=None, rounding=None,
-              seed: int = 0) -> int:
+              seed: int = 0, ids=None) -> int:
     """Run ``rule`` over NumPy lists: ``streams`` holds FO_MAX_STREAMS entries (params, grads,
     then each state stream: a list with one entry per tensor, or None). ``names`` names each
     stream for messages (``names[k][i]``). ``records`` are the argument records (one per
     group), ``group`` the record of each tensor (default all 0). Returns OK or SKIPPED (see
-    fastopt._kernels.run); nothing is modified unless every check passes."""
+    fastopt._kernels.run); nothing is modified unless every check passes. ``rounding`` (per
+    group), ``seed`` and ``ids`` (per tensor: its id in stochastic rounding's key, default its
+    index) as fastopt._kernels.run's."""
     n = len(streams[0])
     group = np.zeros(n, np.int32) if group is None else np.asarray(group, np.int32)
     records = np.asarray(records, dtype=np.float64).reshape(len(records), -1)
@@ -201,7 +200,7 @@ def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, 
     if not NATIVE:
         _check_lists(streams, name)
         return _run_reference(rule, streams, group, records, gscale, steps, increment, aux,
-                              max_norms, check_finite, norms, rounding, seed)
+                              max_norms, check_finite, norms, rounding, seed, ids)
     frame = _native.Frame()
     rc = frame.fill_numpy_lists(streams, n)
     if rc >= 0:
@@ -210,7 +209,8 @@ def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, 
     try:
         return _native.run(frame, _native.RULES[rule.name], group, records, gscale, steps,
                            increment, get_num_threads(), aux, max_norms, check_finite, norms,
-                           memo, True, _rounding(rounding), seed)
+                           memo, True, _rounding(rounding), seed,
+                           None if ids is None else np.ascontiguousarray(ids, np.int64))
     except _native.ContractError:
         _check_lists(streams, name)
         raise

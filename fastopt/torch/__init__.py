@@ -52,6 +52,7 @@ Where fastopt differs from torch:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -63,7 +64,11 @@ from . import _adapter
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Lion",
            "Adadelta", "Rprop", "ASGD", "LAMB"]
 
-_EXTRAS = {"l1": 0.0, "max_grad_norm": None, "clip_value": None}
+# fastopt's keyword-only extras, also per group: regularisation and clipping, then storage
+_STORAGE = {"master_weights": False, "rounding": "nearest", "state_dtype": None}
+_EXTRAS = {"l1": 0.0, "max_grad_norm": None, "clip_value": None, **_STORAGE}
+_STATE_DTYPES = (torch.float32, torch.bfloat16)
+_EXACT = (torch.float64, torch.complex64, torch.complex128)     # states keep the param's dtype
 
 
 def _f(x) -> float:
@@ -103,11 +108,57 @@ def _check_extras(group: dict) -> None:
     if cv is not None and (isinstance(cv, bool) or not isinstance(cv, (int, float))
                            or not cv > 0):
         raise ValueError(f"Invalid clip_value value: {cv} (a positive number, or None)")
+    storage(group)
+
+
+def storage(group: dict) -> _spec.Storage:
+    """A group's storage options, checked (fastopt._spec.check_storage's rules, with torch's
+    dtypes for ``state_dtype``)."""
+    sd = group.get("state_dtype")
+    if sd is not None and not isinstance(sd, torch.dtype):
+        raise TypeError(f"Invalid state_dtype: {sd!r} (expected None, torch.float32 or "
+                        "torch.bfloat16)")
+    if sd is not None and sd not in _STATE_DTYPES:
+        raise ValueError(f"Invalid state_dtype: {sd} (expected None, torch.float32 or "
+                         "torch.bfloat16)")
+    s = _spec.check_storage({k: group[k] for k in ("master_weights", "rounding")
+                             if k in group})
+    return _spec.Storage(s.master, s.rounding, sd)
+
+
+def state_dtype(st: _spec.Storage, dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the state buffers of a param of ``dtype`` under storage ``st``: float64
+    and complex params keep theirs; else ``state_dtype`` if set, float32 for 16-bit params
+    with master weights, the param's dtype otherwise (torch's)."""
+    if dtype in _EXACT:
+        return dtype
+    if st.state_dtype is not None:
+        return st.state_dtype
+    if st.master and dtype in _adapter.HALF:
+        return torch.float32
+    return dtype
 
 
 def _extras_set(group: dict) -> bool:
     return (group.get("l1", 0.0) != 0 or group.get("max_grad_norm") is not None
-            or group.get("clip_value") is not None)
+            or group.get("clip_value") is not None
+            or any(group.get(k, v) != v for k, v in _STORAGE.items()))
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
+        raise ValueError(f"Invalid seed: {seed!r} (expected an integer in [0, 2**64))")
+    return seed
+
+
+class _Group(NamedTuple):
+    """A native param group's settings for one step, checked."""
+    index: int          # in param_groups
+    group: dict
+    slots: tuple        # (stream, state key, storage code by the param's code)
+    record: list        # the rule's argument record
+    step_key: str | None
+    rounding: int       # the driver's rounding code
 
 
 class _Native:
@@ -116,14 +167,22 @@ class _Native:
 
     _fo_spec: _spec.Rule
     _fo_own_fused = False       # torch's class has no `fused` argument: we add it
+    _fo_fused_checks_differentiable = False     # fused=True with differentiable=True refused
     _fo_sparse_to_torch = False  # torch's rule supports sparse gradients
+    _fo_seed = 0
 
     # ---- construction ------------------------------------------------------------------
 
-    def _fo_begin(self, extras: dict) -> None:
+    def _fo_begin(self, args: dict) -> None:
+        """Check and keep fastopt's extras from the constructor's arguments (its locals())."""
+        extras = {k: args[k] for k in _EXTRAS}
         _check_extras(extras)
-        if self._fo_own_fused and extras.get("fused") is True and extras.get("differentiable"):
-            raise RuntimeError("`fused` does not support `differentiable`")
+        if self._fo_own_fused:
+            if self._fo_fused_checks_differentiable and args["fused"] is True \
+                    and args["differentiable"]:
+                raise RuntimeError("`fused` does not support `differentiable`")
+            extras["fused"] = args["fused"]
+        self._fo_seed = _check_seed(args["seed"])
         self._fo_init_extras = extras
         self.last_grad_norms: list = []
 
@@ -164,6 +223,32 @@ class _Native:
                              "native step (fused=None or True, capturable=False, "
                              "differentiable=False)")
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's, keeping each state tensor in its storage dtype: torch casts every floating
+        state tensor to its param's dtype, which would round the float32 master copy (or
+        float32 states) of a 16-bit param to 16 bits; those are taken from ``state_dict``
+        again, in the dtype the group's storage options give them."""
+        super().load_state_dict(state_dict)
+        saved = state_dict["state"]
+        ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+        at = 0
+        for group in self.param_groups:
+            slots = None
+            for p in group["params"]:
+                pid, at = ids[at], at + 1
+                if pid not in saved or p not in self.state or p.is_complex() \
+                        or p.dtype not in _adapter.NATIVE_DTYPES:
+                    continue
+                if slots is None:
+                    slots = self._fo_slots(group, self._fo_group(group))
+                st, c = self.state[p], _adapter.code(p.dtype)
+                for _, key, codes in slots:
+                    value = saved[pid].get(key)
+                    want = _adapter.BY_CODE[codes[c]]
+                    if isinstance(value, torch.Tensor) and want is not None \
+                            and st.get(key, value).dtype != want:
+                        st[key] = value.to(device=p.device, dtype=want)
+
     # ---- which implementation ----------------------------------------------------------
 
     @staticmethod
@@ -185,8 +270,27 @@ class _Native:
         """The group as the spec reads it (fastopt's extras defaulted)."""
         plain = {k: _plain(v) for k, v in group.items() if k != "params"}
         for k, v in _EXTRAS.items():
-            plain.setdefault(k, v)
+            plain.setdefault(k, self.defaults.get(k, v))
         return plain
+
+    def _fo_slots(self, group: dict, plain: dict) -> tuple:
+        """(stream, state key, storage code by the param's code) of each state tensor the
+        group's settings need: its rule's buffers, then the master copy or compensation of
+        16-bit params (code 0: a param of that dtype has no such tensor)."""
+        st = storage(plain)
+        codes = (0,) + tuple(_adapter.code(state_dtype(st, dt)) for dt in _adapter.BY_CODE[1:])
+        slots = tuple((stream, key, codes) for stream, key in self._fo_spec.needed(plain))
+        for stream, key in st.extra_slot():
+            master = key == _spec.MASTER_KEY
+            slots += ((stream, key, (0, 0, 0, 1 if master else 3, 1 if master else 4)),)
+        return slots
+
+    def _fo_step_key(self, plain: dict):
+        """The state key of the step count: the rule's; for SGD (which has none) 'step' when
+        stochastic rounding needs one for its key."""
+        if self._fo_spec.step_state or plain.get("rounding") == "stochastic":
+            return "step"
+        return None
 
     def _fo_buffer_keys(self, group: dict) -> tuple:
         """(stream, state key) of each state buffer the group's settings need."""
@@ -197,13 +301,32 @@ class _Native:
         return self._fo_spec.record(self._fo_group(group))
 
     def _fo_new_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
-        """Create the missing state of ``p`` as torch does (keys, dtypes, shapes)."""
+        """Create the missing state of ``p`` as torch does (keys, shapes; dtypes by the group's
+        storage options: torch's by default), then a 16-bit param's master copy (float32) or
+        compensation (zeros), and SGD's step count where stochastic rounding keys by it."""
+        plain = self._fo_group(group)
+        st = storage(plain)
+        self._fo_new_buffers(p, group, state, state_dtype(st, p.dtype))
+        if p.dtype in _adapter.HALF:
+            for _, key in st.extra_slot():
+                if key not in state:
+                    state[key] = (p.detach().to(torch.float32, memory_format=torch.preserve_format)
+                                  if key == _spec.MASTER_KEY else
+                                  torch.zeros_like(p, memory_format=torch.preserve_format))
+        if "step" not in state and self._fo_step_key(plain):
+            state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype(is_fused=group.get(
+                "fused")))
+
+    def _fo_new_buffers(self, p: torch.Tensor, group: dict, state: dict,
+                        dtype: torch.dtype) -> None:
+        """The rule's state of ``p`` (its buffers in ``dtype``), created where missing."""
         if not state and self._fo_spec.step_state:
             state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype(is_fused=group.get(
                 "fused")))
         for _, key in self._fo_buffer_keys(group):
             if key not in state:
-                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state[key] = torch.zeros_like(p, dtype=dtype,
+                                              memory_format=torch.preserve_format)
 
     def _fo_torch_fallback(self, groups: list) -> None:
         """Step ``groups`` (dicts like param groups) with torch's implementation."""
@@ -265,44 +388,61 @@ class _Native:
                 continue
             _check_extras(group)
             plain = self._fo_group(group)
-            native.append((gi, group, self._fo_spec.needed(plain), self._fo_spec.record(plain)))
+            native.append(_Group(gi, group, self._fo_slots(group, plain),
+                                 self._fo_spec.record(plain), self._fo_step_key(plain),
+                                 storage(plain).code))
         if len(self.last_grad_norms) != len(self.param_groups):
             self.last_grad_norms = [None] * len(self.param_groups)
         plan = self._fo_driver_state()
         if native and _adapter.FAST:
             # the steady state: one C pass reads every tensor, one native call steps them
-            params = [g["params"] if type(g["params"]) is list else list(g["params"])
-                      for _, g, _, _ in native]
+            params = [n.group["params"] if type(n.group["params"]) is list
+                      else list(n.group["params"]) for n in native]
+            keys = [n.step_key for n in native]
             norms = _adapter.fast_step(
-                self._fo_spec, plan, params, [keys for _, _, keys, _ in native],
-                [hyper for _, _, _, hyper in native],
-                [g.get("max_grad_norm") for _, g, _, _ in native], self.state, inv,
-                [gi for gi, _, _, _ in native])
+                self._fo_spec, plan, params, [n.slots for n in native],
+                [n.record for n in native], [n.group.get("max_grad_norm") for n in native],
+                self.state, inv, [n.index for n in native],
+                step_key=keys if len(set(keys)) > 1 else keys[0],
+                rounding=[n.rounding for n in native], seed=self._fo_seed,
+                ids=(lambda: self._fo_ids(native)) if any(n.rounding for n in native)
+                else (lambda: None))
             if norms is not None:
-                for (gi, _, _, _), nrm in zip(native, norms):
+                for n, nrm in zip(native, norms):
                     if nrm is not _adapter.UNSET:
-                        self.last_grad_norms[gi] = nrm
+                        self.last_grad_norms[n.index] = nrm
                 if torch_groups:    # a mixed optimizer: GradScaler unscaled these itself
                     self._fo_torch_fallback(torch_groups)
                 return
         self._fo_step_checked(native, torch_groups, inv, plan)
 
+    def _fo_ids(self, native: list) -> np.ndarray:
+        """Each native param's id in stochastic rounding's key: its index in the params of
+        all groups in order (a state dict's index), so that a resumed run draws the same."""
+        start = np.cumsum([0] + [len(g["params"]) for g in self.param_groups])
+        return np.concatenate([np.arange(start[n.index], start[n.index + 1], dtype=np.int64)
+                               for n in native])
+
     def _fo_step_checked(self, native_groups: list, torch_groups: list, inv: float,
                          plan: _adapter.Plan) -> None:
         """The step through Python: every tensor checked (raising the clear error), missing
-        state created, odd layouts handled, low-precision params routed to torch; then the
+        state created, odd layouts handled, params torch must step routed to it; then the
         native groups in one call. The first step, and any step the fast fill refuses."""
+        spec = self._fo_spec
+        starts = np.cumsum([0] + [len(g["params"]) for g in self.param_groups]).tolist()
         # 1. check every group before anything is modified
         native, slow = [], []
-        for gi, group, keys, hyper in native_groups:
-            ps, gs, others, names = [], [], [], []
+        for n in native_groups:
+            gi, group = n.index, n.group
+            ps, gs, others, names, ids = [], [], [], [], []
             for pi, p in enumerate(group["params"]):
                 g = p.grad
                 if g is None:
                     continue
                 name = f"param_groups[{gi}]['params'][{pi}]"
                 if p.dtype not in _adapter.NATIVE_DTYPES or (
-                        g.is_sparse and self._fo_sparse_to_torch):
+                        g.is_sparse and self._fo_sparse_to_torch) or (
+                        p.dtype in _adapter.HALF and not spec.storage16):
                     if p.device.type not in ("cpu",):
                         _adapter.check_param(name, p)
                     others.append(p)
@@ -317,54 +457,66 @@ class _Native:
                 _adapter.check_grad(name, _adapter.local(g), lp)
                 st = self.state.get(p)
                 if st:
-                    for _, key in keys:
-                        if key in st:
-                            _adapter.check_state(name, key, _adapter.local(st[key]), lp)
+                    pcode = _adapter.code(lp.dtype)
+                    for _, key, codes in n.slots:
+                        if key in st and codes[pcode]:
+                            _adapter.check_state(name, key, _adapter.local(st[key]), lp,
+                                                 _adapter.BY_CODE[codes[pcode]]
+                                                 if not lp.is_complex() else None)
                 ps.append(p)
                 gs.append(g)
                 names.append(name)
+                ids.append(starts[gi] + pi)
             if others:
                 if _extras_set(group):
                     raise ValueError(
                         f"fastopt.torch: param_groups[{gi}] has {others[0].dtype} params (or "
                         "sparse gradients), stepped by torch's implementation, which knows "
-                        "nothing of l1, max_grad_norm and clip_value; remove them or use "
-                        "float32/float64 params")
+                        "nothing of l1, max_grad_norm, clip_value and the storage options; "
+                        "remove them or use float32/float64 params")
                 slow.append(dict(group, params=others))
-            native.append((gi, group, keys, hyper, ps, gs, names))
+            native.append((n, ps, gs, names, ids))
         # 2. state, then one native call for all groups
-        spec = self._fo_spec
         batches, stepped, step_tensors = [], [], []
-        for gi, group, keys, hyper, ps, gs, names in native:
+        for n, ps, gs, names, ids in native:
             if not ps:
                 continue
+            group = n.group
+            codes = [_adapter.code(_adapter.local(p).dtype) for p in ps]
             fresh = []
-            if spec.step_state or keys:
+            if n.step_key or n.slots:
                 state = self.state
                 states = [state[p] for p in ps]
-                for p, st in zip(ps, states):
-                    new = any(k not in st for _, k in keys)
+                for p, c, st in zip(ps, codes, states):
+                    new = any(k not in st for _, k, cs in n.slots if cs[c])
                     fresh.append(new)
-                    if new or (spec.step_state and not st):
+                    if new or (n.step_key and n.step_key not in st):
                         self._fo_new_state(p, group, st)
             else:   # plain SGD keeps no state, as torch's
                 fresh, states = [False] * len(ps), []
-            buffers = {stream: [_adapter.local(st[k]) for st in states] for stream, k in keys}
-            if spec.step_state:
-                mine = [st["step"] for st in states]
+            buffers: dict = {}
+            for stream, key, cs in n.slots:
+                buffers[stream] = [_adapter.local(st[key]) if cs[c] else None
+                                   for c, st in zip(codes, states)]
+            if n.step_key:
+                mine = [st[n.step_key] for st in states]
                 steps = [int(s) + 1 for s in torch.stack(mine).tolist()]
                 step_tensors.extend(mine)
+                if not spec.step_state:     # SGD counting for stochastic rounding's key
+                    steps = [1 if f else max(2, s) for f, s in zip(fresh, steps)]
             else:       # SGD: the kernel starts a buffer as the gradient on its first step
                 steps = [1 if f else 2 for f in fresh]
             # the per-tensor scalar states (NAdam's mu_product; ASGD's eta, mu), flat
             mus = [st[k] for st in states for k in spec.aux] if spec.aux else None
             batches.append(_adapter.Batch(list(map(_adapter.local, ps)),
-                                          list(map(_adapter.local, gs)), buffers, hyper,
+                                          list(map(_adapter.local, gs)), buffers, n.record,
                                           steps=steps,
                                           max_grad_norm=group.get("max_grad_norm"),
-                                          mu_products=mus, names=names))
-            stepped.append(gi)
-        norms = _adapter.run(spec, batches, grad_scale=inv, frame=plan.frame, memo=plan.memo)
+                                          mu_products=mus, names=names, rounding=n.rounding,
+                                          ids=ids))
+            stepped.append(n.index)
+        norms = _adapter.run(spec, batches, grad_scale=inv, frame=plan.frame, memo=plan.memo,
+                             seed=self._fo_seed)
         for gi, nrm in zip(stepped, norms):
             self.last_grad_norms[gi] = nrm
         if step_tensors:
@@ -400,17 +552,19 @@ class SGD(_Native, torch.optim.SGD):
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
                  nesterov=False, *, maximize=False, foreach=None, differentiable=False,
-                 fused=None, l1=0.0, max_grad_norm=None, clip_value=None):
-        self._fo_begin(dict(l1=l1, max_grad_norm=max_grad_norm, clip_value=clip_value))
+                 fused=None, l1=0.0, max_grad_norm=None, clip_value=None,
+                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
+        self._fo_begin(locals())
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                          foreach=foreach, differentiable=differentiable, fused=fused)
         self._fo_end()
 
-    def _fo_new_state(self, p, group, state):
+    def _fo_new_buffers(self, p, group, state, dtype):
         if group["momentum"] != 0 and "momentum_buffer" not in state:
             # torch starts the buffer as a copy of the gradient: the kernel fills it
-            state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
+            state["momentum_buffer"] = torch.empty_like(p, dtype=dtype,
+                                                        memory_format=torch.preserve_format)
 
 
 # ---- Adam / AdamW --------------------------------------------------------------------------
@@ -421,8 +575,9 @@ class Adam(_Native, torch.optim.Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False,
-                 l1=0.0, max_grad_norm=None, clip_value=None):
-        self._fo_begin(dict(l1=l1, max_grad_norm=max_grad_norm, clip_value=clip_value))
+                 l1=0.0, max_grad_norm=None, clip_value=None,
+                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
+        self._fo_begin(locals())
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
@@ -436,8 +591,9 @@ class AdamW(_Native, torch.optim.AdamW):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
                  differentiable=False, fused=None, l1=0.0, max_grad_norm=None,
-                 clip_value=None):
-        self._fo_begin(dict(l1=l1, max_grad_norm=max_grad_norm, clip_value=clip_value))
+                 clip_value=None,
+                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
+        self._fo_begin(locals())
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, foreach=foreach,
                          capturable=capturable, differentiable=differentiable, fused=fused)
@@ -449,14 +605,14 @@ class AdamW(_Native, torch.optim.AdamW):
 class RMSprop(_Native, torch.optim.RMSprop):
     _fo_spec = _spec.RMSPROP
     _fo_own_fused = True
+    _fo_fused_checks_differentiable = True
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, capturable=False, foreach=None, maximize=False,
                  differentiable=False, *, fused=None, l1=0.0, max_grad_norm=None,
-                 clip_value=None):
-        self._fo_begin(dict(fused=fused, differentiable=differentiable, l1=l1,
-                            max_grad_norm=max_grad_norm, clip_value=clip_value))
-        self._fo_init_extras.pop("differentiable")
+                 clip_value=None,
+                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
+        self._fo_begin(locals())
         super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                          momentum=momentum, centered=centered, capturable=capturable,
                          foreach=foreach, maximize=maximize, differentiable=differentiable)
@@ -470,22 +626,23 @@ class Adagrad(_Native, torch.optim.Adagrad):
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
                  initial_accumulator_value=0, eps=1e-10, foreach=None, *, maximize=False,
                  differentiable=False, fused=None, l1=0.0, max_grad_norm=None,
-                 clip_value=None):
-        self._fo_begin(dict(l1=l1, max_grad_norm=max_grad_norm, clip_value=clip_value))
+                 clip_value=None,
+                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
+        self._fo_begin(locals())
         super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                          initial_accumulator_value=initial_accumulator_value, eps=eps,
                          foreach=foreach, maximize=maximize, differentiable=differentiable,
                          fused=fused)
         self._fo_end()
 
-    def _fo_new_state(self, p, group, state):
+    def _fo_new_buffers(self, p, group, state, dtype):
         if not state:
             state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype(is_fused=group.get(
                 "fused")))
         if "sum" not in state:
             v = self.defaults["initial_accumulator_value"]   # torch reads defaults, too
             state["sum"] = torch.full_like(p, complex(v, v) if p.is_complex() else v,
-                                           memory_format=torch.preserve_format)
+                                           dtype=dtype, memory_format=torch.preserve_format)
 
 
 # ---- Adamax / RAdam / NAdam ----------------------------------------------------------------
@@ -496,9 +653,9 @@ class Adamax(_Native, torch.optim.Adamax):
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  foreach=None, *, maximize=False, differentiable=False, capturable=False,
-                 fused=None, l1=0.0, max_grad_norm=None, clip_value=None):
-        self._fo_begin(dict(fused=fused, l1=l1, max_grad_norm=max_grad_norm,
-                            clip_value=clip_value))
+                 fused=None, l1=0.0, max_grad_norm=None, clip_value=None,
+                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
+        self._fo_begin(locals())
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          foreach=foreach, maximize=maximize, differentiable=differentiable,
                          capturable=capturable)
@@ -512,9 +669,9 @@ class RAdam(_Native, torch.optim.RAdam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  decoupled_weight_decay=False, *, foreach=None, maximize=False,
                  capturable=False, differentiable=False, fused=None, l1=0.0,
-                 max_grad_norm=None, clip_value=None):
-        self._fo_begin(dict(fused=fused, l1=l1, max_grad_norm=max_grad_norm,
-                            clip_value=clip_value))
+                 max_grad_norm=None, clip_value=None,
+                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
+        self._fo_begin(locals())
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          decoupled_weight_decay=decoupled_weight_decay, foreach=foreach,
                          maximize=maximize, capturable=capturable,
@@ -529,9 +686,9 @@ class NAdam(_Native, torch.optim.NAdam):
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  momentum_decay=4e-3, decoupled_weight_decay=False, *, foreach=None,
                  maximize=False, capturable=False, differentiable=False, fused=None,
-                 l1=0.0, max_grad_norm=None, clip_value=None):
-        self._fo_begin(dict(fused=fused, l1=l1, max_grad_norm=max_grad_norm,
-                            clip_value=clip_value))
+                 l1=0.0, max_grad_norm=None, clip_value=None,
+                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
+        self._fo_begin(locals())
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          momentum_decay=momentum_decay,
                          decoupled_weight_decay=decoupled_weight_decay, foreach=foreach,
@@ -539,13 +696,13 @@ class NAdam(_Native, torch.optim.NAdam):
                          differentiable=differentiable)
         self._fo_end()
 
-    def _fo_new_state(self, p, group, state):
+    def _fo_new_buffers(self, p, group, state, dtype):
         if not state:
             state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
             state["mu_product"] = torch.tensor(1.0, dtype=_get_scalar_dtype())
         for key in ("exp_avg", "exp_avg_sq"):
             if key not in state:
-                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
 
 # ---- Adadelta / Rprop ----------------------------------------------------------------------
@@ -553,13 +710,13 @@ class NAdam(_Native, torch.optim.NAdam):
 class Adadelta(_Native, torch.optim.Adadelta):
     _fo_spec = _spec.ADADELTA
     _fo_own_fused = True
+    _fo_fused_checks_differentiable = True
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *,
                  capturable=False, maximize=False, differentiable=False, fused=None, l1=0.0,
-                 max_grad_norm=None, clip_value=None):
-        self._fo_begin(dict(fused=fused, differentiable=differentiable, l1=l1,
-                            max_grad_norm=max_grad_norm, clip_value=clip_value))
-        self._fo_init_extras.pop("differentiable")
+                 max_grad_norm=None, clip_value=None,
+                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
+        self._fo_begin(locals())
         super().__init__(params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                          foreach=foreach, capturable=capturable, maximize=maximize,
                          differentiable=differentiable)
@@ -569,27 +726,27 @@ class Adadelta(_Native, torch.optim.Adadelta):
 class Rprop(_Native, torch.optim.Rprop):
     _fo_spec = _spec.RPROP
     _fo_own_fused = True
+    _fo_fused_checks_differentiable = True
 
     def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *,
                  capturable=False, foreach=None, maximize=False, differentiable=False,
-                 fused=None, l1=0.0, max_grad_norm=None, clip_value=None):
-        self._fo_begin(dict(fused=fused, differentiable=differentiable, l1=l1,
-                            max_grad_norm=max_grad_norm, clip_value=clip_value))
-        self._fo_init_extras.pop("differentiable")
+                 fused=None, l1=0.0, max_grad_norm=None, clip_value=None,
+                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
+        self._fo_begin(locals())
         super().__init__(params, lr=lr, etas=etas, step_sizes=step_sizes,
                          capturable=capturable, foreach=foreach, maximize=maximize,
                          differentiable=differentiable)
         self._fo_end()
 
-    def _fo_new_state(self, p, group, state):
+    def _fo_new_buffers(self, p, group, state, dtype):
         if not state:
             state["step"] = torch.zeros((), dtype=_get_scalar_dtype())
         if "prev" not in state:
-            state["prev"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["prev"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         if "step_size" not in state:
             lr = _f(group["lr"])     # torch: full_like(grad, lr), (lr, lr) for complex
             state["step_size"] = torch.full_like(p, complex(lr, lr) if p.is_complex() else lr,
-                                                 memory_format=torch.preserve_format)
+                                                 dtype=dtype, memory_format=torch.preserve_format)
 
 
 # ---- ASGD ----------------------------------------------------------------------------------
@@ -597,26 +754,26 @@ class Rprop(_Native, torch.optim.Rprop):
 class ASGD(_Native, torch.optim.ASGD):
     _fo_spec = _spec.ASGD
     _fo_own_fused = True
+    _fo_fused_checks_differentiable = True
 
     def __init__(self, params, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0,
                  foreach=None, maximize=False, differentiable=False, capturable=False, *,
-                 fused=None, l1=0.0, max_grad_norm=None, clip_value=None):
-        self._fo_begin(dict(fused=fused, differentiable=differentiable, l1=l1,
-                            max_grad_norm=max_grad_norm, clip_value=clip_value))
-        self._fo_init_extras.pop("differentiable")
+                 fused=None, l1=0.0, max_grad_norm=None, clip_value=None,
+                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
+        self._fo_begin(locals())
         super().__init__(params, lr=lr, lambd=lambd, alpha=alpha, t0=t0,
                          weight_decay=weight_decay, foreach=foreach, maximize=maximize,
                          differentiable=differentiable, capturable=capturable)
         self._fo_end()
 
-    def _fo_new_state(self, p, group, state):
+    def _fo_new_buffers(self, p, group, state, dtype):
         if not state:       # torch's keys and dtypes: 0-d tensors of the scalar dtype
             dt = _get_scalar_dtype()
             state["step"] = torch.zeros((), dtype=dt)
             state["eta"] = torch.as_tensor(_f(group["lr"]), dtype=dt).clone().detach()
             state["mu"] = torch.ones((), dtype=dt)
         if "ax" not in state:
-            state["ax"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["ax"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
 
 # ---- Lion ----------------------------------------------------------------------------------
@@ -634,7 +791,8 @@ class Lion(_Native, torch.optim.Optimizer):
     _fo_own_fused = True
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
-                 maximize=False, fused=None, l1=0.0, max_grad_norm=None, clip_value=None):
+                 maximize=False, fused=None, l1=0.0, max_grad_norm=None, clip_value=None,
+                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if not 0.0 <= lr:
@@ -645,8 +803,7 @@ class Lion(_Native, torch.optim.Optimizer):
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        self._fo_begin(dict(fused=fused, l1=l1, max_grad_norm=max_grad_norm,
-                            clip_value=clip_value))
+        self._fo_begin(locals())
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
                                       maximize=maximize, differentiable=False))
         self._fo_end()
@@ -706,7 +863,8 @@ class LAMB(_Native, torch.optim.Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
                  bias_correction=True, *, use_nvlamb=False, maximize=False, fused=None,
-                 l1=0.0, max_grad_norm=None, clip_value=None):
+                 l1=0.0, max_grad_norm=None, clip_value=None,
+                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if not 0.0 <= lr:
@@ -719,8 +877,7 @@ class LAMB(_Native, torch.optim.Optimizer):
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        self._fo_begin(dict(fused=fused, l1=l1, max_grad_norm=max_grad_norm,
-                            clip_value=clip_value))
+        self._fo_begin(locals())
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay,
                                       bias_correction=bias_correction, use_nvlamb=use_nvlamb,

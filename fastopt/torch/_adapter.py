@@ -41,10 +41,18 @@ import torch
 from .. import _spec, _threading, functional
 from .._backend import native as _native
 
-NATIVE_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
-# storage dtype code and elements per tensor element, per native dtype
+HALF = (torch.float16, torch.bfloat16)
+NATIVE_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128) + HALF
+# storage dtype code (csrc/fastopt.h FO_DT_*) and elements per tensor element, per dtype
 _CODES = {torch.float32: (1, 1), torch.float64: (2, 1), torch.complex64: (1, 2),
-          torch.complex128: (2, 2)}
+          torch.complex128: (2, 2), torch.float16: (3, 1), torch.bfloat16: (4, 1)}
+# the real dtype of each storage code (index 0: no stream)
+BY_CODE = (None, torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def code(dtype: torch.dtype) -> int:
+    """The storage dtype code of a tensor dtype."""
+    return _CODES[dtype][0]
 
 
 def _dense(t: torch.Tensor) -> bool:
@@ -134,18 +142,23 @@ def check_grad(name: str, g: torch.Tensor, p: torch.Tensor) -> None:
                          f"{tuple(g.shape)}, its param {p.dtype} and {tuple(p.shape)}")
 
 
-def check_state(name: str, key: str, t, p: torch.Tensor) -> None:
-    if (isinstance(t, torch.Tensor) and t.dtype == p.dtype and t.shape == p.shape
+def check_state(name: str, key: str, t, p: torch.Tensor, dtype: torch.dtype | None = None) \
+        -> None:
+    """Raise a clear error unless state tensor ``t`` has ``p``'s shape, strides and device
+    and ``dtype`` (default: the param's; a master copy or float32 states differ)."""
+    dtype = p.dtype if dtype is None else dtype
+    if (isinstance(t, torch.Tensor) and t.dtype == dtype and t.shape == p.shape
             and t.is_cpu and t.layout == torch.strided and t.is_contiguous()
             and p.is_contiguous() and not t.is_neg() and not t.is_conj()):
         return
-    if not isinstance(t, torch.Tensor) or t.dtype != p.dtype or t.shape != p.shape \
+    if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.shape != p.shape \
             or t.device != p.device or t.layout != torch.strided \
             or (p.numel() > 1 and not _same_layout(t, p)):
         what = (f"a {type(t).__name__}" if not isinstance(t, torch.Tensor) else
                 f"dtype {t.dtype}, shape {tuple(t.shape)}, strides {t.stride()}")
-        raise ValueError(f"fastopt.torch: state[{name}][{key!r}] must be a tensor with its "
-                         f"param's dtype {p.dtype}, shape {tuple(p.shape)}, strides "
+        mine = "its param's dtype" if dtype == p.dtype else "dtype"
+        raise ValueError(f"fastopt.torch: state[{name}][{key!r}] must be a tensor with "
+                         f"{mine} {dtype}, its param's shape {tuple(p.shape)}, strides "
                          f"{p.stride()} and device; got {what}")
     lazy = _lazy_view(t)
     if lazy:
@@ -184,9 +197,12 @@ def new_memo():
 
 # DLPack's (type code, bits) of the torch dtypes the fast fill takes; with _CODES above, the
 # only place that maps torch dtypes (a 16-bit dtype is one more entry in each).
-_DLPACK = {torch.float32: (2, 32), torch.float64: (2, 64)}
+_DLPACK = {torch.float32: (2, 32), torch.float64: (2, 64), torch.float16: (2, 16),
+           torch.bfloat16: (4, 16)}
 FAST_DTYPES = tuple((*_DLPACK[dt], code) for dt, (code, per) in _CODES.items()
                     if per == 1 and dt in _DLPACK)
+# a rule without 16-bit storage (LAMB): its 16-bit params go to the Python path (torch's step)
+FAST_DTYPES_32 = tuple(t for t in FAST_DTYPES if t[1] != 16)
 # exact types taken as plain tensors (a subclass may dispatch differently: the Python path)
 _TYPES = (torch.Tensor, torch.nn.Parameter)
 # gradients are read through their memory, so a negated view (``z.conj().imag``) would be read
@@ -231,20 +247,24 @@ class Plan:
 
 
 def fast_step(spec: _spec.Rule, plan: Plan, groups: list, slots: list, records: list,
-              clip: list, state, grad_scale: float, where: list[int]) -> list | None:
+              clip: list, state, grad_scale: float, where: list[int], *, step_key,
+              rounding, seed: int, ids) -> list | None:
     """The step of all native groups (``groups``: their param lists; ``slots``: each group's
-    ``spec.needed``; ``records``/``clip``: each group's record and max_grad_norm; ``where``:
-    each group's index in param_groups) through the fast fill and one driver call. Returns
-    each group's gradient norm (or None), or None having done nothing when the fill refuses
+    (stream, key, storage codes by the param's code) triples; ``records``/``clip``: each
+    group's record and max_grad_norm; ``where``: each group's index in param_groups;
+    ``step_key``: the state key of the step count, or one per group; ``rounding``: each
+    group's rounding code; ``seed``/``ids``: stochastic rounding's, ``ids`` the function
+    making each tensor's id) through the fast fill and one driver call. Returns each group's
+    gradient norm (or None), or None having done nothing when the fill refuses
     (``plan.refused`` says why): the caller then takes the Python path."""
     if len(spec.aux) > 1:       # the fast fill keeps one scalar state per tensor (not ASGD's)
         plan.refused = (-1, -1)
         return None
     n = sum(map(len, groups))
     group_of, steps, aux = plan.arrays(n)
-    rc = _native.fill_torch(plan.frame, groups, slots, state,
-                            "step" if spec.step_state else None,
-                            spec.aux[0] if spec.aux else None, _TYPES, FAST_DTYPES,
+    rc = _native.fill_torch(plan.frame, groups, slots, state, step_key,
+                            spec.aux[0] if spec.aux else None, _TYPES,
+                            FAST_DTYPES if spec.storage16 else FAST_DTYPES_32,
                             _ID_HASH, _IS_NEG, group_of, steps,
                             aux if spec.aux else None, plan.hold)
     if rc >= 0:
@@ -262,7 +282,8 @@ def fast_step(spec: _spec.Rule, plan: Plan, groups: list, slots: list, records: 
                 for gi, ps in zip(where, groups) for j in range(len(ps))]
 
     norms = _call(spec, plan.frame, plan.memo, records, clip, n, names, group_of, steps,
-                  grad_scale, aux if spec.aux else None, None, hold=plan.hold)
+                  grad_scale, aux if spec.aux else None, None, hold=plan.hold,
+                  rounding=rounding, seed=seed, ids=ids())
     return [nrm if a else UNSET for nrm, a in zip(norms, active)]
 
 
@@ -287,36 +308,42 @@ class Batch:
     """One param group's share of a step: its stepping tensors, their state and settings."""
 
     __slots__ = ("params", "grads", "buffers", "record", "steps", "max_grad_norm",
-                 "mu_products", "names")
+                 "mu_products", "names", "rounding", "ids")
 
     def __init__(self, params: list, grads: list, buffers: dict, record: list[float], *,
                  steps: list[int], max_grad_norm: float | None = None,
-                 mu_products: list | None = None, names: list[str] | None = None):
+                 mu_products: list | None = None, names: list[str] | None = None,
+                 rounding: int = 0, ids: list[int] | None = None):
         self.params, self.grads, self.buffers, self.record = params, grads, buffers, record
         self.steps, self.max_grad_norm = steps, max_grad_norm
         self.mu_products, self.names = mu_products, names
+        self.rounding, self.ids = rounding, ids
 
 
 def run(spec: _spec.Rule, batches: list[Batch], *, grad_scale: float = 1.0, frame=None,
-        memo=None) -> list[float | None]:
+        memo=None, seed: int = 0) -> list[float | None]:
     """One fused native step of ``spec`` over the tensors of all ``batches`` (one per param
     group) in ONE call of the driver: each group with its own argument record and clipping.
 
     ``params``/``grads``: tensors (checked with ``check_param``/``check_grad``); ``buffers``:
-    stream -> list of state tensors (``spec.needed``'s streams); ``record``: the group's
+    stream -> list of state tensors (``spec.needed``'s streams, then the master copy or
+    compensation of 16-bit params: None for a tensor without that stream), each in its own
+    storage dtype; ``record``: the group's
     validated argument record (``spec.record``); ``steps``: this step's count per tensor (from
     1; SGD: 1 where its momentum buffer is new); ``grad_scale``: the multiplier applied to every
     gradient as it is read (GradScaler's inverse scale); ``max_grad_norm``: clip the group's
     gradients by their global 2-norm (of the unscaled gradients: the driver's pre-pass);
-    ``mu_products``: NAdam's 0-d running-product tensors, updated in place. ``frame``/``memo``:
-    the optimizer's, reused across steps. Returns each group's gradient norm (None where
+    ``mu_products``: NAdam's 0-d running-product tensors, updated in place; ``rounding``: the
+    group's rounding code (16-bit values written without a master copy), ``ids``: each
+    tensor's id in stochastic rounding's key (with ``seed``). ``frame``/``memo``: the
+    optimizer's, reused across steps. Returns each group's gradient norm (None where
     ``max_grad_norm`` is not given).
     """
     batches = [b for b in batches if b.params]
     if not batches:
         return []
     if not functional.NATIVE:
-        return _run_numpy(spec, batches, grad_scale=grad_scale)
+        return _run_numpy(spec, batches, grad_scale=grad_scale, seed=seed)
     S = _native.MAX_STREAMS
     pad = [0] * (S - 2)
     rows: list = []         # per tensor: S addresses, then S dtype codes, then the count
@@ -324,24 +351,28 @@ def run(spec: _spec.Rule, batches: list[Batch], *, grad_scale: float = 1.0, fram
     group: list[int] = []
     steps: list[int] = []
     names: list[str] = []
+    ids: list[int] = []
     for gi, b in enumerate(batches):
         columns = [(k, b.buffers[k]) for k in sorted(b.buffers)]
         for i, (p, g) in enumerate(zip(b.params, b.grads)):
-            code, per = _CODES[p.dtype]
+            pcode, per = _CODES[p.dtype]
             g = _grad_tensor(g, p)
             a_row = [p.data_ptr(), g.data_ptr()] + pad
-            c_row = [code, code] + pad
+            c_row = [pcode, pcode] + pad
             owners.append(p)
             owners.append(g)
             for k, col in columns:
                 t = col[i]
+                if t is None:
+                    continue
                 a_row[k] = t.data_ptr()
-                c_row[k] = code
+                c_row[k] = _CODES[t.dtype][0]
                 owners.append(t)
             rows.append((a_row, c_row, p.numel() * per))
             group.append(gi)
         steps.extend(b.steps)
         names.extend(b.names or [f"tensor {i}" for i in range(len(b.params))])
+        ids.extend(b.ids if b.ids is not None else range(len(ids), len(ids) + len(b.params)))
     n = len(rows)
     addr = np.array([r[0] for r in rows], dtype=np.uint64).reshape(n, S)
     codes = np.array([r[1] for r in rows], dtype=np.uint8).reshape(n, S)
@@ -354,11 +385,13 @@ def run(spec: _spec.Rule, batches: list[Batch], *, grad_scale: float = 1.0, fram
         aux = np.array([float(m) for m in mus], dtype=np.float64)
     return _call(spec, frame, memo, [b.record for b in batches],
                  [b.max_grad_norm for b in batches], n, names, np.array(group, np.int32),
-                 np.array(steps, dtype=np.int64), grad_scale, aux, mus)
+                 np.array(steps, dtype=np.int64), grad_scale, aux, mus,
+                 rounding=[b.rounding for b in batches], seed=seed,
+                 ids=np.array(ids, dtype=np.int64))
 
 
 def _call(spec, frame, memo, records, clip, n, names, group, steps, grad_scale, aux, mus,
-          hold=None) -> list[float | None]:
+          hold=None, rounding=None, seed=0, ids=None) -> list[float | None]:
     """The driver call through the seam, for the ``n`` tensors a fill has put into ``frame``
     (``records``/``clip``: per group; ``names``: per tensor, or a function making them, for
     messages); then the 0-d state the step updates: NAdam's products (``mus``, or ``hold``'s)
@@ -373,7 +406,8 @@ def _call(spec, frame, memo, records, clip, n, names, group, steps, grad_scale, 
         return functional.run_frame(
             frame, spec, group=group, records=np.array(records, dtype=np.float64),
             gscale=np.full(ng, grad_scale), steps=steps, increment=False, aux=aux,
-            max_norms=max_norms, norms=norms, memo=memo, nthreads=nthreads)
+            max_norms=max_norms, norms=norms, memo=memo, nthreads=nthreads,
+            rounding=rounding, seed=seed, ids=ids)
 
     try:
         _execute(n, num_threads(), call)
@@ -404,10 +438,18 @@ def _numpy_view(t: torch.Tensor) -> np.ndarray:
         t = torch.view_as_real(t)
     if not t.is_contiguous():
         t = t.as_strided((t.numel(),), (1,))
+    if t.dtype == torch.bfloat16:       # NumPy has no bfloat16: ml_dtypes' is the same bits
+        from .. import _validation
+        bf16 = _validation.bfloat16(load=True)
+        if bf16 is None:
+            raise RuntimeError("fastopt.torch: the NumPy backend (FASTOPT_PUREPYTHON=1) steps "
+                               "bfloat16 tensors through ml_dtypes, which is not installed "
+                               "(pip install ml_dtypes)")
+        return t.view(torch.int16).numpy().view(bf16)
     return t.numpy()
 
 
-def _run_numpy(spec, batches, *, grad_scale) -> list[float | None]:
+def _run_numpy(spec, batches, *, grad_scale, seed) -> list[float | None]:
     """The NumPy backend (FASTOPT_PUREPYTHON=1): the same step through functional.run_lists
     (fastopt.reference per tensor), on zero-copy views of the tensors, in one call."""
     S = _native.MAX_STREAMS
@@ -416,9 +458,12 @@ def _run_numpy(spec, batches, *, grad_scale) -> list[float | None]:
     streams: list = [ps, gs] + [None] * (S - 2)
     keys = sorted({k for b in batches for k in b.buffers})
     for k in keys:
-        streams[k] = [_numpy_view(t) if k in b.buffers else None
+        streams[k] = [None if t is None else _numpy_view(t)
                       for b in batches for t in (b.buffers[k] if k in b.buffers
                                                  else [None] * len(b.params))]
+    ids = []
+    for b in batches:
+        ids.extend(b.ids if b.ids is not None else range(len(ids), len(ids) + len(b.params)))
     group = np.array([gi for gi, b in enumerate(batches) for _ in b.params], np.int32)
     steps = np.array([s for b in batches for s in b.steps], dtype=np.int64)
     clip = [b.max_grad_norm for b in batches]
@@ -433,7 +478,8 @@ def _run_numpy(spec, batches, *, grad_scale) -> list[float | None]:
             spec, streams, labels, group=group, records=[b.record for b in batches],
             gscale=[grad_scale] * len(batches), steps=steps, aux=aux,
             max_norms=(np.array([0.0 if c is None else float(c) for c in clip])
-                       if any_clip else None), norms=norms)
+                       if any_clip else None), norms=norms,
+            rounding=np.array([b.rounding for b in batches], np.uint8), seed=seed, ids=ids)
 
     _execute(len(ps), num_threads(), call)
     if aux is not None:
