@@ -163,8 +163,11 @@ def test_signature_is_torchs_plus_extras(name):
     for k, p in theirs.items():
         assert k in ours, k
         assert ours[k].default == p.default and ours[k].kind == p.kind, k
-    for k in ("l1", "max_grad_norm", "clip_value", "fused"):
-        assert ours[k].kind == inspect.Parameter.KEYWORD_ONLY or k in theirs
+    for k in ("l1", "max_grad_norm", "clip_value", "fused", "master_weights", "rounding",
+              "state_dtype", "seed"):
+        assert ours[k].kind == inspect.Parameter.KEYWORD_ONLY or k in theirs, k
+    assert (ours["master_weights"].default, ours["rounding"].default,
+            ours["state_dtype"].default, ours["seed"].default) == (False, "nearest", None, 0)
 
 
 @pytest.mark.parametrize("name,bad", [("Adam", dict(lr=-1.0)), ("SGD", dict(momentum=-1)),

@@ -635,6 +635,20 @@ class Adagrad(_Native, torch.optim.Adagrad):
                          fused=fused)
         self._fo_end()
 
+    def _fo_end(self) -> None:
+        super()._fo_end()
+        # torch's constructor made every sum in the param's dtype: remade in the storage dtype
+        for group in self.param_groups:
+            want = None
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "sum" in st and not p.is_complex():
+                    want = want or storage(self._fo_group(group))
+                    dtype = state_dtype(want, p.dtype)
+                    if st["sum"].dtype != dtype:
+                        del st["sum"]
+                        self._fo_new_buffers(p, group, st, dtype)
+
     def _fo_new_buffers(self, p, group, state, dtype):
         if not state:
             state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype(is_fused=group.get(
