@@ -72,6 +72,20 @@ def _torch(n, fused):
     return opt.step
 
 
+def _fastopt_torch(n, kw):
+    import fastopt.torch as ft
+    p = torch.zeros(n, dtype=torch.bfloat16, requires_grad=True)
+    p.grad = torch.full_like(p, 0.01)
+    opt = ft.Adam([p], lr=1e-3, **kw)
+    return opt.step
+
+
+# fastopt.torch rows: (storage options, bytes per element)
+TORCH_ROWS = {"fastopt.torch bf16+master": (dict(master_weights=True), 28),
+              "fastopt.torch bf16+f32 st": (dict(state_dtype="float32"), 22),
+              "fastopt.torch bf16": (dict(), 14)}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1e6,1e7")
@@ -90,6 +104,10 @@ def main(argv=None) -> None:
             systems = {"probe (f32 x5)": _probe(n)}
             systems.update({k: _fastopt(n, d, kw) for k, (d, kw, _) in ROWS.items()})
             if torch is not None:
+                for k, (kw, _) in TORCH_ROWS.items():
+                    kw = {o: getattr(torch, v) if o == "state_dtype" else v
+                          for o, v in kw.items()}
+                    systems[k] = _fastopt_torch(n, kw)
                 systems["torch fused bf16"] = _torch(n, True)
                 systems["torch for-loop bf16"] = _torch(n, False)
             for f in systems.values():
@@ -105,12 +123,13 @@ def main(argv=None) -> None:
             med = {k: statistics.median(v) for k, v in times.items()}
             probe_bw = 36 * n / med["probe (f32 x5)"]           # bytes/s: 5 reads + 4 writes
             print(f"\n{n:.0e} elements, {nt} thread(s): probe {probe_bw / 1e9:.1f} GB/s")
-            print(f"  {'system':<22}{'B/elem':>7}{'ms':>9}{'GB/s':>8}{'probe equiv':>13}"
+            print(f"  {'system':<27}{'B/elem':>7}{'ms':>9}{'GB/s':>8}{'probe equiv':>13}"
                   f"{'x probe':>9}")
             for k, t in med.items():
-                b = 36 if k.startswith("probe") else ROWS[k][2] if k in ROWS else 14
+                b = (36 if k.startswith("probe") else ROWS[k][2] if k in ROWS
+                     else TORCH_ROWS[k][1] if k in TORCH_ROWS else 14)
                 equiv = b * n / probe_bw
-                print(f"  {k:<22}{b:>7}{t * 1e3:>9.3f}{b * n / t / 1e9:>8.1f}"
+                print(f"  {k:<27}{b:>7}{t * 1e3:>9.3f}{b * n / t / 1e9:>8.1f}"
                       f"{equiv * 1e3:>13.3f}{t / equiv:>9.2f}")
 
 

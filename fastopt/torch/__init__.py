@@ -23,6 +23,21 @@ Flags and extras (keyword-only):
   step is in ``opt.last_grad_norms``. They are stored in the groups and in ``defaults``; a state
   dict from torch.optim, which lacks them, loads with the optimizer's defaults. torch's own
   implementations know nothing of them: they are refused with ``fused=False``.
+- Storage (16-bit params; per group, as ``fastopt.Optimizer``'s): ``master_weights=False``,
+  ``rounding="nearest"``, ``state_dtype=None`` and, in the constructor only, ``seed=0``.
+  float16 and bfloat16 params step natively in the same single call: each value is widened
+  to float32 as it is read, the rule runs in float32, and each stored value is rounded once.
+  ``master_weights=True``: a float32 copy in ``state[p]["master_param"]`` and float32 states;
+  the param is written from the master, rounded to nearest even. ``rounding``: how 16-bit
+  values are written without a master copy: ``"nearest"``, ``"stochastic"`` (keyed by
+  ``seed``, the param's index over all groups, its step count and the element: the same bits
+  for any thread count, and after a state-dict resume; SGD then keeps a ``step`` count in its
+  state) or ``"kahan"`` (params: a 16-bit compensation in ``state[p]["kahan_comp"]``).
+  ``state_dtype``: None (the param's dtype, as torch; float32 with master weights),
+  ``torch.float32`` or ``torch.bfloat16``. ``load_state_dict`` keeps each state tensor in the
+  dtype these options give it (torch's would round a float32 master copy to the param's
+  dtype). LAMB has no native 16-bit storage: its 16-bit params take its plain torch
+  implementation.
 
 Where fastopt differs from torch:
 
@@ -30,8 +45,12 @@ Where fastopt differs from torch:
   ulp per step; see ``fastopt.Adam``), and fastopt never contracts ``a*b+c`` into an FMA. float64
   trajectories agree with torch to ~1e-12 relative, float32 to float32 rounding (the tests
   derive the bound). RMSprop centered clamps ``v - mean^2`` at 0 where torch returns NaN.
-- float16/bfloat16 params (and SGD/Adagrad's sparse gradients) are stepped by torch's
-  implementation; with fastopt's extras set on their group they are refused.
+- float16/bfloat16 params with torch's default storage (states in the param's dtype):
+  torch rounds to 16 bits after every operation of the rule, fastopt once per stored value,
+  from float32; the results differ by those roundings (fastopt's are the closer to the rule
+  computed exactly; the tests bound both against float64). SGD/Adagrad's sparse gradients
+  are stepped by torch's implementation; with fastopt's extras set on their group they are
+  refused.
 - Layout: a param must cover one dense block of memory (contiguous, or permuted such as
   channels-last); a param with gaps (a strided slice) is refused with ValueError rather than
   updated through a copy. A gradient whose strides differ from its param's is read through a
