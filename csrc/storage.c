@@ -269,7 +269,26 @@ FO_CVT_LOOPS(avx2, FO_F16_WIDEN_AVX2, FO_F16_NARROW_AVX2, FO_BF16_NARROW_AVX2)
                             _mm512_cvtps_ph(_mm512_loadu_ps(src + i),                     \
                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)); \
     for (; i < n; i++) h[i] = fo_f32_to_f16(src[i])
-FO_CVT_LOOPS(avx512, FO_F16_WIDEN_AVX512, FO_F16_NARROW_AVX512, FO_BF16_NARROW_AVX2)
+/* fo_f32_to_bf16 on 16 lanes (the same bits), narrowed by vpmovdw (the results are < 2^16) */
+static inline __m256i fo_bf16_round_avx512(__m512 x)
+{
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i hi = _mm512_srli_epi32(u, 16);
+    const __m512i lsb = _mm512_and_si512(hi, _mm512_set1_epi32(1));
+    const __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    const __m512i nan = _mm512_or_si512(_mm512_and_si512(hi, _mm512_set1_epi32(0x8000)),
+                                        _mm512_set1_epi32(0x7fc0));
+    const __mmask16 isnan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(r, isnan, nan));
+}
+#define FO_BF16_NARROW_AVX512                                                             \
+    int64_t i = 0;                                                                        \
+    for (; i + 16 <= n; i += 16)                                                          \
+        _mm256_storeu_si256((__m256i *)(h + i),                                           \
+                            fo_bf16_round_avx512(_mm512_loadu_ps(src + i)));              \
+    for (; i < n; i++) h[i] = fo_f32_to_bf16(src[i])
+FO_CVT_LOOPS(avx512, FO_F16_WIDEN_AVX512, FO_F16_NARROW_AVX512, FO_BF16_NARROW_AVX512)
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
