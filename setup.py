@@ -69,11 +69,12 @@ class BuildExt(build_ext):
 extensions = [
     Extension(
         "fastopt._kernels",
-        sources=["fastopt/_kernels.pyx", "csrc/dispatch.c", "csrc/storage.c"],
+        sources=["fastopt/_kernels.pyx", "csrc/dispatch.c", "csrc/storage.c",
+                 "csrc/rules2.c"],
         include_dirs=["csrc", np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION")],
         depends=["csrc/fastopt.h", "csrc/kernels_body.h", "csrc/fo_omp.h", "csrc/fo_half.h",
-                 "csrc/fo_dlpack.h"],
+                 "csrc/fo_dlpack.h", "csrc/fo_rules2.h", "csrc/rules2_body.h"],
     )
 ]
 

@@ -1758,3 +1758,237 @@ def fill_torch(Frame f not None, list groups not None, list slots_by_group not N
             f._drop_refs()
             f.ntensors = 0
             hold._drop()
+
+
+# ---- SparseAdam and Adafactor (csrc/rules2.c) ---------------------------------------------
+# Entries of their own, outside the element-wise driver: SparseAdam walks the touched rows of
+# each param, Adafactor runs each tensor whole (its reductions in a fixed order). Both check
+# every array of the call first and write nothing when one does not fit.
+
+cdef extern from "fo_rules2.h" nogil:
+    ctypedef struct fo_sparse_adam_hp:
+        double gsign, one_minus_beta1, one_minus_beta2, eps, neg_step_size
+    int64_t fo_sparse_check(int64_t k, const int64_t *idx, int64_t nrows, int *why)
+    void fo_sparse_adam_rows(int dt, int64_t k0, int64_t k1, int64_t rowlen,
+                             const int64_t *idx, const void *values, void *p, void *m,
+                             void *v, const fo_sparse_adam_hp *hp)
+    ctypedef struct fo_adafactor_hp:
+        double w, rho, eps1, eps2, d, decay, gsign
+        int decayed
+    void fo_adafactor_tensor(int dt, int64_t B, int64_t R, int64_t C, int factored, void *p,
+                             const void *g, void *row, void *col, void *var,
+                             const fo_adafactor_hp *hp, double *work)
+
+
+cdef unsigned char _r2_array(object a, str name, object dtype, tuple shape, bint written) except 0:
+    """The storage code of a float32/float64 array of this dtype (None: the first one's) and
+    shape (None: any), C-contiguous, aligned, writeable if written; raises naming it."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a NumPy array, got {type(a).__name__}")
+    cdef cnp.ndarray x = <cnp.ndarray>a
+    cdef unsigned char code = _np_code(x)
+    if code != FO_DT_F32 and code != FO_DT_F64:
+        raise TypeError(f"{name}: expected float32 or float64 (native byte order), got "
+                        f"{x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the param's), got {x.dtype}")
+    if shape is not None and tuple(a.shape) != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {tuple(a.shape)}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(x) or not cnp.PyArray_ISALIGNED(x):
+        raise ValueError(f"{name}: expected a C-contiguous, aligned array")
+    if written and not cnp.PyArray_ISWRITEABLE(x):
+        raise ValueError(f"{name}: the array is read-only")
+    return code
+
+
+def sparse_adam(list params not None, list indices not None, list values not None,
+                list exp_avgs not None, list exp_avg_sqs not None,
+                cnp.ndarray neg_step_sizes not None, double beta1, double beta2, double eps,
+                bint maximize, int nthreads):
+    """SparseAdam on the touched rows of every param in one call (see fo_rules2.h).
+
+    Entry i: params[i] (n_i x ...), indices[i] (int64, k_i, strictly increasing: coalesced),
+    values[i] (k_i x params[i].shape[1:]), exp_avgs[i], exp_avg_sqs[i] (the param's shape and
+    dtype); neg_step_sizes[i] = -lr*sqrt(1 - beta2^t)/(1 - beta1^t) of its step. Every array
+    and index is checked before anything is written (overlaps are the caller's to check);
+    raises naming the first that does not fit. The GIL is released while the rows run."""
+    cdef Py_ssize_t T = len(params), i
+    if (len(indices) != T or len(values) != T or len(exp_avgs) != T or len(exp_avg_sqs) != T
+            or neg_step_sizes.shape[0] != T):
+        raise ValueError("sparse_adam: expected one entry per param in every list")
+    nss = np.ascontiguousarray(neg_step_sizes, dtype=np.float64)
+    cdef double *nssp = <double *>cnp.PyArray_DATA(nss)
+    keep = []
+    cdef int64_t *kk = <int64_t *>malloc(max(T, 1) * 3 * sizeof(int64_t))
+    cdef uintptr_t *pt = <uintptr_t *>malloc(max(T, 1) * 5 * sizeof(uintptr_t))
+    cdef unsigned char *dts = <unsigned char *>malloc(max(T, 1))
+    cdef int64_t bad = -1, k, nrows, nchunk, c, k0, k1, total = 0
+    cdef int why = 0, nt, dt
+    cdef fo_sparse_adam_hp hp
+    if not kk or not pt or not dts:
+        free(kk); free(pt); free(dts)
+        raise MemoryError()
+    try:
+        for i in range(T):
+            p = params[i]
+            dt = _r2_array(p, f"params[{i}]", None, None, True)
+            if p.ndim < 1:
+                raise ValueError(f"params[{i}]: expected at least one dimension (the rows), "
+                                 "got a 0-d array")
+            idx = indices[i]
+            if (not isinstance(idx, np.ndarray) or idx.dtype != np.int64 or idx.ndim != 1
+                    or not idx.flags.c_contiguous or not idx.flags.aligned):
+                raise TypeError(f"indices[{i}]: expected a 1-d C-contiguous int64 array, got "
+                                f"{getattr(idx, 'dtype', type(idx).__name__)} of shape "
+                                f"{getattr(idx, 'shape', None)}")
+            k = idx.shape[0]
+            _r2_array(values[i], f"values[{i}]", p.dtype, (k,) + tuple(p.shape[1:]), False)
+            _r2_array(exp_avgs[i], f"exp_avgs[{i}]", p.dtype, tuple(p.shape), True)
+            _r2_array(exp_avg_sqs[i], f"exp_avg_sqs[{i}]", p.dtype, tuple(p.shape), True)
+            nrows = p.shape[0]
+            kk[3 * i] = k
+            kk[3 * i + 1] = nrows
+            kk[3 * i + 2] = p.size // nrows if nrows > 0 else 0
+            pt[5 * i] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>p)
+            pt[5 * i + 1] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>idx)
+            pt[5 * i + 2] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>values[i])
+            pt[5 * i + 3] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>exp_avgs[i])
+            pt[5 * i + 4] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>exp_avg_sqs[i])
+            dts[i] = <unsigned char>dt
+            total += k * kk[3 * i + 2]
+            keep.append((p, idx, values[i], exp_avgs[i], exp_avg_sqs[i]))
+        with nogil:
+            for i in range(T):
+                bad = fo_sparse_check(kk[3 * i], <const int64_t *>pt[5 * i + 1], kk[3 * i + 1],
+                                      &why)
+                if bad >= 0:
+                    break
+        if bad >= 0:
+            value = int(indices[i][bad])
+            if why == 1:
+                raise IndexError(f"indices[{i}]: index {value} at position {bad} is out of "
+                                 f"range for params[{i}] with {kk[3 * i + 1]} rows")
+            raise ValueError(f"indices[{i}]: index {value} at position {bad} does not follow "
+                             "the one before in increasing order (coalesce the gradient: "
+                             "unique, sorted indices)")
+        hp.gsign = -1.0 if maximize else 1.0
+        hp.one_minus_beta1 = 1.0 - beta1
+        hp.one_minus_beta2 = 1.0 - beta2
+        hp.eps = eps
+        nt = nthreads
+        if total < _grain * nt:
+            nt = max(1, <int>(total // _grain))
+        with nogil:
+            for i in range(T):
+                hp.neg_step_size = nssp[i]
+                k = kk[3 * i]
+                if nt <= 1 or k < 2:
+                    fo_sparse_adam_rows(dts[i], 0, k, kk[3 * i + 2], <const int64_t *>pt[5 * i + 1],
+                                        <const void *>pt[5 * i + 2], <void *>pt[5 * i],
+                                        <void *>pt[5 * i + 3], <void *>pt[5 * i + 4], &hp)
+                    continue
+                nchunk = nt if k >= nt else k
+                for c in prange(nchunk, num_threads=nt, schedule='static'):
+                    fo_sparse_adam_rows(dts[i], c * k // nchunk, (c + 1) * k // nchunk,
+                                        kk[3 * i + 2], <const int64_t *>pt[5 * i + 1],
+                                        <const void *>pt[5 * i + 2], <void *>pt[5 * i],
+                                        <void *>pt[5 * i + 3], <void *>pt[5 * i + 4], &hp)
+    finally:
+        free(kk); free(pt); free(dts)
+
+
+def adafactor(list params not None, list grads not None, list row_vars not None,
+              list col_vars not None, list variances not None, cnp.ndarray scalars not None,
+              int nthreads):
+    """Adafactor on every tensor of the call (see fo_rules2.h), tensors spread over threads,
+    each tensor on one thread (so the reductions' order never depends on the thread count).
+
+    Entry i: params[i], grads[i] (same shape and dtype); for 2+ dims row_vars[i] (shape[:-1] +
+    (1,)) and col_vars[i] (shape[:-2] + (1, shape[-1])), variances[i] None; else variances[i]
+    (the param's shape) and the others None. scalars: (T, 7) float64, per tensor w, rho, eps1,
+    eps2, d, decay (1.0: none), gsign. Everything is checked before anything is written."""
+    cdef Py_ssize_t T = len(params), i
+    if (len(grads) != T or len(row_vars) != T or len(col_vars) != T or len(variances) != T
+            or scalars.ndim != 2 or scalars.shape[0] != T or scalars.shape[1] != 7):
+        raise ValueError("adafactor: expected one entry per param in every list and a (T, 7) "
+                         "table of scalars")
+    sc = np.ascontiguousarray(scalars, dtype=np.float64)
+    cdef double *scp = <double *>cnp.PyArray_DATA(sc)
+    cdef int64_t *dims = <int64_t *>malloc(max(T, 1) * 4 * sizeof(int64_t))
+    cdef uintptr_t *pt = <uintptr_t *>malloc(max(T, 1) * 5 * sizeof(uintptr_t))
+    cdef unsigned char *dts = <unsigned char *>malloc(max(T, 1))
+    cdef int64_t total = 0, wmax = 1
+    cdef int nt, dt, failed = 0
+    cdef double *work
+    if not dims or not pt or not dts:
+        free(dims); free(pt); free(dts)
+        raise MemoryError()
+    keep = []
+    try:
+        for i in range(T):
+            p = params[i]
+            dt = _r2_array(p, f"params[{i}]", None, None, True)
+            shape = tuple(p.shape)
+            _r2_array(grads[i], f"grads[{i}]", p.dtype, shape, False)
+            pt[5 * i] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>p)
+            pt[5 * i + 1] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>grads[i])
+            pt[5 * i + 2] = pt[5 * i + 3] = pt[5 * i + 4] = 0
+            nd = p.ndim
+            if nd >= 2:
+                rr = shape[nd - 2]
+                cc = shape[nd - 1]
+                bb = 1
+                for d in shape[:nd - 2]:
+                    bb *= d
+                _r2_array(row_vars[i], f"row_vars[{i}]", p.dtype, shape[:nd - 1] + (1,), True)
+                _r2_array(col_vars[i], f"col_vars[{i}]", p.dtype, shape[:nd - 2] + (1, cc),
+                          True)
+                dims[4 * i] = bb
+                dims[4 * i + 1] = rr
+                dims[4 * i + 2] = cc
+                dims[4 * i + 3] = 1
+                pt[5 * i + 2] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>row_vars[i])
+                pt[5 * i + 3] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>col_vars[i])
+                wmax = max(wmax, rr + cc + bb)
+            else:
+                _r2_array(variances[i], f"variances[{i}]", p.dtype, shape, True)
+                dims[4 * i] = p.size
+                dims[4 * i + 1] = dims[4 * i + 2] = 1
+                dims[4 * i + 3] = 0
+                pt[5 * i + 4] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>variances[i])
+            dts[i] = <unsigned char>dt
+            total += p.size
+            keep.append((p, grads[i], row_vars[i], col_vars[i], variances[i]))
+        nt = nthreads
+        if total < _grain * nt:
+            nt = max(1, <int>(total // _grain))
+        if nt > T:
+            nt = max(1, <int>T)
+        with nogil:
+            for i in prange(T, num_threads=nt, schedule='dynamic', chunksize=1):
+                work = <double *>malloc(wmax * sizeof(double))
+                if work == NULL:
+                    failed += 1
+                else:
+                    _adafactor_one(dts[i], &dims[4 * i], &pt[5 * i], &scp[7 * i], work)
+                    free(work)
+        if failed:
+            raise MemoryError("adafactor: no memory for a tensor's row and column sums")
+    finally:
+        free(dims); free(pt); free(dts)
+
+
+cdef void _adafactor_one(int dt, const int64_t *dims, const uintptr_t *pt, const double *s,
+                         double *work) noexcept nogil:
+    cdef fo_adafactor_hp hp
+    hp.w = s[0]
+    hp.rho = s[1]
+    hp.eps1 = s[2]
+    hp.eps2 = s[3]
+    hp.d = s[4]
+    hp.decay = s[5]
+    hp.gsign = s[6]
+    hp.decayed = s[5] != 1.0
+    fo_adafactor_tensor(dt, dims[0], dims[1], dims[2], <int>dims[3], <void *>pt[0],
+                        <const void *>pt[1], <void *>pt[2], <void *>pt[3], <void *>pt[4], &hp,
+                        work)

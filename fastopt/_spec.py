@@ -511,3 +511,75 @@ def _check_all() -> None:
     """Every spec's defaults pack into exactly its C record (raises otherwise)."""
     for rule in RULES.values():
         rule.record({**rule.defaults(), **dict(COMMON)})
+
+
+# ---- rules outside the element-wise driver (csrc/rules2.c) ----------------------------------
+# SparseAdam (row-sparse gradients) and Adafactor (factored second moments) have entries of
+# their own in the extension (fastopt._kernels.sparse_adam / .adafactor); their specs give the
+# hyperparameters (torch's, in its order) and the validation, which returns the scalars their
+# functional steps take (fastopt.functional.sparse_adam / .adafactor).
+
+@dataclass(frozen=True)
+class OwnRule:
+    name: str
+    hyper: tuple[tuple[str, Any], ...]
+    pack: Callable[[Mapping], dict[str, Any]]
+    state_keys: Callable[[tuple[int, ...]], dict[str, tuple[int, ...]]]   # key -> shape
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.hyper if k != "*")
+
+    def defaults(self) -> dict[str, Any]:
+        return {k: d for k, d in self.hyper if k != "*"}
+
+
+def _pack_sparse_adam(g: Mapping) -> dict[str, Any]:
+    lr = v.real("lr", g["lr"], what="learning rate")
+    if not lr > 0:
+        raise ValueError(f"Invalid learning rate: {g['lr']}")
+    eps = v.real("eps", g["eps"], what="epsilon value")
+    if not eps > 0:
+        raise ValueError(f"Invalid epsilon value: {g['eps']}")
+    beta1, beta2 = v.betas(g["betas"])
+    return {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps,
+            "maximize": v.flag("maximize", g["maximize"])}
+
+
+SPARSE_ADAM = OwnRule(
+    "sparse_adam",
+    (("lr", 1e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("maximize", False)),
+    _pack_sparse_adam,
+    lambda shape: {"exp_avg": shape, "exp_avg_sq": shape})
+
+
+def _pack_adafactor(g: Mapping) -> dict[str, Any]:
+    lr = v.real("lr", g["lr"], what="learning rate")
+    decay = v.real("beta2_decay", g["beta2_decay"], low=None)
+    if not decay <= 0:
+        raise ValueError(f"beta2_decay should be <= 0 but is: {g['beta2_decay']}")
+    eps = g["eps"]
+    if not isinstance(eps, (tuple, list)) or len(eps) != 2:
+        raise TypeError(f"Invalid eps: expected a pair (eps1 or None, eps2), got {eps!r}")
+    eps1 = None if eps[0] is None else v.real("eps", eps[0], what="epsilon1 value")
+    eps2 = v.real("eps", eps[1], what="epsilon2 value")
+    d = v.real("d", g["d"], low=1.0, what="clipping threshold d")
+    wd = v.real("weight_decay", g["weight_decay"])
+    return {"lr": lr, "beta2_decay": decay, "eps1": eps1, "eps2": eps2, "d": d,
+            "weight_decay": wd, "maximize": v.flag("maximize", g["maximize"])}
+
+
+def _adafactor_state(shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """torch's state shapes: row_var and col_var for 2+ dims, variance otherwise."""
+    if len(shape) >= 2:
+        return {"row_var": shape[:-1] + (1,), "col_var": shape[:-2] + (1, shape[-1])}
+    return {"variance": shape}
+
+
+ADAFACTOR = OwnRule(
+    "adafactor",
+    (("lr", 1e-2), ("beta2_decay", -0.8), ("eps", (None, 1e-3)), ("d", 1.0),
+     ("weight_decay", 0.0), _KW, ("maximize", False)),
+    _pack_adafactor, _adafactor_state)
+
+OWN_RULES = {"SparseAdam": SPARSE_ADAM, "Adafactor": ADAFACTOR}

@@ -16,6 +16,7 @@ same memory traffic with no arithmetic. Single-tensor forms are in ``fastopt.ker
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from ._backend import native as _native
 from ._threading import get_num_threads
 
 __all__ = ["adam", "sgd", "rmsprop", "adagrad", "lion", "adamax", "radam", "nadam", "adadelta",
-           "rprop", "asgd", "lamb", "probe",
+           "rprop", "asgd", "lamb", "sparse_adam", "adafactor", "probe",
            "run_lists", "run_frame", "NATIVE"]
 
 Arrays = Sequence[np.ndarray]
@@ -533,3 +534,154 @@ def probe(arrays: Sequence[np.ndarray]) -> None:
     bufs += [None] * (3 - len(bufs))
     _call(_spec.PROBE, 1.0, ["arrays", "state0", "state1", "state2"], [p], [g], bufs,
           [float(len(arrays))])
+
+
+# ---- SparseAdam and Adafactor: entries of their own (csrc/rules2.c) -------------------------
+
+_OWN = NATIVE and hasattr(_native, "sparse_adam")
+
+
+def _own_arrays(kind, lists, names, dtype_of=0):
+    """The structural checks of an own-entry call in Python (dtypes, shapes, layout and that
+    no written array shares memory with another array of the call); the native entry repeats
+    the first three before it writes, the reference path relies on these."""
+    named = []
+    for name, arrs, written in zip(names, lists, kind):
+        for i, a in enumerate(arrs):
+            if a is None:
+                continue
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"{name}[{i}]: expected a NumPy array, got {type(a).__name__}")
+            if a.dtype not in _validation.FLOAT_DTYPES or not a.dtype.isnative:
+                raise TypeError(f"{name}[{i}]: expected float32 or float64 (native byte "
+                                f"order), got {a.dtype}")
+            if not a.flags.c_contiguous or not a.flags.aligned:
+                raise ValueError(f"{name}[{i}]: expected a C-contiguous, aligned array")
+            if written and not a.flags.writeable:
+                raise ValueError(f"{name}[{i}]: the array is read-only")
+            named.append((f"{name}[{i}]", a, written))
+    _validation.check_disjoint([(n, a) for n, a, w in named if w])
+    spans = _validation.WrittenSpans([(n, a) for n, a, w in named if w])
+    for n, a, w in named:
+        if not w:
+            _validation.check_no_overlap(n, a, spans)
+
+
+def _like(name, a, shape, dtype):
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(a.shape)}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the param's), got {a.dtype}")
+
+
+def sparse_adam(params: Arrays, indices: Sequence[np.ndarray], values: Arrays,
+                exp_avgs: Arrays, exp_avg_sqs: Arrays, steps, *, lr: float = 1e-3,
+                beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                maximize: bool = False) -> None:
+    """SparseAdam on many params in one native call: params[i]'s rows ``indices[i]`` (int64,
+    unique and increasing: see ``fastopt.reference.coalesce``) with gradient rows
+    ``values[i]``; ``steps[i]`` the count of this step (from 1). Every array and index is
+    checked before anything is written: an index out of range raises IndexError naming the
+    param, the position and the index. See ``fastopt.SparseAdam``."""
+    h = _spec.SPARSE_ADAM.pack(dict(lr=lr, betas=(beta1, beta2), eps=eps, maximize=maximize))
+    n = len(params)
+    params, indices, values = (_as_list(k, x, n) for k, x in
+                               (("params", params), ("indices", indices), ("values", values)))
+    exp_avgs, exp_avg_sqs = _as_list("exp_avgs", exp_avgs, n), _as_list("exp_avg_sqs",
+                                                                          exp_avg_sqs, n)
+    steps = [_validation.step_count(f"steps[{i}]", s)
+             for i, s in enumerate(_as_list("steps", list(steps), n))]
+    _own_arrays((True, False, True, True), [params, values, exp_avgs, exp_avg_sqs],
+                ["params", "values", "exp_avgs", "exp_avg_sqs"])
+    for i, p in enumerate(params):
+        if p.ndim < 1:
+            raise ValueError(f"params[{i}]: expected at least one dimension (the rows), got a "
+                             "0-d array")
+        idx = indices[i]
+        if not isinstance(idx, np.ndarray) or idx.dtype != np.int64 or idx.ndim != 1:
+            raise TypeError(f"indices[{i}]: expected a 1-d int64 array, got "
+                            f"{getattr(idx, 'dtype', type(idx).__name__)}")
+        _like(f"values[{i}]", values[i], (idx.shape[0],) + p.shape[1:], p.dtype)
+        _like(f"exp_avgs[{i}]", exp_avgs[i], p.shape, p.dtype)
+        _like(f"exp_avg_sqs[{i}]", exp_avg_sqs[i], p.shape, p.dtype)
+        if steps[i] < 1:
+            raise ValueError(f"steps[{i}]: expected a step count >= 1, got {steps[i]}")
+    nss = np.array([-(h["lr"] * math.sqrt(1 - h["beta2"] ** s) / (1 - h["beta1"] ** s))
+                    for s in steps], dtype=np.float64).reshape(n)
+    if _OWN:
+        _native.sparse_adam(params, [np.ascontiguousarray(i) for i in indices], values,
+                            exp_avgs, exp_avg_sqs, nss, h["beta1"], h["beta2"], h["eps"],
+                            h["maximize"], get_num_threads())
+        return
+    for i, (p, idx) in enumerate(zip(params, indices)):
+        bad = np.flatnonzero((idx < 0) | (idx >= p.shape[0]))
+        if bad.size:
+            k = int(bad[0])
+            raise IndexError(f"indices[{i}]: index {int(idx[k])} at position {k} is out of "
+                             f"range for params[{i}] with {p.shape[0]} rows")
+        bad = np.flatnonzero(idx[1:] <= idx[:-1])
+        if bad.size:
+            k = int(bad[0]) + 1
+            raise ValueError(f"indices[{i}]: index {int(idx[k])} at position {k} does not "
+                             "follow the one before in increasing order (coalesce the "
+                             "gradient: unique, sorted indices)")
+    for i, p in enumerate(params):
+        reference.sparse_adam_step(p, indices[i], values[i], exp_avgs[i], exp_avg_sqs[i],
+                                   step=steps[i], lr=h["lr"], beta1=h["beta1"],
+                                   beta2=h["beta2"], eps=h["eps"], maximize=h["maximize"])
+
+
+def adafactor(params: Arrays, grads: Arrays, row_vars: Sequence[np.ndarray | None],
+              col_vars: Sequence[np.ndarray | None], variances: Sequence[np.ndarray | None],
+              steps, *, lr: float = 1e-2, beta2_decay: float = -0.8, eps1: float | None = None,
+              eps2: float = 1e-3, d: float = 1.0, weight_decay: float = 0.0,
+              maximize: bool = False) -> None:
+    """Adafactor on many params in one native call; ``steps[i]`` the count of this step
+    (from 1). 2+-d params take ``row_vars[i]``/``col_vars[i]`` (torch's shapes) and None
+    variance, others ``variances[i]``. ``eps1=None``: the machine epsilon of the first param's
+    dtype (torch resolves it once per group, from its first param). Empty params are skipped.
+    See ``fastopt.Adafactor``."""
+    h = _spec.ADAFACTOR.pack(dict(lr=lr, beta2_decay=beta2_decay, eps=(eps1, eps2), d=d,
+                                  weight_decay=weight_decay, maximize=maximize))
+    n = len(params)
+    params, grads = _as_list("params", params, n), _as_list("grads", grads, n)
+    row_vars, col_vars = _as_list("row_vars", row_vars, n), _as_list("col_vars", col_vars, n)
+    variances = _as_list("variances", variances, n)
+    steps = [_validation.step_count(f"steps[{i}]", s)
+             for i, s in enumerate(_as_list("steps", list(steps), n))]
+    _own_arrays((True, False, True, True, True), [params, grads, row_vars, col_vars, variances],
+                ["params", "grads", "row_vars", "col_vars", "variances"])
+    for i, p in enumerate(params):
+        _like(f"grads[{i}]", grads[i], p.shape, p.dtype)
+        shapes = _spec.ADAFACTOR.state_keys(tuple(p.shape))
+        for key, name, arrs in (("row_var", "row_vars", row_vars),
+                                ("col_var", "col_vars", col_vars),
+                                ("variance", "variances", variances)):
+            if key in shapes:
+                if arrs[i] is None:
+                    raise ValueError(f"{name}[{i}]: params[{i}] of shape {p.shape} needs it")
+                _like(f"{name}[{i}]", arrs[i], shapes[key], p.dtype)
+            elif arrs[i] is not None:
+                raise ValueError(f"{name}[{i}]: expected None for params[{i}] of shape "
+                                 f"{p.shape}")
+        if steps[i] < 1:
+            raise ValueError(f"steps[{i}]: expected a step count >= 1, got {steps[i]}")
+    e1 = h["eps1"]
+    if e1 is None:
+        e1 = float(np.finfo(params[0].dtype).eps) if n else 0.0
+    keep = [i for i in range(n) if params[i].size]
+    lr, wd = h["lr"], h["weight_decay"]
+    table = np.array([[float(steps[i]) ** h["beta2_decay"],
+                       min(lr, 1 / (float(steps[i]) ** 0.5)), e1, h["eps2"], h["d"],
+                       1 - lr * wd if wd != 0 else 1.0, -1.0 if h["maximize"] else 1.0]
+                      for i in keep], dtype=np.float64).reshape(len(keep), 7)
+    if _OWN:
+        _native.adafactor([params[i] for i in keep], [grads[i] for i in keep],
+                          [row_vars[i] for i in keep], [col_vars[i] for i in keep],
+                          [variances[i] for i in keep], table, get_num_threads())
+        return
+    for i in keep:
+        reference.adafactor_step(params[i], grads[i], row_vars[i], col_vars[i], variances[i],
+                                 step=steps[i], lr=lr, beta2_decay=h["beta2_decay"], eps1=e1,
+                                 eps2=h["eps2"], d=h["d"], weight_decay=wd,
+                                 maximize=h["maximize"])

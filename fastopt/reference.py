@@ -13,6 +13,8 @@ itself for +-0 and NaN.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -663,3 +665,94 @@ class Mixed:
             self._m.reshape(-1)[...] = narrow(rest, p.dtype)
         elif _is16(p):
             p.reshape(-1)[...] = narrow(self.param, p.dtype, rounding, key)
+
+
+# ---- SparseAdam and Adafactor (csrc/rules2.c) ---------------------------------------------
+
+def coalesce(indices, values):
+    """Row-sparse (indices, values) with unique, increasing indices: the values of a repeated
+    index added up in the order they appear (as torch's coalesce sums duplicates)."""
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if indices.size < 2 or bool(np.all(indices[1:] > indices[:-1])):
+        return np.ascontiguousarray(indices), np.ascontiguousarray(values)
+    uniq, inverse = np.unique(indices, return_inverse=True)
+    out = np.zeros((uniq.size,) + values.shape[1:], dtype=values.dtype)
+    np.add.at(out, inverse.reshape(-1), values)      # unbuffered, in order of appearance
+    return uniq, out
+
+
+def sparse_adam_step(param, indices, values, exp_avg, exp_avg_sq, *, step, lr=1e-3,
+                     beta1=0.9, beta2=0.999, eps=1e-8, maximize=False):
+    """torch.optim.SparseAdam on the rows ``indices`` (unique, increasing) of one param."""
+    t = param.dtype.type
+    g = -values if maximize else values
+    m0 = exp_avg[indices]
+    m = m0 + (g - m0) * t(1 - beta1)
+    v0 = exp_avg_sq[indices]
+    v = v0 + (g * g - v0) * t(1 - beta2)
+    exp_avg[indices] = m
+    exp_avg_sq[indices] = v
+    step_size = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+    param[indices] = param[indices] + t(-step_size) * (m / (np.sqrt(v) + t(eps)))
+
+
+def _lanes(sq):
+    """Sums over the last axis of float64 terms: term i to lane i % 8, each lane in order,
+    the eight lanes combined pairwise (csrc/rules2.c, fo_norm_block's order)."""
+    n = sq.shape[-1]
+    if n == 0:
+        return np.zeros(sq.shape[:-1])
+    pad = (-n) % 8
+    if pad:
+        sq = np.concatenate([sq, np.zeros(sq.shape[:-1] + (pad,))], axis=-1)
+    a = np.add.accumulate(sq.reshape(sq.shape[:-1] + (-1, 8)), axis=-2)[..., -1, :]
+    return ((a[..., 0] + a[..., 1]) + (a[..., 2] + a[..., 3])) \
+        + ((a[..., 4] + a[..., 5]) + (a[..., 6] + a[..., 7]))
+
+
+def _sq64(x):
+    return np.multiply(x, x, dtype=np.float64)
+
+
+def _in_order(x, axis):
+    """The float64 sum along ``axis``, term after term (accumulate is sequential)."""
+    if x.shape[axis] == 0:
+        return np.zeros(np.delete(x.shape, axis))
+    return np.take(np.add.accumulate(x, axis=axis), -1, axis=axis)
+
+
+def adafactor_step(param, grad, row_var, col_var, variance, *, step, lr=1e-2,
+                   beta2_decay=-0.8, eps1, eps2=1e-3, d=1.0, weight_decay=0.0,
+                   maximize=False):
+    """torch.optim.Adafactor on one param (``eps1`` already resolved: not None). Row and
+    column means and the two norms are float64 sums in csrc/rules2.c's orders."""
+    t = param.dtype.type
+    s = float(step)
+    w = t(s ** beta2_decay)
+    rho = min(lr, 1 / (s ** 0.5))
+    n = param.size
+    pn = float(np.sqrt(_lanes(_sq64(param.reshape(-1))))) / n ** 0.5
+    alpha = (pn if pn > eps2 else eps2) * rho
+    if weight_decay != 0:
+        param *= t(1 - lr * weight_decay)
+    g = -grad if maximize else grad
+    floor = t(eps1 * eps1)
+    if param.ndim >= 2:
+        R, C = param.shape[-2], param.shape[-1]
+        g3 = g.reshape(-1, R, C)
+        rv = row_var.reshape(-1, R)
+        cv = col_var.reshape(-1, C)
+        rows = (_lanes(_sq64(g3)) / C).astype(param.dtype)
+        cols = (_in_order(_sq64(g3), 1) / R).astype(param.dtype)
+        _lerp_(rv, rows, w)
+        _lerp_(cv, cols, w)
+        rm = (_in_order(rv.astype(np.float64), 1) / R).astype(param.dtype)
+        rm = np.where(rm < t(eps1), t(eps1), rm)
+        ve = (rv[:, :, None] * cv[:, None, :]) / rm[:, None, None]
+        u = (t(1) / np.sqrt(np.where(ve < floor, floor, ve))) * g3
+    else:
+        _lerp_(variance, g * g, w)
+        u = (t(1) / np.sqrt(np.where(variance < floor, floor, variance))) * g
+    un = float(np.sqrt(_lanes(_sq64(u.reshape(-1))))) / (n ** 0.5 * d)
+    denom = un if un > 1.0 else 1.0
+    param += u.reshape(param.shape) * t(-alpha / denom)
