@@ -11,6 +11,7 @@ from ._config import _select_isa_from_env, config, set_isa, show_config
 from ._threading import get_num_threads, set_num_threads
 from ._version import __version__
 from .adadelta import Adadelta, Rprop
+from .adafactor import Adafactor
 from .adam import Adam, Adamax, AdamW, NAdam, RAdam
 from .amp import LossScaler
 from .asgd import ASGD
@@ -22,12 +23,14 @@ from .lion import Lion
 from .optimizer import Optimizer
 from .rmsprop import Adagrad, RMSprop
 from .sgd import SGD
+from .sparse_adam import SparseAdam
 
 _select_isa_from_env()
 
 __all__ = [
     "ASGD",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",
@@ -43,6 +46,7 @@ __all__ = [
     "RMSprop",
     "Rprop",
     "SGD",
+    "SparseAdam",
     "__version__",
     "clip_grad_norm_",
     "clip_grad_value_",

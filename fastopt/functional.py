@@ -583,6 +583,14 @@ def sparse_adam(params: Arrays, indices: Sequence[np.ndarray], values: Arrays,
     ``values[i]``; ``steps[i]`` the count of this step (from 1). Every array and index is
     checked before anything is written: an index out of range raises IndexError naming the
     param, the position and the index. See ``fastopt.SparseAdam``."""
+    run_own(prepare_sparse_adam(params, indices, values, exp_avgs, exp_avg_sqs, steps, lr=lr,
+                                beta1=beta1, beta2=beta2, eps=eps, maximize=maximize))
+
+
+def prepare_sparse_adam(params, indices, values, exp_avgs, exp_avg_sqs, steps, *, lr, beta1,
+                        beta2, eps, maximize) -> tuple:
+    """sparse_adam's checks (all of them, indices included: nothing is written); returns
+    what ``run_own`` runs."""
     h = _spec.SPARSE_ADAM.pack(dict(lr=lr, betas=(beta1, beta2), eps=eps, maximize=maximize))
     n = len(params)
     params, indices, values = (_as_list(k, x, n) for k, x in
@@ -608,11 +616,6 @@ def sparse_adam(params: Arrays, indices: Sequence[np.ndarray], values: Arrays,
             raise ValueError(f"steps[{i}]: expected a step count >= 1, got {steps[i]}")
     nss = np.array([-(h["lr"] * math.sqrt(1 - h["beta2"] ** s) / (1 - h["beta1"] ** s))
                     for s in steps], dtype=np.float64).reshape(n)
-    if _OWN:
-        _native.sparse_adam(params, [np.ascontiguousarray(i) for i in indices], values,
-                            exp_avgs, exp_avg_sqs, nss, h["beta1"], h["beta2"], h["eps"],
-                            h["maximize"], get_num_threads())
-        return
     for i, (p, idx) in enumerate(zip(params, indices)):
         bad = np.flatnonzero((idx < 0) | (idx >= p.shape[0]))
         if bad.size:
@@ -625,10 +628,35 @@ def sparse_adam(params: Arrays, indices: Sequence[np.ndarray], values: Arrays,
             raise ValueError(f"indices[{i}]: index {int(idx[k])} at position {k} does not "
                              "follow the one before in increasing order (coalesce the "
                              "gradient: unique, sorted indices)")
+    indices = [np.ascontiguousarray(i) for i in indices]
+    return ("sparse_adam", h, (params, indices, values, exp_avgs, exp_avg_sqs, steps, nss))
+
+
+def run_own(prepared: tuple) -> None:
+    """Run a call that ``prepare_sparse_adam`` or ``prepare_adafactor`` checked."""
+    rule, h, args = prepared
+    if rule == "sparse_adam":
+        params, indices, values, exp_avgs, exp_avg_sqs, steps, nss = args
+        if _OWN:
+            _native.sparse_adam(params, indices, values, exp_avgs, exp_avg_sqs, nss,
+                                h["beta1"], h["beta2"], h["eps"], h["maximize"],
+                                get_num_threads())
+            return
+        for i, p in enumerate(params):
+            reference.sparse_adam_step(p, indices[i], values[i], exp_avgs[i], exp_avg_sqs[i],
+                                       step=steps[i], lr=h["lr"], beta1=h["beta1"],
+                                       beta2=h["beta2"], eps=h["eps"], maximize=h["maximize"])
+        return
+    params, grads, row_vars, col_vars, variances, steps, table, e1 = args
+    if _OWN:
+        _native.adafactor(params, grads, row_vars, col_vars, variances, table,
+                          get_num_threads())
+        return
     for i, p in enumerate(params):
-        reference.sparse_adam_step(p, indices[i], values[i], exp_avgs[i], exp_avg_sqs[i],
-                                   step=steps[i], lr=h["lr"], beta1=h["beta1"],
-                                   beta2=h["beta2"], eps=h["eps"], maximize=h["maximize"])
+        reference.adafactor_step(p, grads[i], row_vars[i], col_vars[i], variances[i],
+                                 step=steps[i], lr=h["lr"], beta2_decay=h["beta2_decay"],
+                                 eps1=e1, eps2=h["eps2"], d=h["d"],
+                                 weight_decay=h["weight_decay"], maximize=h["maximize"])
 
 
 def adafactor(params: Arrays, grads: Arrays, row_vars: Sequence[np.ndarray | None],
@@ -641,6 +669,14 @@ def adafactor(params: Arrays, grads: Arrays, row_vars: Sequence[np.ndarray | Non
     variance, others ``variances[i]``. ``eps1=None``: the machine epsilon of the first param's
     dtype (torch resolves it once per group, from its first param). Empty params are skipped.
     See ``fastopt.Adafactor``."""
+    run_own(prepare_adafactor(params, grads, row_vars, col_vars, variances, steps, lr=lr,
+                              beta2_decay=beta2_decay, eps1=eps1, eps2=eps2, d=d,
+                              weight_decay=weight_decay, maximize=maximize))
+
+
+def prepare_adafactor(params, grads, row_vars, col_vars, variances, steps, *, lr, beta2_decay,
+                      eps1, eps2, d, weight_decay, maximize) -> tuple:
+    """adafactor's checks (nothing is written); returns what ``run_own`` runs."""
     h = _spec.ADAFACTOR.pack(dict(lr=lr, beta2_decay=beta2_decay, eps=(eps1, eps2), d=d,
                                   weight_decay=weight_decay, maximize=maximize))
     n = len(params)
@@ -675,13 +711,6 @@ def adafactor(params: Arrays, grads: Arrays, row_vars: Sequence[np.ndarray | Non
                        min(lr, 1 / (float(steps[i]) ** 0.5)), e1, h["eps2"], h["d"],
                        1 - lr * wd if wd != 0 else 1.0, -1.0 if h["maximize"] else 1.0]
                       for i in keep], dtype=np.float64).reshape(len(keep), 7)
-    if _OWN:
-        _native.adafactor([params[i] for i in keep], [grads[i] for i in keep],
-                          [row_vars[i] for i in keep], [col_vars[i] for i in keep],
-                          [variances[i] for i in keep], table, get_num_threads())
-        return
-    for i in keep:
-        reference.adafactor_step(params[i], grads[i], row_vars[i], col_vars[i], variances[i],
-                                 step=steps[i], lr=lr, beta2_decay=h["beta2_decay"], eps1=e1,
-                                 eps2=h["eps2"], d=h["d"], weight_decay=wd,
-                                 maximize=h["maximize"])
+    return ("adafactor", h, ([params[i] for i in keep], [grads[i] for i in keep],
+                             [row_vars[i] for i in keep], [col_vars[i] for i in keep],
+                             [variances[i] for i in keep], [steps[i] for i in keep], table, e1))
