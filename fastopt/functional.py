@@ -632,15 +632,16 @@ def prepare_sparse_adam(params, indices, values, exp_avgs, exp_avg_sqs, steps, *
     return ("sparse_adam", h, (params, indices, values, exp_avgs, exp_avg_sqs, steps, nss))
 
 
-def run_own(prepared: tuple) -> None:
-    """Run a call that ``prepare_sparse_adam`` or ``prepare_adafactor`` checked."""
+def run_own(prepared: tuple, nthreads: int | None = None) -> None:
+    """Run a call that ``prepare_sparse_adam`` or ``prepare_adafactor`` checked (on at most
+    ``nthreads`` threads; None: ``fastopt.get_num_threads()``)."""
     rule, h, args = prepared
+    nt = get_num_threads() if nthreads is None else min(nthreads, get_num_threads())
     if rule == "sparse_adam":
         params, indices, values, exp_avgs, exp_avg_sqs, steps, nss = args
         if _OWN:
             _native.sparse_adam(params, indices, values, exp_avgs, exp_avg_sqs, nss,
-                                h["beta1"], h["beta2"], h["eps"], h["maximize"],
-                                get_num_threads())
+                                h["beta1"], h["beta2"], h["eps"], h["maximize"], nt)
             return
         for i, p in enumerate(params):
             reference.sparse_adam_step(p, indices[i], values[i], exp_avgs[i], exp_avg_sqs[i],
@@ -649,8 +650,7 @@ def run_own(prepared: tuple) -> None:
         return
     params, grads, row_vars, col_vars, variances, steps, table, e1 = args
     if _OWN:
-        _native.adafactor(params, grads, row_vars, col_vars, variances, table,
-                          get_num_threads())
+        _native.adafactor(params, grads, row_vars, col_vars, variances, table, nt)
         return
     for i, p in enumerate(params):
         reference.adafactor_step(p, grads[i], row_vars[i], col_vars[i], variances[i],

@@ -81,7 +81,7 @@ from .. import _spec
 from . import _adapter
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Lion",
-           "Adadelta", "Rprop", "ASGD", "LAMB"]
+           "Adadelta", "Rprop", "ASGD", "LAMB", "SparseAdam", "Adafactor"]
 
 # fastopt's keyword-only extras, also per group: regularisation and clipping, then storage
 _STORAGE = {"master_weights": False, "rounding": "nearest", "state_dtype": None}
@@ -971,3 +971,6 @@ for _cls, _tcls in ((SGD, torch.optim.SGD), (Adam, torch.optim.Adam),
                     (ASGD, torch.optim.ASGD)):
     _common_doc(_cls, _tcls)
 del _cls, _tcls
+
+
+from ._rules2 import Adafactor, SparseAdam  # noqa: E402  (their own native entries)
