@@ -19,6 +19,13 @@
 #define R2_RESTRICT
 #endif
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(FO_NO_CLONES)
+#define R2_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define R2_CLONES
+#endif
+
 /* the eight lanes combined pairwise, as fo_norm_block */
 static double r2_combine(const double *a)
 {

@@ -7,7 +7,7 @@
 #define R2_CAT(a, b) R2_CAT_(a, b)
 #define R2_FN(name) R2_CAT(name, R2_SFX)
 
-static void R2_FN(sparse_adam_rows)(int64_t k0, int64_t k1, int64_t len, const int64_t *idx,
+R2_CLONES static void R2_FN(sparse_adam_rows)(int64_t k0, int64_t k1, int64_t len, const int64_t *idx,
                                     const R2_T *values, R2_T *p, R2_T *m, R2_T *v,
                                     const fo_sparse_adam_hp *hp)
 {
@@ -47,7 +47,7 @@ static R2_INLINE R2_T R2_FN(r2_af_u)(R2_T ve, R2_T floor, R2_T g)
 
 /* Sum of squares of x[0..n) in float64 into the 8 lanes acc, element i to lane (lane0 + i)
  * % 8 (each lane in order). */
-static void R2_FN(r2_sumsq_lanes)(int64_t n, const R2_T *x, double *acc, int64_t lane0)
+static R2_INLINE void R2_FN(r2_sumsq_lanes)(int64_t n, const R2_T *x, double *acc, int64_t lane0)
 {
     int64_t i = 0;
     int lane = (int)(lane0 & 7);
@@ -68,7 +68,7 @@ static void R2_FN(r2_sumsq_lanes)(int64_t n, const R2_T *x, double *acc, int64_t
 
 #define R2_CHUNK 256
 
-static void R2_FN(adafactor_tensor)(int64_t B, int64_t R, int64_t C, int factored, R2_T *p,
+R2_CLONES static void R2_FN(adafactor_tensor)(int64_t B, int64_t R, int64_t C, int factored, R2_T *p,
                                     const R2_T *g, R2_T *row, R2_T *col, R2_T *var,
                                     const fo_adafactor_hp *hp, double *work)
 {
