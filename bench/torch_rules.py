@@ -33,7 +33,7 @@ ADAFACTOR_CASES = (("2048 x 2048", [(2048, 2048)], 20),
 
 def _sparse_system(make, rows, width, k, seed):
     gen = torch.Generator().manual_seed(seed)
-    p = torch.zeros(rows, width, requires_grad=True)
+    p = (torch.randn(rows, width, generator=gen) * 0.01).requires_grad_()   # pages resident
     idx = torch.randint(0, rows, (k,), generator=gen)
     vals = torch.randn(k, width, generator=gen)
     opt = make([p])

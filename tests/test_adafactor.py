@@ -226,3 +226,26 @@ def test_torch_frontend_against_torch_and_state_dicts_both_ways(dtype):
     z.grad = torch.ones(3, dtype=torch.complex64)
     with pytest.raises(RuntimeError, match="does not support complex parameters"):
         ft.Adafactor([z]).step()
+
+
+@pytest.mark.parametrize("shape", [(37, 5), (3, 4, 257), (41,)], ids=str)
+def test_writes_nothing_outside_the_arrays(shape):
+    """Param and state as windows of larger buffers whose guard regions hold a sentinel."""
+    rng = np.random.default_rng(10)
+    guard = 64
+    keys = _spec.ADAFACTOR.state_keys(shape)
+    sizes = {"p": int(np.prod(shape)), **{k: int(np.prod(s)) for k, s in keys.items()}}
+    bufs = {k: np.full(2 * guard + n, -3.5, np.float32) for k, n in sizes.items()}
+    p = bufs["p"][guard:guard + sizes["p"]].reshape(shape)
+    p[...] = rng.standard_normal(shape)
+    opt = fastopt.Adafactor([p], weight_decay=0.1)
+    st = {"step": 0}
+    for k, s in keys.items():
+        st[k] = bufs[k][guard:guard + sizes[k]].reshape(s)
+        st[k][...] = 0.0
+    opt.state[0] = st
+    for _ in range(3):
+        opt.step([rng.standard_normal(shape).astype(np.float32)])
+    for k, b in bufs.items():
+        assert (b[:guard] == -3.5).all() and (b[-guard:] == -3.5).all(), k
+    assert opt.state[0]["step"] == 3

@@ -256,3 +256,23 @@ def test_torch_frontend_against_torch_and_state_dicts_both_ways(dtype):
     with pytest.raises(IndexError, match="index 5 at position 0"):
         opt.step()
     assert len(opt.state) == 0 and not w.detach().any()
+
+
+def test_writes_nothing_outside_the_arrays():
+    """Params and moments as windows of larger buffers whose guard regions hold a sentinel:
+    after steps touching the first and last rows, every guard is intact."""
+    rng = np.random.default_rng(9)
+    shape, guard = (37, 5), 64
+    bufs = [np.full(guard * 2 + 37 * 5, 7.25) for _ in range(3)]
+    p, m, v = (b[guard:guard + 185].reshape(shape) for b in bufs)
+    p[...] = rng.standard_normal(shape)
+    opt = fastopt.SparseAdam([p], lr=0.1)
+    opt.state[0] = {"step": 0, "exp_avg": m, "exp_avg_sq": v}
+    m[...] = 0.0
+    v[...] = 0.0
+    for _ in range(3):
+        idx = np.array([0, 36, 36, 5])
+        opt.step([(idx, rng.standard_normal((4, 5)))])
+    for b in bufs:
+        assert (b[:guard] == 7.25).all() and (b[-guard:] == 7.25).all()
+    assert opt.state[0]["step"] == 3 and p[0].any() and m[36].any()
