@@ -9,6 +9,9 @@ shapes), ``state_dict``/``load_state_dict`` and their hooks, step hooks, schedul
 Only ``step`` differs: it updates all the params of all groups that have a gradient in ONE
 fused native call of fastopt's kernels, reading and writing the tensors in place (zero copy).
 
+SparseAdam and Adafactor (``fastopt/torch/_rules2.py``) step through native entries of their
+own (see there); the flags and extras below are the element-wise rules'.
+
 Flags and extras (keyword-only):
 
 - ``fused=None`` (default) or ``True``: fastopt's native step. ``fused=False``: torch's own
