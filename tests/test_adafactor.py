@@ -249,3 +249,23 @@ def test_writes_nothing_outside_the_arrays(shape):
     for k, b in bufs.items():
         assert (b[:guard] == -3.5).all() and (b[-guard:] == -3.5).all(), k
     assert opt.state[0]["step"] == 3
+
+
+def test_torch_frontend_hooks_once_and_16_bit_params_take_torchs_step():
+    torch = pytest.importorskip("torch", reason="optional: pip install torch==2.13.0")
+    import fastopt.torch as ft
+    torch.manual_seed(2)
+    start = torch.randn(6, 5).to(torch.bfloat16)
+    a, b = start.clone().requires_grad_(), start.clone().requires_grad_()
+    ours, theirs = ft.Adafactor([a], weight_decay=0.1), torch.optim.Adafactor([b],
+                                                                             weight_decay=0.1)
+    calls = []
+    ours.register_step_pre_hook(lambda opt, args, kwargs: calls.append(1))
+    for _ in range(3):
+        g = torch.randn(6, 5).to(torch.bfloat16)
+        a.grad, b.grad = g.clone(), g.clone()
+        ours.step()
+        theirs.step()
+    assert torch.equal(a, b) and len(calls) == 3
+    loss = ft.Adafactor([torch.zeros(2, requires_grad=True)]).step(lambda: 4.0)
+    assert loss == 4.0
