@@ -101,6 +101,7 @@ class Optimizer:
         self._steps = np.zeros(0, dtype=np.int64)
         self._aux = np.zeros((0, len(self._spec.aux)))   # per param: its scalar states
         self._step_views: list[Any] = []        # the 0-d views at state[i]["step"]
+        self._aux_views: dict[int, tuple] = {}  # the 0-d views at state[i][aux key]
         self._args: Any = None          # float64 (groups, nargs) records of the last validation
         self._args_key: Any = None      # the group values (objects) they were made from
         self._slots: list[tuple] = []   # per group: (stream, key) of the buffers it needs
@@ -225,8 +226,32 @@ class Optimizer:
     def _point_views(self, i: int, st: dict) -> None:
         if self._spec.step_state:
             st["step"] = self._step_views[i] = self._steps[i:i + 1].reshape(())
-        for k, key in enumerate(self._spec.aux):
-            st[key] = self._aux[i, k:k + 1].reshape(())
+        if self._spec.aux:
+            views = tuple(self._aux[i, k:k + 1].reshape(()) for k in range(len(self._spec.aux)))
+            st.update(zip(self._spec.aux, views))
+            self._aux_views[i] = views
+
+    def _adopt_scalars(self) -> None:
+        """Take the per-param scalar states (NAdam's mu_product; ASGD's eta and mu) a user
+        replaced in ``state`` (the step reads them from its own table, which the state's 0-d
+        views show): every replacement is checked before any is taken."""
+        keys, views = self._spec.aux, self._aux_views
+        taken = []
+        for i, st in self.state.items():
+            mine = views.get(i)
+            for k, key in enumerate(keys):
+                v = st.get(key)
+                if mine is not None and v is mine[k]:
+                    continue
+                if v is None and key not in st:
+                    continue        # created with the rest of the state on the param's step
+                scalar = v.item() if isinstance(v, np.ndarray) and v.size == 1 else v
+                taken.append((i, k, _validation.real(key, scalar, low=None,
+                                                     what=f"state[{i}][{key!r}]")))
+        for i, k, value in taken:
+            self._aux[i, k] = value
+        for i in {i for i, _, _ in taken}:
+            self._point_views(i, self.state[i])
 
     # ---- stepping ----------------------------------------------------------------------------
 
@@ -288,6 +313,8 @@ class Optimizer:
                 grads = _validation.check_grads_sequence(grads, len(self._group_of))
             grads = tuple(grads)        # the step holds its own references
             self._hyper_args()
+            if self._spec.aux:
+                self._adopt_scalars()
             if grad_scale is not None:
                 grad_scale = _validation.real("grad_scale", grad_scale, low=None)
                 if not grad_scale > 0:
