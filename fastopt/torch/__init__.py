@@ -71,7 +71,7 @@ Where fastopt differs from torch:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -809,37 +809,30 @@ class ASGD(_Native, torch.optim.ASGD):
             state["ax"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
 
-# ---- Lion ----------------------------------------------------------------------------------
+# ---- fastopt's own rules: Lion, LAMB ---------------------------------------------------------
 
-class Lion(_Native, torch.optim.Optimizer):
-    r"""Lion (Chen et al., 2023), fastopt's rule (see ``fastopt.Lion``); torch has none.
+def _check_torch_style(lr, betas, weight_decay, eps=None) -> None:
+    """The constructor checks of a rule torch lacks, with torch.optim's messages."""
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if eps is not None and not 0.0 <= eps:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    if not 0.0 <= betas[0] < 1.0:
+        raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+    if not 0.0 <= betas[1] < 1.0:
+        raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
 
-    ``Lion(params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0, *, maximize=False, fused=None,
-    l1=0, max_grad_norm=None, clip_value=None)``. State: ``step`` (0-d float32 tensor) and
-    ``exp_avg``. ``fused=False`` runs a plain torch implementation of the same rule (also used
-    for float16/bfloat16 params), equal to the native one up to rounding.
-    """
 
-    _fo_spec = _spec.LION
+class _OwnRule(_Native, torch.optim.Optimizer):
+    """A rule torch.optim lacks: ``fused=False`` (and what the native step cannot take) runs
+    ``_fo_plain(opt, groups)``, a plain torch implementation of the same rule."""
+
     _fo_own_fused = True
-
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
-                 maximize=False, fused=None, l1=0.0, max_grad_norm=None, clip_value=None,
-                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
-        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        self._fo_begin(locals())
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
-                                      maximize=maximize, differentiable=False))
-        self._fo_end()
+    _fo_plain: Any
 
     def step(self, closure=None):
         """Perform a single optimization step (see ``fastopt.torch``)."""
@@ -850,8 +843,31 @@ class Lion(_Native, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        _lion_torch(self, self.param_groups)
+        self._fo_plain(self, self.param_groups)
         return loss
+
+
+class Lion(_OwnRule):
+    r"""Lion (Chen et al., 2023), fastopt's rule (see ``fastopt.Lion``); torch has none.
+
+    ``Lion(params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0, *, maximize=False, fused=None,
+    l1=0, max_grad_norm=None, clip_value=None)``. State: ``step`` (0-d float32 tensor) and
+    ``exp_avg``. ``fused=False`` runs a plain torch implementation of the same rule, equal to
+    the native one up to rounding.
+    """
+
+    _fo_spec = _spec.LION
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
+                 maximize=False, fused=None, l1=0.0, max_grad_norm=None, clip_value=None,
+                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
+        _check_torch_style(lr, betas, weight_decay)
+        self._fo_begin(locals())
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                                      maximize=maximize, differentiable=False))
+        self._fo_end()
+
+    _fo_plain = staticmethod(lambda opt, groups: _lion_torch(opt, groups))
 
 
 @torch.no_grad()
@@ -880,7 +896,7 @@ def _lion_torch(opt, groups):
 
 # ---- LAMB ----------------------------------------------------------------------------------
 
-class LAMB(_Native, torch.optim.Optimizer):
+class LAMB(_OwnRule):
     r"""LAMB with Apex FusedLAMB's trust ratio, fastopt's rule (see ``fastopt.LAMB``); torch
     has none.
 
@@ -892,24 +908,12 @@ class LAMB(_Native, torch.optim.Optimizer):
     """
 
     _fo_spec = _spec.LAMB
-    _fo_own_fused = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
                  bias_correction=True, *, use_nvlamb=False, maximize=False, fused=None,
                  l1=0.0, max_grad_norm=None, clip_value=None,
                  master_weights=False, rounding="nearest", state_dtype=None, seed=0):
-        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        _check_torch_style(lr, betas, weight_decay, eps)
         self._fo_begin(locals())
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay,
@@ -917,17 +921,7 @@ class LAMB(_Native, torch.optim.Optimizer):
                                       maximize=maximize, differentiable=False))
         self._fo_end()
 
-    def step(self, closure=None):
-        """Perform a single optimization step (see ``fastopt.torch``)."""
-        return _Native.step(self, closure)
-
-    def _fo_torch_step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        _lamb_torch(self, self.param_groups)
-        return loss
+    _fo_plain = staticmethod(lambda opt, groups: _lamb_torch(opt, groups))
 
 
 @torch.no_grad()
