@@ -35,12 +35,18 @@ Method
   over the rounds. Big cases (NumPy at 1e7) therefore run only a few times. A system slower than
   ``--max-call`` seconds per call (twice in a row) is timed once and said so in the header.
   The garbage collector is off while timing.
+- The tail: in every round, a system's batch of at most 32 calls is timed call by call; a bigger
+  batch is timed as a whole and followed by 32 single steps timed one by one. ``p90 step`` and
+  ``worst step`` are the 90th percentile and the maximum of those single steps (``p50_s``,
+  ``p90_s``, ``max_s`` in ``--json``); each includes one timestamp's cost, which the header
+  reports (about 0.1 us on a VM whose clock is not the TSC).
 - Small layouts are cache resident across a batch: their figures measure per-call overhead and
   in-cache speed, which is what a training loop of small tensors sees.
 
 What the columns mean
 ---------------------
-- ``time/step``: median wall time of one step.
+- ``time/step``: median wall time of one step (over the rounds' batches).
+- ``p90 step``, ``worst step``: the 90th percentile and the worst of single steps.
 - ``GB/s``: the rule's *minimum* memory traffic divided by the time: every stream read once,
   every in-place target written once. Per element, in bytes of the dtype: Adam reads p, g, m, v
   and writes p, m, v (7 x 4 = 28 bytes in float32), AMSGrad 9 x 4 = 36, SGD with momentum 5 x 4 =
@@ -48,7 +54,7 @@ What the columns mean
   so a system that makes extra passes (NumPy's temporaries) shows a lower "effective" GB/s.
 - ``% probe``: probe_time / system_time * 100, i.e. how close the system is to the physical
   limit of its memory traffic (100 % = as fast as merely streaming the data).
-- ``fastopt speed-up``: this system's time / the fastopt optimizer's time ("x faster").
+- ``vs fastopt``: this system's time / the fastopt optimizer's time ("x faster").
 - ``used``: the threads fastopt really uses: steps below the parallel grain (elements per
   thread, see ``fastopt.show_config()``) stay on the calling thread whatever the setting.
 
@@ -229,6 +235,9 @@ class System:
     slow: bool = False             # over Settings.max_call per call: timed once only
     samples: dict = field(default_factory=dict)   # threads -> [seconds per call, per round]
     batch: dict = field(default_factory=dict)     # threads -> calls per batch
+    steps: dict = field(default_factory=dict)     # threads -> [seconds of single steps]
+    bytes_per_element: int | None = None   # storage/model rows: this system's own traffic
+    state_bytes: float | None = None       # storage/model rows: optimizer state bytes/param
 
 
 def probe_system(spec, params, grads):
@@ -371,6 +380,47 @@ def time_batch(fn, batch: int) -> float:
     return (time.perf_counter_ns() - t0) / batch / 1e9
 
 
+TAIL_CALLS = 32     # single steps timed one by one per round (the tail: p90, worst)
+
+
+def time_steps(fn, count: int) -> list[float]:
+    """Seconds of each of ``count`` back-to-back calls, each timed on its own (the clock's own
+    cost, ``clock_cost()``, is included in every figure)."""
+    clock = time.perf_counter_ns
+    stamps = [0] * (count + 1)
+    stamps[0] = clock()
+    for i in range(count):
+        fn()
+        stamps[i + 1] = clock()
+    return [(b - a) / 1e9 for a, b in zip(stamps, stamps[1:])]
+
+
+def clock_cost() -> float:
+    """Seconds that one timestamp of ``time_steps`` costs (the median of a few estimates)."""
+    return statistics.median(statistics.fmean(time_steps(lambda: None, 2000))
+                             for _ in range(5))
+
+
+def time_round(fn, batch: int, steps: list) -> float:
+    """One round of one system: seconds per call of a batch (the headline), and single-step
+    times appended to ``steps``. A batch of at most TAIL_CALLS calls is itself timed step by
+    step; a bigger one is timed as a whole and followed by TAIL_CALLS single steps."""
+    if batch <= TAIL_CALLS:
+        one = time_steps(fn, batch)
+        steps += one
+        return sum(one) / batch
+    mean = time_batch(fn, batch)
+    steps += time_steps(fn, TAIL_CALLS)
+    return mean
+
+
+def tail(steps, samples) -> dict:
+    """median / p90 / worst of the single steps (of the rounds' figures if none)."""
+    xs = np.asarray(steps if steps else samples, dtype=np.float64)
+    return {"p50_s": float(np.percentile(xs, 50)), "p90_s": float(np.percentile(xs, 90)),
+            "max_s": float(xs.max()), "steps_timed": int(xs.size)}
+
+
 def calibrate(fn, settings: Settings, first: float) -> tuple[int, float]:
     """Finish the warm-up (the caller made the first call, which took ``first`` seconds), then
     pick the batch size: (calls per batch, estimated seconds per batch). The estimate is the
@@ -400,6 +450,7 @@ def measure(systems, nthreads, settings: Settings, progress, what: str, notes) -
             first = time_batch(fn, 1)
             if first > settings.max_call:
                 s.samples[nthreads], s.batch[nthreads], s.slow = [first], 1, True
+                s.steps[nthreads] = [first]
                 notes.add(f"note: {s.label} on {what}: {first:.2f} s per call (over "
                           f"--max-call {settings.max_call} s): timed once, not at other "
                           "thread counts")
@@ -419,7 +470,7 @@ def measure(systems, nthreads, settings: Settings, progress, what: str, notes) -
             k = r % len(timed)
             for s in timed[k:] + timed[:k]:
                 s.samples.setdefault(nthreads, []).append(
-                    time_batch(fns[s.key], s.batch[nthreads]))
+                    time_round(fns[s.key], s.batch[nthreads], s.steps.setdefault(nthreads, [])))
     finally:
         gc.enable()
 
@@ -478,7 +529,8 @@ def summarize(spec, dtype, layout, nthreads, systems, first_threads) -> dict:
         if not samples:
             continue
         t = statistics.median(samples)
-        out[s.key] = {"label": s.label, "time_s": t, "gb_per_s": nbytes / t / GB,
+        out[s.key] = {"label": s.label, "time_s": t, **tail(s.steps.get(n), samples),
+                      "gb_per_s": nbytes / t / GB,
                       "rounds": len(samples), "batch": s.batch[n],
                       "measured_threads": n, "samples_s": samples}
     probe = out["probe"]["time_s"]
@@ -554,7 +606,7 @@ def environment(torch, thread_counts, load_before, cpu_before) -> dict:
         "python": platform.python_version(), "numpy": np.__version__,
         "torch": torch.__version__ if torch is not None else None,
         "allocator": allocator_setting(), "openmp_runtimes": openmp_runtimes(),
-        "threads": thread_counts,
+        "threads": thread_counts, "clock_cost_s": clock_cost(),
     }
 
 
@@ -638,6 +690,8 @@ def header_lines(env, bw, notes, wall) -> list[str]:
     if env["torch"]:
         lines.append(f"torch {env['torch']}: torch.set_num_threads = the thread count; "
                      "foreach=False, foreach=True, fused=True")
+    lines.append(f"single steps (p90, worst): timed one by one with time.perf_counter_ns, "
+                 f"{env['clock_cost_s'] * 1e9:.0f} ns per timestamp on this machine (included)")
     if env["openmp_runtimes"]:
         lines.append(f"OpenMP runtimes loaded: {env['openmp_runtimes']}")
     lines += sorted(notes)
@@ -658,8 +712,8 @@ def header_lines(env, bw, notes, wall) -> list[str]:
 
 
 TABLE_HEAD = (f"{'layout':<12} {'elements':>10} {'tensors':>7} {'used':>4}  "
-              f"{'system':<30} {'time/step':>11} {'GB/s':>7} {'% probe':>7} "
-              f"{'fastopt speed-up':>16} {'rounds':>6}")
+              f"{'system':<28} {'time/step':>11} {'p90 step':>11} {'worst step':>11} "
+              f"{'GB/s':>7} {'% probe':>7} {'vs fastopt':>10} {'rounds':>6}")
 
 
 def section_lines(rows) -> list[str]:
@@ -673,8 +727,9 @@ def section_lines(rows) -> list[str]:
             lead = (f"{r['layout']:<12} {r['elements']:>10,} {r['tensors']:>7} "
                     f"{r['threads_used']:>4}" if first else " " * 36)
             speed = "" if key in ("probe", "fastopt") else f"{s['fastopt_speedup']:.2f}x"
-            lines.append(f"{lead}  {s['label']:<30} {fmt_time(s['time_s'])} "
-                         f"{s['gb_per_s']:7.2f} {s['pct_probe']:7.1f} {speed:>16} "
+            lines.append(f"{lead}  {s['label']:<28} {fmt_time(s['time_s'])} "
+                         f"{fmt_time(s['p90_s'])} {fmt_time(s['max_s'])} "
+                         f"{s['gb_per_s']:7.2f} {s['pct_probe']:7.1f} {speed:>10} "
                          f"{s['rounds']:>6}")
             first = False
         lines.append("")
@@ -684,8 +739,8 @@ def section_lines(rows) -> list[str]:
 def summary_lines(rows) -> list[str]:
     lines = ["== Summary: the fastopt optimizer's step (x = times faster) ==",
              f"{'optimizer':<10} {'dtype':<8} {'layout':<12} {'thr':>3} {'used':>4} "
-             f"{'time/step':>11} {'GB/s':>7} {'% probe':>7} {'vs numpy':>9} "
-             f"{'vs torch':>9}  best torch"]
+             f"{'time/step':>11} {'p90 step':>11} {'worst step':>11} {'GB/s':>7} "
+             f"{'% probe':>7} {'vs numpy':>9} {'vs torch':>9}  best torch"]
     for r in rows:
         f = r["systems"]["fastopt"]
         vs_np = f"{r['speedup_vs_numpy']:.2f}x" if r["speedup_vs_numpy"] else "-"
@@ -693,8 +748,8 @@ def summary_lines(rows) -> list[str]:
         best = r["systems"][r["best_torch"]]["label"] if r["best_torch"] else "(no torch)"
         lines.append(f"{r['optimizer']:<10} {r['dtype']:<8} {r['layout']:<12} "
                      f"{r['threads']:>3} {r['threads_used']:>4} {fmt_time(f['time_s'])} "
-                     f"{f['gb_per_s']:7.2f} {f['pct_probe']:7.1f} {vs_np:>9} {vs_t:>9}  "
-                     f"{best}")
+                     f"{fmt_time(f['p90_s'])} {fmt_time(f['max_s'])} {f['gb_per_s']:7.2f} "
+                     f"{f['pct_probe']:7.1f} {vs_np:>9} {vs_t:>9}  {best}")
     return lines
 
 
@@ -706,8 +761,11 @@ def report(env, rows, bw, notes, wall) -> str:
     for key in sections:
         lines += section_lines(sections[key])
     lines += summary_lines(rows)
-    lines += ["", "GB/s: the rule's minimum traffic / time.  % probe: probe time / system time "
-              "* 100.  fastopt speed-up: system time / fastopt time.",
+    lines += ["", "time/step: median over the rounds of a batch's time per step.  p90 step, "
+              "worst step: the 90th percentile and the maximum of single steps, each timed on "
+              f"its own (up to {TAIL_CALLS} a round; clock cost included).",
+              "GB/s: the rule's minimum traffic / time.  % probe: probe time / system time "
+              "* 100.  vs fastopt: system time / fastopt time.",
               "used: threads fastopt really uses (steps below the parallel grain run on the "
               "calling thread)."]
     return "\n".join(lines)

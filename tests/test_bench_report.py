@@ -1,4 +1,5 @@
-"""fastopt-bench runs on either backend (the NumPy one included) and says which it measured."""
+"""fastopt-bench: runs on either backend (the NumPy one included) and says which it measured;
+its tail columns, its loaded mode, and its model-shaped and storage rows."""
 from __future__ import annotations
 
 import json
@@ -8,18 +9,24 @@ import sys
 
 import pytest
 
+QUICK = ["--threads", "1", "--no-torch", "--budget", "0.02", "--min-rounds", "2"]
+
+
+def run_bench(tmp_path, *args, env=None, timeout=300):
+    """``python -m fastopt.bench ARGS --json FILE``: (the JSON document, the finished run)."""
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "fastopt.bench", *args, "--json", str(out)]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(out.read_text()), done
+
 
 @pytest.mark.parametrize("purepython", ["0", "1"])
 def test_bench_report_runs_on_both_backends(purepython, tmp_path):
     env = dict(os.environ, FASTOPT_PUREPYTHON=purepython, FASTOPT_ALLOW_SERIAL_BUILD="1")
-    out = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "fastopt.bench", "--sizes", "1e3", "--layouts", "4x1e3",
-           "--optimizers", "adam,sgd", "--threads", "1", "--no-torch", "--budget", "0.02",
-           "--min-rounds", "2", "--json", str(out)]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    data = json.loads(out.read_text())
+    data, done = run_bench(tmp_path, "--sizes", "1e3", "--layouts", "4x1e3",
+                           "--optimizers", "adam,sgd", *QUICK, env=env)
     backend = data["environment"]["fastopt"]["backend"]
     if purepython == "1":
         assert backend.startswith("numpy"), backend
@@ -27,3 +34,19 @@ def test_bench_report_runs_on_both_backends(purepython, tmp_path):
     assert data["results"], "the report has no rows"
     assert any("probe" in str(s) for s in systems), systems
     assert f"backend {backend}" in done.stdout
+
+
+def test_every_row_shows_median_p90_and_worst(tmp_path):
+    data, done = run_bench(tmp_path, "--sizes", "1e3,1e5", "--layouts", "40x1e3",
+                           "--optimizers", "adam", *QUICK)
+    assert data["results"]
+    for r in data["results"]:
+        for key, s in r["systems"].items():
+            case = f"{r['layout']} {key}: {s}"
+            assert 0 < s["p50_s"] <= s["p90_s"] <= s["max_s"], case
+            # the worst single step is at least the slowest batch's mean, hence the median's
+            assert s["time_s"] <= s["max_s"] * (1 + 1e-9), case
+            assert s["steps_timed"] >= s["rounds"], case
+    assert data["environment"]["clock_cost_s"] > 0
+    head = next(line for line in done.stdout.splitlines() if line.startswith("layout"))
+    assert "time/step" in head and "p90 step" in head and "worst step" in head, head
