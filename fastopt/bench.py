@@ -38,8 +38,8 @@ Method
 - The tail: in every round, a system's batch of at most 32 calls is timed call by call; a bigger
   batch is timed as a whole and followed by 32 single steps timed one by one. ``p90 step`` and
   ``worst step`` are the 90th percentile and the maximum of those single steps (``p50_s``,
-  ``p90_s``, ``max_s`` in ``--json``); each includes one timestamp's cost, which the header
-  reports (about 0.1 us on a VM whose clock is not the TSC).
+  ``p90_s``, ``max_s`` in ``--json``; the worst is never below a batch's mean either); each
+  includes one timestamp's cost, which the header reports (about 0.1 us on a VM).
 - Small layouts are cache resident across a batch: their figures measure per-call overhead and
   in-cache speed, which is what a training loop of small tensors sees.
 
@@ -65,12 +65,14 @@ bandwidth of the probe at the largest layout, "memory bandwidth (probe, N thread
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -415,10 +417,11 @@ def time_round(fn, batch: int, steps: list) -> float:
 
 
 def tail(steps, samples) -> dict:
-    """median / p90 / worst of the single steps (of the rounds' figures if none)."""
+    """p50 / p90 of the single steps; the worst: the slowest single step or batch mean (a
+    batch's mean is a lower bound of its slowest step, so no step seen is left out)."""
     xs = np.asarray(steps if steps else samples, dtype=np.float64)
     return {"p50_s": float(np.percentile(xs, 50)), "p90_s": float(np.percentile(xs, 90)),
-            "max_s": float(xs.max()), "steps_timed": int(xs.size)}
+            "max_s": float(max(xs.max(), max(samples))), "steps_timed": int(xs.size)}
 
 
 def calibrate(fn, settings: Settings, first: float) -> tuple[int, float]:
@@ -500,6 +503,80 @@ def set_threads(n: int, torch) -> None:
 def threads_used(nthreads: int, elements: int) -> int:
     """What fastopt's driver really uses (see _kernels.run)."""
     return max(1, min(nthreads, elements // _kernels.get_parallel_grain()))
+
+
+# ---- load: a process that keeps one core busy (--load) ------------------------------------
+
+# A busy loop that says when it runs and ends by itself if the report dies without stopping it
+# (its parent changes when the report's process is gone, even after SIGKILL).
+SPIN_CODE = ("import os, sys\n"
+             "parent = os.getppid()\n"
+             "sys.stdout.write('spinning\\n')\n"
+             "sys.stdout.flush()\n"
+             "while os.getppid() == parent:\n"
+             "    for _ in range(100000):\n"
+             "        pass\n")
+
+
+class Spinner:
+    """The load of ``--load``: a Python subprocess spinning on one core (not pinned: the
+    scheduler places it, as it would another user's job). ``start()`` returns once it runs;
+    ``stop()`` terminates it and waits for it (kills it if needed); both are idempotent, and
+    ``with Spinner():`` stops it on any exit, Ctrl-C included."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+        self.pids: list[int] = []
+        self.cpu_s = 0.0            # CPU seconds the spinners used (Linux: /proc)
+        self.wall_s = 0.0           # seconds they ran
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None
+
+    def start(self) -> None:
+        if self.proc is not None:
+            return
+        proc = subprocess.Popen([sys.executable, "-c", SPIN_CODE], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.proc, self._t0 = proc, time.perf_counter()
+        self.pids.append(proc.pid)
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"spinning":
+            self.stop()
+            raise RuntimeError("fastopt-bench: --load: the spinning process did not start")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        self.cpu_s += process_cpu_seconds(proc.pid) or 0.0
+        self.wall_s += time.perf_counter() - self._t0
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a running process (Linux /proc), else None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 # ---- one case -----------------------------------------------------------------------------
@@ -705,6 +782,13 @@ def header_lines(env, bw, notes, wall) -> list[str]:
                  f"{env['load_average_after']} after (this run adds up to its thread count)"
                  + (f"; CPU steal {env['steal_percent']} %" if env["steal_percent"] is not None
                     else ""))
+    if env.get("load"):
+        ld = env["load"]
+        which = ("every case ran unloaded and then loaded (--load both)"
+                 if ld["mode"] == "both" else "every case ran loaded (--load)")
+        busy = (f"; the spinner used {ld['spinner_cpu_s']:.1f} CPU s in "
+                f"{ld['spinner_wall_s']:.1f} s" if ld["spinner_wall_s"] else "")
+        lines.append(f"LOADED: {ld['what']} kept one core busy: {which}{busy}")
     if (env["steal_percent"] or 0) > 5:
         lines.append("warning: the hypervisor ran other guests on these CPUs (steal time "
                      "above): figures, the multi-threaded ones most, may be noisy; rerun")
@@ -719,8 +803,9 @@ TABLE_HEAD = (f"{'layout':<12} {'elements':>10} {'tensors':>7} {'used':>4}  "
 def section_lines(rows) -> list[str]:
     r0 = rows[0]
     thr = plural(r0["threads"], "thread")
+    loaded = ", LOADED (another process keeps one core busy)" if r0.get("loaded") else ""
     lines = [f"== {r0['title']}, {r0['dtype']}, {thr} "
-             f"({r0['bytes_per_element']} bytes/element moved) ==", TABLE_HEAD]
+             f"({r0['bytes_per_element']} bytes/element moved){loaded} ==", TABLE_HEAD]
     for r in rows:
         first = True
         for key, s in r["systems"].items():
@@ -739,7 +824,7 @@ def section_lines(rows) -> list[str]:
 def summary_lines(rows) -> list[str]:
     lines = ["== Summary: the fastopt optimizer's step (x = times faster) ==",
              f"{'optimizer':<10} {'dtype':<8} {'layout':<12} {'thr':>3} {'used':>4} "
-             f"{'time/step':>11} {'p90 step':>11} {'worst step':>11} {'GB/s':>7} "
+             f"{'load':<6} {'time/step':>11} {'p90 step':>11} {'worst step':>11} {'GB/s':>7} "
              f"{'% probe':>7} {'vs numpy':>9} {'vs torch':>9}  best torch"]
     for r in rows:
         f = r["systems"]["fastopt"]
@@ -747,9 +832,46 @@ def summary_lines(rows) -> list[str]:
         vs_t = f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-"
         best = r["systems"][r["best_torch"]]["label"] if r["best_torch"] else "(no torch)"
         lines.append(f"{r['optimizer']:<10} {r['dtype']:<8} {r['layout']:<12} "
-                     f"{r['threads']:>3} {r['threads_used']:>4} {fmt_time(f['time_s'])} "
+                     f"{r['threads']:>3} {r['threads_used']:>4} "
+                     f"{'loaded' if r.get('loaded') else '-':<6} {fmt_time(f['time_s'])} "
                      f"{fmt_time(f['p90_s'])} {fmt_time(f['max_s'])} {f['gb_per_s']:7.2f} "
                      f"{f['pct_probe']:7.1f} {vs_np:>9} {vs_t:>9}  {best}")
+    return lines
+
+
+def load_lines(rows) -> list[str]:
+    """``--load both``: the fastopt step unloaded and loaded side by side, and per case the
+    thread count that was fastest either way."""
+    pairs: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["optimizer"], r["dtype"], r["layout"], r["threads"])
+        pairs.setdefault(key, {})[r["loaded"]] = r
+    lines = ["== Loaded vs unloaded: the fastopt optimizer's step (loaded / unloaded) ==",
+             f"{'optimizer':<10} {'dtype':<8} {'layout':<12} {'thr':>3} {'used':>4} "
+             f"{'median':>11} {'loaded':>11} {'ratio':>6} {'p90':>11} {'loaded':>11} "
+             f"{'ratio':>6} {'worst':>11} {'loaded':>11}"]
+    best: dict[tuple, dict] = {}
+    for (opt, dtype, layout, thr), pair in pairs.items():
+        if set(pair) != {False, True}:
+            continue
+        u, lo = pair[False]["systems"]["fastopt"], pair[True]["systems"]["fastopt"]
+        lines.append(f"{opt:<10} {dtype:<8} {layout:<12} {thr:>3} "
+                     f"{pair[False]['threads_used']:>4} {fmt_time(u['time_s'])} "
+                     f"{fmt_time(lo['time_s'])} {lo['time_s'] / u['time_s']:5.2f}x "
+                     f"{fmt_time(u['p90_s'])} {fmt_time(lo['p90_s'])} "
+                     f"{lo['p90_s'] / u['p90_s']:5.2f}x {fmt_time(u['max_s'])} "
+                     f"{fmt_time(lo['max_s'])}")
+        for loaded, s in ((False, u), (True, lo)):
+            b = best.setdefault((opt, dtype, layout, loaded), {"used": set()})
+            b["used"].add(pair[False]["threads_used"])
+            if "time_s" not in b or s["time_s"] < b["time_s"]:
+                b.update(time_s=s["time_s"], threads=thr)
+    choices = [f"{opt} {dtype} {layout}: {b0['threads']} unloaded, "
+               f"{best[(opt, dtype, layout, True)]['threads']} loaded"
+               for (opt, dtype, layout, loaded), b0 in best.items()
+               if not loaded and len(b0["used"]) > 1]   # only where the threads differ
+    if choices:
+        lines += ["", "fastest thread count (median step): " + "; ".join(choices)]
     return lines
 
 
@@ -757,10 +879,13 @@ def report(env, rows, bw, notes, wall) -> str:
     lines = header_lines(env, bw, notes, wall) + [""]
     sections: dict[tuple, list] = {}
     for r in rows:
-        sections.setdefault((r["optimizer"], r["dtype"], r["threads"]), []).append(r)
+        sections.setdefault((r["optimizer"], r["dtype"], r["threads"], r["loaded"]),
+                            []).append(r)
     for key in sections:
         lines += section_lines(sections[key])
     lines += summary_lines(rows)
+    if env.get("load") and env["load"]["mode"] == "both":
+        lines += [""] + load_lines(rows)
     lines += ["", "time/step: median over the rounds of a batch's time per step.  p90 step, "
               "worst step: the 90th percentile and the maximum of single steps, each timed on "
               f"its own (up to {TAIL_CALLS} a round; clock cost included).",
@@ -867,6 +992,10 @@ def parse_args(argv):
                    "(default %(default)s)")
     p.add_argument("--min-rounds", type=int, help="fewest interleaved rounds per case "
                    "(default 5, --quick 3)")
+    p.add_argument("--load", nargs="?", const="on", choices=("on", "both"),
+                   help="run while another process keeps one core busy (a spinning "
+                   "subprocess, started and stopped by the report); 'both': every case "
+                   "unloaded and then loaded, side by side, with a comparison table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="write the results as JSON to FILE, or to stdout (instead of the "
@@ -912,6 +1041,40 @@ def layouts_from(args) -> list[Layout]:
     return layouts
 
 
+def jobs_from(args, torch, settings, progress, notes) -> list[Callable[[], list]]:
+    """The report's cases, each a call that returns its result rows."""
+    jobs: list[Callable[[], list]] = []
+    for spec in args.optimizers:
+        for dtype in args.dtypes:
+            for layout in args.layouts:
+                jobs.append(functools.partial(run_case, spec, dtype, layout, args.threads,
+                                              torch, settings, args.seed, progress, notes))
+    return jobs
+
+
+LOAD_MODES = {None: (False,), "on": (True,), "both": (False, True)}
+
+
+def run_jobs(jobs, load: str | None, spinner: Spinner, progress) -> list:
+    """Every job, unloaded and/or loaded (``--load``); rows marked ``loaded``. With
+    ``--load both`` each case runs unloaded, then at once loaded, so the two are side by
+    side. The caller stops the spinner."""
+    rows = []
+    for job in jobs:
+        for loaded in LOAD_MODES[load]:
+            if loaded and not spinner.running:
+                spinner.start()
+                print(f"fastopt-bench: --load: spinning process pid {spinner.pids[-1]} "
+                      "keeps one core busy", file=sys.stderr, flush=True)
+            elif not loaded:
+                spinner.stop()
+            for r in job():
+                r["loaded"] = loaded
+                rows.append(r)
+            progress.done += 1
+    return rows
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     plt = require_matplotlib() if args.plot else None
@@ -926,22 +1089,26 @@ def main(argv=None) -> int:
     settings.max_call = args.max_call
     notes = {torch_note} if torch_note else set()
     old_torch_threads = torch.get_num_threads() if torch is not None else None
-    cases = [(s, d, lay) for s in args.optimizers for d in args.dtypes for lay in args.layouts]
-    progress = Progress(len(cases))
-    rows, start, load_before, cpu_before = [], time.perf_counter(), load_average(), cpu_times()
+    progress = Progress(0)
+    jobs = jobs_from(args, torch, settings, progress, notes)
+    progress.total = len(jobs) * len(LOAD_MODES[args.load])
+    spinner = Spinner()
+    start, load_before, cpu_before = time.perf_counter(), load_average(), cpu_times()
     try:
-        for spec, dtype, layout in cases:
-            rows += run_case(spec, dtype, layout, args.threads, torch, settings, args.seed,
-                             progress, notes)
-            progress.done += 1
+        rows = run_jobs(jobs, args.load, spinner, progress)
+    except KeyboardInterrupt:
+        print("\nfastopt-bench: interrupted", file=sys.stderr)
+        return 130
     finally:
+        spinner.stop()
         progress.close()
         fastopt.set_num_threads(None)
         if torch is not None:
             torch.set_num_threads(old_torch_threads)
     wall = time.perf_counter() - start
     env = environment(torch, args.threads, load_before, cpu_before)
-    bw = bandwidth(rows)
+    env["load"] = load_info(args.load, spinner)
+    bw = bandwidth([r for r in rows if not r["loaded"]] or rows)
     if args.json:
         doc = {"environment": env, "memory_bandwidth": bw, "notes": sorted(notes),
                "settings": vars(settings), "wall_s": wall, "results": rows}
@@ -954,9 +1121,17 @@ def main(argv=None) -> int:
     if args.json != "-":
         print(report(env, rows, bw, notes, wall))
     if plt is not None:
-        plot(rows, args.plot, plt)
+        plot([r for r in rows if not r["loaded"]] or rows, args.plot, plt)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
+
+
+def load_info(mode, spinner: Spinner) -> dict | None:
+    if mode is None:
+        return None
+    return {"mode": mode, "what": "one spinning Python process (a busy loop, not pinned)",
+            "spinner_pids": spinner.pids, "spinner_cpu_s": round(spinner.cpu_s, 2),
+            "spinner_wall_s": round(spinner.wall_s, 2)}
 
 
 if __name__ == "__main__":

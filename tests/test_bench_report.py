@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -50,3 +51,69 @@ def test_every_row_shows_median_p90_and_worst(tmp_path):
     assert data["environment"]["clock_cost_s"] > 0
     head = next(line for line in done.stdout.splitlines() if line.startswith("layout"))
     assert "time/step" in head and "p90 step" in head and "worst step" in head, head
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) process running the spinner's code."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X") and b"getppid" in cmdline
+
+
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+
+
+@needs_proc
+def test_spinner_starts_and_stops_also_on_an_exception():
+    from fastopt import bench
+    spinner = bench.Spinner()
+    with pytest.raises(ZeroDivisionError):
+        with spinner:
+            pid = spinner.proc.pid
+            assert _alive(pid), "the spinner is not running"
+            time.sleep(0.3)
+            raise ZeroDivisionError
+    assert not spinner.running and not _alive(pid), "the spinner outlived the with block"
+    spinner.stop()                      # idempotent
+    assert spinner.cpu_s > 0.05, spinner.cpu_s     # it did spin
+
+
+@needs_proc
+def test_load_mode_says_it_ran_loaded_and_leaves_no_process(tmp_path):
+    data, done = run_bench(tmp_path, "--sizes", "1e3", "--layouts", "none",
+                           "--optimizers", "adam", *QUICK, "--load", "both")
+    load = data["environment"]["load"]
+    assert load["mode"] == "both" and load["spinner_pids"], load
+    assert sorted(r["loaded"] for r in data["results"]) == [False, True]
+    assert "LOADED" in done.stdout and "Loaded vs unloaded" in done.stdout
+    for pid in load["spinner_pids"]:
+        assert not _alive(pid), f"spinner {pid} is still running"
+
+
+@needs_proc
+def test_load_mode_stops_its_spinner_on_ctrl_c(tmp_path):
+    import signal
+    cmd = [sys.executable, "-m", "fastopt.bench", "--sizes", "1e5", "--layouts", "none",
+           "--threads", "1", "--no-torch", "--budget", "30", "--min-rounds", "1000",
+           "--load"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert "spinning process pid" in line, line
+        pid = int(line.split("pid")[1].split()[0])
+        assert _alive(pid)
+        time.sleep(0.5)                 # inside the timed rounds
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert not _alive(pid), f"spinner {pid} outlived the interrupted report"
