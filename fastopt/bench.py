@@ -65,6 +65,7 @@ bandwidth of the probe at the largest layout, "memory bandwidth (probe, N thread
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import gc
 import json
@@ -91,6 +92,10 @@ BIG_SIZE = 10**8
 DEFAULT_LAYOUTS = ("1000x1e3", "100x1e5", "transformer")
 QUICK_SIZES = (10**3, 10**5, 10**6)
 QUICK_LAYOUTS = ("1000x1e3",)
+ROW_KINDS = ("steps", "storage", "models")
+DEFAULT_ROWS = ("steps", "storage")
+STORAGE_SIZES = (10**6, 10**7)
+QUICK_STORAGE_SIZES = (10**6,)
 MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX",
               "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
 
@@ -238,7 +243,7 @@ class System:
     samples: dict = field(default_factory=dict)   # threads -> [seconds per call, per round]
     batch: dict = field(default_factory=dict)     # threads -> calls per batch
     steps: dict = field(default_factory=dict)     # threads -> [seconds of single steps]
-    bytes_per_element: int | None = None   # storage/model rows: this system's own traffic
+    bytes_per_element: float | None = None   # storage/model rows: this system's own traffic
     state_bytes: float | None = None       # storage/model rows: optimizer state bytes/param
 
 
@@ -618,7 +623,8 @@ def summarize(spec, dtype, layout, nthreads, systems, first_threads) -> dict:
     torch_keys = [k for k in out if k.startswith("torch")]
     best_torch = min(torch_keys, key=lambda k: out[k]["time_s"]) if torch_keys else None
     return {
-        "optimizer": spec.key, "title": spec.title, "dtype": np.dtype(dtype).name,
+        "kind": "steps", "optimizer": spec.key, "title": spec.title,
+        "dtype": np.dtype(dtype).name,
         "layout": layout.name, "elements": layout.elements, "tensors": layout.tensors,
         "threads": nthreads, "threads_used": threads_used(nthreads, layout.elements),
         "bytes_per_element": spec.bytes_per_element(np.dtype(dtype).itemsize),
@@ -627,6 +633,315 @@ def summarize(spec, dtype, layout, nthreads, systems, first_threads) -> dict:
         "best_torch": best_torch,
         "speedup_vs_torch": out[best_torch]["time_s"] / fast if best_torch else None,
     }
+
+
+# ---- model-shaped rows (--models) and 16-bit storage rows ----------------------------------
+
+def resnet50_shapes(width: int = 64, classes: int = 1000, blocks=(3, 4, 6, 3),
+                    expansion: int = 4) -> list[tuple[int, ...]]:
+    """torchvision's ResNet-50 parameters in its order: conv weights (out, in, kh, kw) without
+    biases, every BatchNorm's weight and bias, the fc layer. A stem (7x7 conv, BN), four stages
+    of bottleneck blocks (1x1 reduce, 3x3, 1x1 expand to ``expansion`` x, each with a BN; the
+    first block of a stage adds a 1x1 projection and its BN), fc. 161 tensors, 25,557,032
+    params at the defaults."""
+    shapes: list[tuple[int, ...]] = [(width, 3, 7, 7), (width,), (width,)]
+    inplanes = width
+    for stage, count in enumerate(blocks):
+        planes = width * 2**stage
+        out = planes * expansion
+        for b in range(count):
+            shapes += [(planes, inplanes, 1, 1), (planes,), (planes,),
+                       (planes, planes, 3, 3), (planes,), (planes,),
+                       (out, planes, 1, 1), (out,), (out,)]
+            if b == 0:
+                shapes += [(out, inplanes, 1, 1), (out,), (out,)]      # the projection
+            inplanes = out
+    return shapes + [(classes, inplanes), (classes,)]
+
+
+def gpt2_shapes(d: int = 768, layers: int = 12, vocab: int = 50257,
+                ctx: int = 1024) -> list[tuple[int, ...]]:
+    """GPT-2 small's parameters (Hugging Face's order; Conv1D weights are (in, out)): token and
+    position embeddings, per block ln_1, attn.c_attn (d x 3d) and its bias, attn.c_proj (d x d)
+    and its bias, ln_2, mlp.c_fc (d x 4d), mlp.c_proj (4d x d) and their biases, then ln_f.
+    The LM head is tied to wte (no tensor of its own). 148 tensors, 124,439,808 params at the
+    defaults."""
+    shapes: list[tuple[int, ...]] = [(vocab, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,),
+                   (d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+    return shapes + [(d,), (d,)]
+
+
+MODELS = {
+    "resnet50": ("ResNet-50", lambda k: resnet50_shapes(width=max(1, 64 // k),
+                                                        classes=max(1, 1000 // k))),
+    "gpt2-small": ("GPT-2 small", lambda k: gpt2_shapes(d=max(1, 768 // k),
+                                                        vocab=max(1, 50257 // k),
+                                                        ctx=max(1, 1024 // k))),
+}
+
+
+def model_layout(name: str, scale: int = 1) -> Layout:
+    """A MODELS entry as a layout; ``scale`` divides every width (tests use a small copy)."""
+    title, shapes = MODELS[name]
+    return Layout(name if scale == 1 else f"{name}/{scale}", tuple(shapes(scale)))
+
+
+def bf16_dtype():
+    """ml_dtypes' bfloat16, or None when ml_dtypes is not installed."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+class Skip(Exception):
+    """A row's system that cannot run here; the message says why."""
+
+
+def traffic(params, grads, state: list, master: bool) -> tuple[float, float]:
+    """(bytes moved per element, optimizer state bytes per param) of one step, from the arrays
+    themselves: the param read and written (written only with a master copy), the gradient
+    read, every per-element state buffer (the master copy included) read and written."""
+    n = sum(p.size for p in params)
+    moved = sum(p.nbytes for p in params) * (1 if master else 2)
+    moved += sum(g.nbytes for g in grads)
+    held = sum(_nbytes(x) for st in state for x in st.values())
+    return (moved + 2 * held) / n, held / n
+
+
+def _nbytes(x) -> int:
+    """Bytes of a per-element state buffer (a NumPy array or torch tensor; scalars: 0)."""
+    if getattr(x, "ndim", 0) < 1:
+        return 0
+    return x.nbytes if isinstance(x, np.ndarray) else x.numel() * x.element_size()
+
+
+def fastopt_storage_system(spec, key, label, params, grads, **storage):
+    """fastopt's optimizer on its own copy of ``params`` with storage options (bf16, master
+    weights, state_dtype, ...); raises Skip if the optimizer refuses them."""
+    cls = getattr(fastopt, spec.fastopt_cls)
+    p, g = copies(params), list(grads)
+    try:
+        opt = cls(p, **spec.kwargs, **storage)
+        opt.step(g)                     # creates the state
+    except (TypeError, ValueError, NotImplementedError) as e:
+        raise Skip(f"fastopt.{spec.fastopt_cls}({_kw(storage)}) refused: {e}") from None
+    s = System(key, label, lambda n: (lambda: opt.step(g)))
+    s.bytes_per_element, s.state_bytes = traffic(p, g, list(opt.state.values()),
+                                                 bool(storage.get("master_weights")))
+    return s
+
+
+def _kw(storage) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in storage.items())
+
+
+def eight_bit_system(spec, params, grads):
+    """The 8-bit states hook: a row once ``state_dtype="8bit"`` is accepted (detected by
+    trying it on a small tensor), skipped with the reason until then."""
+    cls = getattr(fastopt, spec.fastopt_cls)
+    try:
+        cls([np.zeros(64, np.float32)], state_dtype="8bit").step([np.ones(64, np.float32)])
+    except (TypeError, ValueError, NotImplementedError) as e:
+        raise Skip(f"8-bit states not available (fastopt.{spec.fastopt_cls}"
+                   f"(state_dtype='8bit'): {e})") from None
+    return fastopt_storage_system(spec, "fastopt 8bit", f"fastopt {spec.fastopt_cls} 8-bit "
+                                  "states", params, grads, state_dtype="8bit")
+
+
+def torch_mixed_system(torch, spec, key, variant, params, grads, dtype=None):
+    """torch.optim (``variant`` of TORCH_VARIANTS) on its own copy of the data, in ``dtype``
+    (a torch dtype; None: float32 from the NumPy arrays); raises Skip if torch refuses."""
+    _, what, impl = variant
+    tensors = []
+    for a, g in zip(params, grads):
+        t = torch.from_numpy(a.astype(np.float32, copy=True))
+        gt = torch.from_numpy(np.asarray(g, np.float32))
+        if dtype is not None:
+            t, gt = t.to(dtype), gt.to(dtype)
+        t.requires_grad_(True)
+        t.grad = gt
+        tensors.append(t)
+    name = str(dtype).replace("torch.", "") if dtype is not None else "float32"
+    try:
+        opt = getattr(torch.optim, spec.torch_cls)(tensors, **spec.kwargs, **impl)
+        opt.step()
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise Skip(f"torch {spec.torch_cls} {what} {name}: not supported here ({e})") from None
+    with torch.no_grad():
+        ps = [t.detach() for t in tensors]
+        gs = [t.grad for t in tensors]
+        nbytes = sum(x.numel() * x.element_size() for x in ps) * 2
+        nbytes += sum(x.numel() * x.element_size() for x in gs)
+        held = sum(_nbytes(x) for st in opt.state.values() for x in st.values())
+    n = sum(x.numel() for x in ps)
+    s = System(key, f"torch {spec.torch_cls} {what} {name}", lambda n: opt.step)
+    s.bytes_per_element, s.state_bytes = (nbytes + 2 * held) / n, held / n
+    return s
+
+
+def run_extra_case(kind, title, spec, layout, builders, thread_counts, settings, seed,
+                   progress, notes, torch):
+    """One model or storage case: ``builders`` are (key, label, build(params, grads)) where
+    build returns a System or raises Skip. The probe has the float32 traffic of ``spec``; each
+    system is compared with the probe's time for its own bytes."""
+    params, grads = make_data(layout, np.float32, seed)
+    systems = [probe_system(spec, params, grads)]
+    systems[0].bytes_per_element = spec.bytes_per_element(4)
+    order: list[System | tuple[str, dict]] = list(systems)   # systems and skips, in order
+    for key, label, build in builders:
+        try:
+            systems.append(build(params, grads))
+            order.append(systems[-1])
+        except Skip as e:
+            order.append((key, {"label": label, "skipped": str(e)}))
+    del params, grads
+    rows = []
+    for n in thread_counts:
+        set_threads(n, torch)
+        what = f"{kind} {layout.name} x{n} thread{'s' * (n > 1)}"
+        measure([s for s in systems if not s.slow], n, settings, progress, what, notes)
+        rows.append(summarize_extra(kind, title, spec, layout, n, order))
+    rows[-1]["peak_rss_gib"] = peak_rss_gib()
+    del systems, order
+    gc.collect()
+    return rows
+
+
+def summarize_extra(kind, title, spec, layout, nthreads, order) -> dict:
+    out: dict[str, dict] = {}
+    for s in order:
+        if isinstance(s, tuple):                # skipped: (key, {"label", "skipped"})
+            out[s[0]] = s[1]
+            continue
+        samples = s.samples.get(nthreads)
+        if not samples:
+            continue
+        t = statistics.median(samples)
+        out[s.key] = {"label": s.label, "time_s": t, **tail(s.steps.get(nthreads), samples),
+                      "bytes_per_element": s.bytes_per_element,
+                      "state_bytes_per_param": s.state_bytes,
+                      "gb_per_s": layout.elements * s.bytes_per_element / t / GB,
+                      "rounds": len(samples), "batch": s.batch[nthreads]}
+    probe_bw = out["probe"]["gb_per_s"]
+    for r in out.values():
+        if "skipped" in r:
+            continue
+        equiv = layout.elements * r["bytes_per_element"] / (probe_bw * GB)
+        r["probe_equiv_s"], r["x_probe"] = equiv, r["time_s"] / equiv
+    return {"kind": kind, "title": title, "optimizer": spec.key, "layout": layout.name,
+            "elements": layout.elements, "tensors": layout.tensors, "threads": nthreads,
+            "threads_used": threads_used(nthreads, layout.elements),
+            "probe_gb_per_s": probe_bw, "systems": out}
+
+
+def peak_rss_gib() -> float | None:
+    """The process's peak resident memory so far (Linux/macOS), GiB."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**30 if sys.platform == "darwin" else 2**20), 2)
+
+
+def model_builders(spec, torch, bf16):
+    cls = spec.fastopt_cls
+    builders = [("fastopt", f"fastopt {cls} float32",
+                 lambda p, g: fastopt_storage_system(spec, "fastopt", f"fastopt {cls} float32",
+                                                     p, g))]
+    if bf16 is None:
+        builders.append(("fastopt bf16+master", f"fastopt {cls} bf16 + f32 master",
+                         _skip("bfloat16: ml_dtypes is not installed (pip install "
+                               "'fastopt[bf16]')")))
+    else:
+        builders.append(("fastopt bf16+master", f"fastopt {cls} bf16 + f32 master",
+                         lambda p, g: fastopt_storage_system(
+                             spec, "fastopt bf16+master", f"fastopt {cls} bf16 + f32 master",
+                             [x.astype(bf16) for x in p], [x.astype(bf16) for x in g],
+                             master_weights=True)))
+    builders.append(("fastopt 8bit", f"fastopt {cls} 8-bit states",
+                     lambda p, g: eight_bit_system(spec, p, g)))
+    builders += _torch_builders(torch, spec, (TORCH_VARIANTS[2], TORCH_VARIANTS[0]), None)
+    return builders
+
+
+def _torch_builders(torch, spec, variants, dtype, name="float32"):
+    out = []
+    for v in variants:
+        key = f"{v[0]} {name}"
+        label = f"torch {spec.torch_cls} {v[1]} {name}"
+        if torch is None:
+            out.append((key, label, _skip("torch is not installed or --no-torch")))
+        else:
+            out.append((key, label, lambda p, g, v=v, key=key: torch_mixed_system(
+                torch, spec, key, v, p, g, dtype)))
+    return out
+
+
+def _skip(reason):
+    def build(params, grads):
+        raise Skip(reason)
+    return build
+
+
+# the 16-bit storage rows: (key, label, param dtype name, fastopt storage options)
+STORAGE_ROWS: tuple[tuple[str, str, str, dict], ...] = (
+    ("fastopt", "float32", "float32", {}),
+    ("bf16+master", "bf16 + f32 master + f32 states", "bfloat16", dict(master_weights=True)),
+    ("bf16+f32 states", "bf16 + f32 states (no master)", "bfloat16",
+     dict(state_dtype=np.float32)),
+    ("bf16", "bf16 params and states", "bfloat16", {}),
+    ("f16+master", "f16 + f32 master + f32 states", "float16", dict(master_weights=True)),
+    ("f16", "f16 params and states", "float16", {}),
+)
+
+
+def storage_builders(spec, torch, bf16):
+    builders = []
+    for key, label, dname, storage in STORAGE_ROWS:
+        label = f"fastopt {spec.fastopt_cls} {label}"
+        if dname == "bfloat16" and bf16 is None:
+            builders.append((key, label, _skip("bfloat16: ml_dtypes is not installed (pip "
+                                               "install 'fastopt[bf16]')")))
+            continue
+        dtype = bf16 if dname == "bfloat16" else np.dtype(dname)
+        builders.append((key, label, lambda p, g, key=key, label=label, dtype=dtype,
+                         storage=storage: fastopt_storage_system(
+                             spec, key, label, [x.astype(dtype) for x in p],
+                             [x.astype(dtype) for x in g], **storage)))
+    bt = torch.bfloat16 if torch is not None else None
+    builders += _torch_builders(torch, spec, (TORCH_VARIANTS[2], TORCH_VARIANTS[0]), bt,
+                                "bf16")
+    return builders
+
+
+EXTRA_HEAD = (f"{'system':<38} {'B/elem':>6} {'state B/param':>13} {'time/step':>11} "
+              f"{'p90 step':>11} {'worst step':>11} {'GB/s':>7} {'probe equiv':>11} "
+              f"{'x probe':>7} {'rounds':>6}")
+
+
+def extra_section_lines(r) -> list[str]:
+    thr = plural(r["threads"], "thread")
+    loaded = ", LOADED (another process keeps one core busy)" if r.get("loaded") else ""
+    lines = [f"== {r['title']}: {r['layout']}, {r['elements']:,} params in "
+             f"{plural(r['tensors'], 'tensor')}, {thr} ({r['threads_used']} used){loaded} ==",
+             EXTRA_HEAD]
+    for key, s in r["systems"].items():
+        if "skipped" in s:
+            lines.append(f"{s['label']:<38} skipped: {s['skipped']}")
+            continue
+        state = "-" if key == "probe" else f"{s['state_bytes_per_param']:.2f}"
+        lines.append(f"{s['label']:<38} {s['bytes_per_element']:6.1f} {state:>13} "
+                     f"{fmt_time(s['time_s'])} {fmt_time(s['p90_s'])} {fmt_time(s['max_s'])} "
+                     f"{s['gb_per_s']:7.2f} {fmt_time(s['probe_equiv_s'])} "
+                     f"{s['x_probe']:7.2f} {s['rounds']:>6}")
+    if r.get("peak_rss_gib") is not None:
+        lines.append(f"(peak resident memory of the report so far: {r['peak_rss_gib']:.2f} GiB)")
+    return lines + [""]
 
 
 # ---- environment --------------------------------------------------------------------------
@@ -839,6 +1154,11 @@ def summary_lines(rows) -> list[str]:
     return lines
 
 
+def steps_rows(rows) -> list[dict]:
+    """The rows of the optimizer x dtype x layout grid (not the storage or model rows)."""
+    return [r for r in rows if r["kind"] == "steps"]
+
+
 def load_lines(rows) -> list[str]:
     """``--load both``: the fastopt step unloaded and loaded side by side, and per case the
     thread count that was fastest either way."""
@@ -875,20 +1195,35 @@ def load_lines(rows) -> list[str]:
     return lines
 
 
-def report(env, rows, bw, notes, wall) -> str:
+def report(env, all_rows, bw, notes, wall) -> str:
     lines = header_lines(env, bw, notes, wall) + [""]
+    rows = steps_rows(all_rows)
     sections: dict[tuple, list] = {}
     for r in rows:
         sections.setdefault((r["optimizer"], r["dtype"], r["threads"], r["loaded"]),
                             []).append(r)
     for key in sections:
         lines += section_lines(sections[key])
-    lines += summary_lines(rows)
-    if env.get("load") and env["load"]["mode"] == "both":
+    if rows:
+        lines += summary_lines(rows)
+    if env.get("load") and env["load"]["mode"] == "both" and rows:
         lines += [""] + load_lines(rows)
+    extra = [r for r in all_rows if r["kind"] != "steps"]
+    if extra:
+        lines += ["", "== Storage and model rows: every system's own traffic (B/elem) against "
+                  "the probe's time for it ==", ""]
+        for r in extra:
+            lines += extra_section_lines(r)
+        lines += ["B/elem: bytes read + written per element by one step, from the arrays "
+                  "themselves (a param is only written when a master copy is kept).  state "
+                  "B/param: optimizer state held per param (master copy included).",
+                  "probe equiv: the probe's time for the row's bytes at its measured rate "
+                  "(float32 traffic of the rule, same rounds).  x probe: time / probe equiv "
+                  "(1.00 = at the memory limit)."]
     lines += ["", "time/step: median over the rounds of a batch's time per step.  p90 step, "
               "worst step: the 90th percentile and the maximum of single steps, each timed on "
-              f"its own (up to {TAIL_CALLS} a round; clock cost included).",
+              f"its own (up to {TAIL_CALLS} a round; clock cost included)."]
+    lines += [] if not rows else [
               "GB/s: the rule's minimum traffic / time.  % probe: probe time / system time "
               "* 100.  vs fastopt: system time / fastopt time.",
               "used: threads fastopt really uses (steps below the parallel grain run on the "
@@ -974,9 +1309,25 @@ def parse_args(argv):
                    f"(default {','.join(map(fmt_count, DEFAULT_SIZES))}); 'none' for none")
     p.add_argument("--layouts", help="comma-separated many-tensor layouts COUNTxSIZE or "
                    f"'transformer' (default {','.join(DEFAULT_LAYOUTS)}); 'none' for none")
-    p.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
+    p.add_argument("--optimizers",
                    help=f"comma-separated, of {', '.join(OPTIMIZERS)}, or 'all' "
-                   "(default %(default)s)")
+                   f"(default {','.join(DEFAULT_OPTIMIZERS)}); the storage and model rows "
+                   "take the Adam and AdamW among them (storage: Adam, models: AdamW if none)")
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS),
+                   help=f"comma-separated kinds of rows, of {', '.join(ROW_KINDS)}, or 'all': "
+                   "steps (optimizers x dtypes x layouts), storage (16-bit params and states "
+                   "against float32), models (ResNet-50 and GPT-2 small parameter shapes: "
+                   "big, ~9 GB of memory for GPT-2) (default %(default)s)")
+    p.add_argument("--models", action="store_true", help="add the model rows (= --rows "
+                   "with models)")
+    p.add_argument("--model-names", default=",".join(MODELS),
+                   help="comma-separated models of the model rows (default %(default)s)")
+    p.add_argument("--model-scale", type=int, default=1,
+                   help="divide the models' widths, vocabulary and context by this, for a "
+                   "quick look (default %(default)s: the real models)")
+    p.add_argument("--storage-sizes", help="comma-separated sizes of the storage rows "
+                   f"(default {','.join(map(fmt_count, STORAGE_SIZES))}, --quick "
+                   f"{','.join(map(fmt_count, QUICK_STORAGE_SIZES))})")
     p.add_argument("--dtypes", default="float32", help="float32 and/or float64 (default "
                    "%(default)s)")
     p.add_argument("--threads", default="1,all",
@@ -1004,6 +1355,27 @@ def parse_args(argv):
                    help="plot GB/s against size per system, the probe as the limit line "
                    "(needs matplotlib)")
     args = p.parse_args(argv)
+    args.optimizers_given = args.optimizers is not None
+    if args.optimizers is None:
+        args.optimizers = ",".join(DEFAULT_OPTIMIZERS)
+    rows = [k.strip().lower() for k in args.rows.split(",") if k.strip()]
+    rows = list(ROW_KINDS) if rows == ["all"] else rows
+    if any(k not in ROW_KINDS for k in rows):
+        p.error(f"--rows: choose from {', '.join(ROW_KINDS)} or 'all', got {args.rows!r}")
+    args.rows = rows + ["models"] * (args.models and "models" not in rows)
+    try:
+        args.model_names = [k.strip().lower() for k in args.model_names.split(",")]
+        [MODELS[k] for k in args.model_names]
+    except KeyError as e:
+        p.error(f"--model-names: unknown model {e}; choose from {', '.join(MODELS)}")
+    if args.model_scale < 1:
+        p.error("--model-scale: must be >= 1")
+    try:
+        sizes = (args.storage_sizes.split(",") if args.storage_sizes is not None else
+                 QUICK_STORAGE_SIZES if args.quick else STORAGE_SIZES)
+        args.storage_sizes = [parse_count(str(t)) for t in sizes]
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        p.error(f"--storage-sizes: {e}")
     try:
         names = (list(OPTIMIZERS) if args.optimizers.strip().lower() == "all"
                  else args.optimizers.split(","))
@@ -1036,19 +1408,39 @@ def layouts_from(args) -> list[Layout]:
     layouts = [parse_layout(str(s)) for s in sorted(set(sizes))]
     layouts += [parse_layout(t) for t in items(args.layouts,
                                                 QUICK_LAYOUTS if args.quick else DEFAULT_LAYOUTS)]
-    if not layouts:
-        raise ValueError("nothing to run: no sizes and no layouts")
+    if not layouts and "steps" in args.rows:
+        raise ValueError("nothing to run: no sizes and no layouts (use --rows without steps "
+                         "for the storage or model rows only)")
     return layouts
 
 
 def jobs_from(args, torch, settings, progress, notes) -> list[Callable[[], list]]:
     """The report's cases, each a call that returns its result rows."""
     jobs: list[Callable[[], list]] = []
-    for spec in args.optimizers:
+    for spec in args.optimizers if "steps" in args.rows else []:
         for dtype in args.dtypes:
             for layout in args.layouts:
                 jobs.append(functools.partial(run_case, spec, dtype, layout, args.threads,
                                               torch, settings, args.seed, progress, notes))
+    bf16 = bf16_dtype()
+    family = [s for s in args.optimizers if s.key in ("adam", "adamw")]
+    if "storage" in args.rows:
+        for spec in family or [OPTIMIZERS["adam"]]:
+            for size in args.storage_sizes:
+                layout = parse_layout(str(size))
+                jobs.append(functools.partial(
+                    run_extra_case, "storage", f"16-bit storage, {spec.title}", spec, layout,
+                    storage_builders(spec, torch, bf16), args.threads, settings, args.seed,
+                    progress, notes, torch))
+    if "models" in args.rows:
+        big = dataclasses.replace(settings, max_call=max(settings.max_call, 10.0))
+        for spec in (family if args.optimizers_given else []) or [OPTIMIZERS["adamw"]]:
+            for name in args.model_names:
+                layout = model_layout(name, args.model_scale)
+                jobs.append(functools.partial(
+                    run_extra_case, "model", f"{MODELS[name][0]}, {spec.title}", spec, layout,
+                    model_builders(spec, torch, bf16), args.threads, big, args.seed,
+                    progress, notes, torch))
     return jobs
 
 
@@ -1108,7 +1500,8 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - start
     env = environment(torch, args.threads, load_before, cpu_before)
     env["load"] = load_info(args.load, spinner)
-    bw = bandwidth([r for r in rows if not r["loaded"]] or rows)
+    steps = steps_rows(rows)
+    bw = bandwidth([r for r in steps if not r["loaded"]] or steps)
     if args.json:
         doc = {"environment": env, "memory_bandwidth": bw, "notes": sorted(notes),
                "settings": vars(settings), "wall_s": wall, "results": rows}
@@ -1121,7 +1514,7 @@ def main(argv=None) -> int:
     if args.json != "-":
         print(report(env, rows, bw, notes, wall))
     if plt is not None:
-        plot([r for r in rows if not r["loaded"]] or rows, args.plot, plt)
+        plot([r for r in steps if not r["loaded"]] or steps, args.plot, plt)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
 
