@@ -94,7 +94,7 @@ QUICK_SIZES = (10**3, 10**5, 10**6)
 QUICK_LAYOUTS = ("1000x1e3",)
 ROW_KINDS = ("steps", "storage", "models")
 DEFAULT_ROWS = ("steps", "storage")
-STORAGE_SIZES = (10**6, 10**7)
+STORAGE_SIZES = (10**7,)
 QUICK_STORAGE_SIZES = (10**6,)
 MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX",
               "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
@@ -891,12 +891,13 @@ def _skip(reason):
 # the 16-bit storage rows: (key, label, param dtype name, fastopt storage options)
 STORAGE_ROWS: tuple[tuple[str, str, str, dict], ...] = (
     ("fastopt", "float32", "float32", {}),
-    ("bf16+master", "bf16 + f32 master + f32 states", "bfloat16", dict(master_weights=True)),
-    ("bf16+f32 states", "bf16 + f32 states (no master)", "bfloat16",
-     dict(state_dtype=np.float32)),
-    ("bf16", "bf16 params and states", "bfloat16", {}),
-    ("f16+master", "f16 + f32 master + f32 states", "float16", dict(master_weights=True)),
-    ("f16", "f16 params and states", "float16", {}),
+    ("bf16+master", "bf16 + f32 master/states", "bfloat16", dict(master_weights=True)),
+    ("bf16+f32 states", "bf16 + f32 states", "bfloat16", dict(state_dtype=np.float32)),
+    ("bf16", "bf16 (states bf16)", "bfloat16", {}),
+    ("bf16 stochastic", "bf16 stochastic rounding", "bfloat16",
+     dict(rounding="stochastic")),
+    ("f16+master", "f16 + f32 master/states", "float16", dict(master_weights=True)),
+    ("f16", "f16 (states f16)", "float16", {}),
 )
 
 
@@ -919,7 +920,7 @@ def storage_builders(spec, torch, bf16):
     return builders
 
 
-EXTRA_HEAD = (f"{'system':<38} {'B/elem':>6} {'state B/param':>13} {'time/step':>11} "
+EXTRA_HEAD = (f"{'system':<40} {'B/elem':>6} {'state B/param':>13} {'time/step':>11} "
               f"{'p90 step':>11} {'worst step':>11} {'GB/s':>7} {'probe equiv':>11} "
               f"{'x probe':>7} {'rounds':>6}")
 
@@ -932,10 +933,10 @@ def extra_section_lines(r) -> list[str]:
              EXTRA_HEAD]
     for key, s in r["systems"].items():
         if "skipped" in s:
-            lines.append(f"{s['label']:<38} skipped: {s['skipped']}")
+            lines.append(f"{s['label']:<40} skipped: {s['skipped']}")
             continue
         state = "-" if key == "probe" else f"{s['state_bytes_per_param']:.2f}"
-        lines.append(f"{s['label']:<38} {s['bytes_per_element']:6.1f} {state:>13} "
+        lines.append(f"{s['label']:<40} {s['bytes_per_element']:6.1f} {state:>13} "
                      f"{fmt_time(s['time_s'])} {fmt_time(s['p90_s'])} {fmt_time(s['max_s'])} "
                      f"{s['gb_per_s']:7.2f} {fmt_time(s['probe_equiv_s'])} "
                      f"{s['x_probe']:7.2f} {s['rounds']:>6}")
@@ -1072,7 +1073,8 @@ def header_lines(env, bw, notes, wall) -> list[str]:
         "fastopt benchmark: one optimizer step vs the memory limit (probe), NumPy and torch.optim",
         f"fastopt {c['version']}, backend {c['backend']}: SIMD in use {c['isa_active']} (compiled: "
         f"{', '.join(c['isa_compiled'])}), OpenMP {omp}, threads {c['num_threads']}, "
-        f"parallel grain {c['parallel_grain']} elements/thread",
+        f"parallel grain {c['parallel_grain']} elements/thread"
+        + (" (set by --grain)" if env.get("grain_set") else ""),
         f"CPU: {env['cpu']}, {plural(env['cpus'], 'logical core')}; "
         f"Python {env['python']}, NumPy {env['numpy']}",
         f"NumPy allocator: {env['allocator']}",
@@ -1347,6 +1349,10 @@ def parse_args(argv):
                    help="run while another process keeps one core busy (a spinning "
                    "subprocess, started and stopped by the report); 'both': every case "
                    "unloaded and then loaded, side by side, with a comparison table")
+    p.add_argument("--grain", type=parse_count,
+                   help="elements per thread below which a step stays on the calling thread, "
+                   "for this run (default: fastopt's, see show_config()); to measure a "
+                   "threshold, e.g. for a loaded machine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="write the results as JSON to FILE, or to stdout (instead of the "
@@ -1485,21 +1491,27 @@ def main(argv=None) -> int:
     jobs = jobs_from(args, torch, settings, progress, notes)
     progress.total = len(jobs) * len(LOAD_MODES[args.load])
     spinner = Spinner()
+    old_grain = _kernels.get_parallel_grain()
     start, load_before, cpu_before = time.perf_counter(), load_average(), cpu_times()
     try:
+        if args.grain is not None:
+            _kernels.set_parallel_grain(args.grain)
         rows = run_jobs(jobs, args.load, spinner, progress)
+        fastopt.set_num_threads(None)
+        env = environment(torch, args.threads, load_before, cpu_before)
     except KeyboardInterrupt:
         print("\nfastopt-bench: interrupted", file=sys.stderr)
         return 130
     finally:
         spinner.stop()
         progress.close()
+        _kernels.set_parallel_grain(old_grain)
         fastopt.set_num_threads(None)
         if torch is not None:
             torch.set_num_threads(old_torch_threads)
     wall = time.perf_counter() - start
-    env = environment(torch, args.threads, load_before, cpu_before)
     env["load"] = load_info(args.load, spinner)
+    env["grain_set"] = args.grain is not None
     steps = steps_rows(rows)
     bw = bandwidth([r for r in steps if not r["loaded"]] or steps)
     if args.json:

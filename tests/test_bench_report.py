@@ -222,6 +222,7 @@ def test_model_rows_are_opt_in():
 # ---- storage rows --------------------------------------------------------------------------
 
 STORAGE_BYTES = {"fastopt": 28, "bf16+master": 28, "bf16+f32 states": 22, "bf16": 14,
+                 "bf16 stochastic": 14,
                  "f16+master": 28, "f16": 14, "torch fused bf16": 14, "torch bf16": 14}
 
 
@@ -255,3 +256,18 @@ def test_storage_rows_skip_bf16_without_ml_dtypes(monkeypatch, tmp_path, capsys)
                 assert "ml_dtypes is not installed" in s.get("skipped", ""), (key, s)
         assert "time_s" in r["systems"]["fastopt"]
     assert "skipped: bfloat16: ml_dtypes is not installed" in capsys.readouterr().out
+
+
+def test_grain_option_applies_for_the_run_only(tmp_path, capsys):
+    from fastopt import bench
+    from fastopt._backend import native
+    before = native.get_parallel_grain()
+    out = tmp_path / "r.json"
+    assert bench.main(["--rows", "steps", "--sizes", "1e5", "--layouts", "none",
+                       "--optimizers", "sgd", "--threads", "2", "--no-torch", "--budget",
+                       "0.02", "--min-rounds", "2", "--grain", "1e9", "--json", str(out)]) == 0
+    assert native.get_parallel_grain() == before
+    data = json.loads(out.read_text())
+    assert [r["threads_used"] for r in data["results"]] == [1]
+    assert data["environment"]["fastopt"]["parallel_grain"] == 10**9
+    assert "(set by --grain)" in capsys.readouterr().out
