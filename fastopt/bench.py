@@ -58,6 +58,28 @@ What the columns mean
 - ``used``: the threads fastopt really uses: steps below the parallel grain (elements per
   thread, see ``fastopt.show_config()``) stay on the calling thread whatever the setting.
 
+Storage and model rows
+----------------------
+- ``--rows storage`` (on by default, at 1e7 elements): Adam on 16-bit storage (bfloat16 with a
+  float32 master copy and states, bfloat16 with float32 states, bfloat16 params and states with
+  nearest and stochastic rounding, float16 with a master copy, float16 params and states) next
+  to float32 and torch's fused and for-loop bfloat16 Adam.
+- ``--models`` / ``--rows models`` (opt-in: GPT-2 small needs about 9 GiB): the parameter shapes
+  of ResNet-50 and GPT-2 small (``resnet50_shapes``, ``gpt2_shapes``), AdamW in float32, in
+  bfloat16 with float32 master weights, with 8-bit states once fastopt accepts
+  ``state_dtype="8bit"`` (skipped, saying so, until then), and torch's fused and for-loop AdamW.
+  ``--model-scale K`` divides the widths for a quick look.
+- Every system's bytes moved per element (``B/elem``) and optimizer state per param are read
+  from its arrays after its first step; ``probe equiv`` is the probe's time for those bytes at
+  the rate it measured in the same rounds (float32 traffic of the rule), ``x probe`` the
+  system's time over it. The NumPy reference is left out of these rows.
+
+Load
+----
+``--load`` runs every case while a spinning Python subprocess (not pinned) keeps one core
+busy; ``--load both`` runs each case unloaded and then loaded and adds a comparison table. The
+spinner is stopped on every exit (Ctrl-C included) and exits by itself if the report dies.
+
 The header reports the configuration (version, SIMD path in use, OpenMP, threads), the CPU, the
 NumPy version and the allocator setting the NumPy figures used, and the measured streaming
 bandwidth of the probe at the largest layout, "memory bandwidth (probe, N threads)".
