@@ -271,3 +271,28 @@ def test_grain_option_applies_for_the_run_only(tmp_path, capsys):
     assert [r["threads_used"] for r in data["results"]] == [1]
     assert data["environment"]["fastopt"]["parallel_grain"] == 10**9
     assert "(set by --grain)" in capsys.readouterr().out
+
+
+@needs_proc
+def test_spinner_exits_by_itself_when_the_report_is_killed(tmp_path):
+    import signal
+    cmd = [sys.executable, "-m", "fastopt.bench", "--sizes", "1e5", "--layouts", "none",
+           "--rows", "steps", "--threads", "1", "--no-torch", "--budget", "30",
+           "--min-rounds", "1000", "--load"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert "spinning process pid" in line, line
+        pid = int(line.split("pid")[1].split()[0])
+        proc.send_signal(signal.SIGKILL)        # no finally, no cleanup in the report
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), f"spinner {pid} outlived the killed report"
