@@ -321,10 +321,12 @@ int fo_q8_init(void);
 /* The 256 float32 values of a map: signed (index code + 128 for int8 code) or unsigned (index
  * the uint8 code); sorted ascending, each with an exact 0 (signed code 0, unsigned code 0). */
 const float *fo_q8_map(int is_signed);
-/* Quantize n float32 values (one block or many, blocks from src[0]) to codes (int8 for
- * FO_DT_Q8S, uint8 for FO_DT_Q8U) and ceil(n / FO_Q8_BLOCK) scales; or dequantize (to_q = 0)
- * codes and scales to float32. Returns 0, or -1 for another dt. */
-int fo_q8_convert(int dt, int to_q, int64_t n, float *values, void *codes, float *absmax);
+/* Quantize n float32 values (blocks from values[0]) to codes (int8 for FO_DT_Q8S, uint8 for
+ * FO_DT_Q8U) and ceil(n / FO_Q8_BLOCK) scales; or dequantize (to_q = 0) codes and scales to
+ * float32; with the loops of instruction set `isa` (every one gives the same bits). Returns
+ * 0, or -1 for another dt. */
+int fo_q8_convert(const char *isa, int dt, int to_q, int64_t n, float *values, void *codes,
+                  float *absmax);
 
 /* ---- run-time instruction-set choice ------------------------------------------------------ */
 

@@ -412,6 +412,17 @@ typedef struct fo_q8_side {
 static float fo_q8_maps[2][256];                /* [0] unsigned, [1] signed */
 static fo_q8_side fo_q8_sides[3];               /* unsigned, signed +, signed - */
 static int fo_q8_ready = 0;
+#if FO_X86_F16C
+#endif
+/* The lookup tables of each map, both sides together so that one lookup serves either sign:
+ * side 0 toward +, side 1 toward - (unsigned: side 0 only). bucket[side * FO_Q8_NB + b],
+ * thr[side * 257 + j]; b32: the buckets as int32 (AVX2 gathers). */
+typedef struct fo_q8_tab {
+    float thr[2 * 257];
+    unsigned char bucket[2 * FO_Q8_NB];
+    int32_t b32[2 * FO_Q8_NB];
+} fo_q8_tab;
+static fo_q8_tab fo_q8_tabs[2];                   /* [0] unsigned, [1] signed */
 
 /* Level i's values in ascending order, appended to out (double, rounded once to float32). */
 static int fo_q8_level(float *out, int at, int level, int count)
@@ -472,6 +483,16 @@ int fo_q8_init(void)
     bad |= fo_q8_build_side(&fo_q8_sides[1], pos, 128);
     bad |= fo_q8_build_side(&fo_q8_sides[2], neg, 129);
     bad |= n != 256 || np != 128 || nn != 129;
+    static const int side_of[2][2] = {{0, 0}, {1, 2}};
+    for (int t = 0; t < 2; t++)
+        for (int h = 0; h < 2; h++) {
+            const fo_q8_side *sd = &fo_q8_sides[side_of[t][h]];
+            memcpy(fo_q8_tabs[t].thr + h * 257, sd->thr, sizeof sd->thr);
+            for (uint32_t k = 0; k < FO_Q8_NB; k++) {
+                fo_q8_tabs[t].bucket[h * FO_Q8_NB + k] = sd->bucket[k];
+                fo_q8_tabs[t].b32[h * FO_Q8_NB + k] = sd->bucket[k];
+            }
+        }
     fo_q8_ready = bad ? -1 : 1;
     return bad ? -1 : 0;
 }
@@ -482,70 +503,208 @@ const float *fo_q8_map(int is_signed)
     return fo_q8_maps[is_signed ? 1 : 0];
 }
 
-FO_INLINE int fo_q8_index(const fo_q8_side *sd, uint32_t a)
+FO_INLINE uint32_t fo_q8_index(const fo_q8_tab *t, uint32_t a, uint32_t side)
 {
-    /* a: the bits of |x|, |x| <= 1 */
+    /* a: the bits of |x|, |x| <= 1; side 0 (x >= 0) or 1 (x < 0) */
     const uint32_t c = a < FO_Q8_LO ? FO_Q8_LO : a;
-    const int j = sd->bucket[(c - FO_Q8_LO) >> 15];
-    return j + (fo_float(a) > sd->thr[j]);
+    const uint32_t j = t->bucket[side * FO_Q8_NB + ((c - FO_Q8_LO) >> 15)];
+    return j + (fo_float(a) > t->thr[side * 257 + j]);
 }
 
-/* Requantize one block of m <= FO_Q8_BLOCK float32 values (see the design note). */
-static void fo_q8_block(int dt, int64_t m, const float *FO_RESTRICT v, void *codes,
-                        float *absmax)
+/* The block's scale from the bits of its values: for float32 bit patterns without the sign,
+ * unsigned integer order is magnitude order and NaN/Inf are the patterns >= 0x7f800000, so
+ * one integer maximum (which vectorises, exact in any order) gives the absmax and tells a
+ * non-finite block. Returns 1 where the codes are all 0 (absmax 0, or NaN: stored as NaN). */
+static int fo_q8_scale(int64_t m, const float *v, float *absmax)
 {
-    float amax = 0.0f, bad = 0.0f;
+    const uint32_t *u = (const uint32_t *)v;
+    uint32_t mx = 0;
     for (int64_t j = 0; j < m; j++) {
-        const float a = fabsf(v[j]);
-        amax = a > amax ? a : amax;
-        bad = bad + v[j] * 0.0f;            /* NaN exactly when some v[j] is NaN or Inf */
+        const uint32_t a = u[j] & 0x7fffffffu;
+        mx = a > mx ? a : mx;
     }
-    if (bad != 0.0f || bad != bad || amax == 0.0f) {
-        *absmax = amax == 0.0f && bad == 0.0f ? 0.0f : NAN;
-        memset(codes, 0, (size_t)m);
-        return;
-    }
-    *absmax = amax;
-    float x[FO_Q8_BLOCK];
-    for (int64_t j = 0; j < m; j++) x[j] = v[j] / amax;
+    if (mx >= 0x7f800000u) { *absmax = NAN; return 1; }
+    *absmax = fo_float(mx);
+    return mx == 0;
+}
+
+/* The codes of one block whose absmax (finite, > 0) is amax: x = v / amax, then the exact
+ * nearest code (see the design note). Scalar: every instruction set's tail, and baseline. */
+static void fo_q8_codes_scalar(int dt, int64_t j0, int64_t m, const float *FO_RESTRICT v,
+                               float amax, void *codes)
+{
+    /* branch-free: the sign picks the side of the tables and negates the index */
+    unsigned char *c = (unsigned char *)codes;
     if (dt == FO_DT_Q8U) {
-        const fo_q8_side *sd = &fo_q8_sides[0];
-        unsigned char *c = (unsigned char *)codes;
-        for (int64_t j = 0; j < m; j++) {
-            const uint32_t b = fo_bits(x[j]);
-            c[j] = (unsigned char)(b >> 31 ? 0 : fo_q8_index(sd, b));
+        const fo_q8_tab *t = &fo_q8_tabs[0];
+        for (int64_t j = j0; j < m; j++) {
+            const uint32_t b = fo_bits(v[j] / amax);
+            c[j] = (unsigned char)fo_q8_index(t, b & ((b >> 31) - 1u), 0);   /* x < 0: 0 */
         }
     } else {
-        const fo_q8_side *sp = &fo_q8_sides[1], *sn = &fo_q8_sides[2];
-        signed char *c = (signed char *)codes;
-        for (int64_t j = 0; j < m; j++) {
-            const uint32_t b = fo_bits(x[j]), a = b & 0x7fffffffu;
-            c[j] = (signed char)(b >> 31 ? -fo_q8_index(sn, a) : fo_q8_index(sp, a));
+        const fo_q8_tab *t = &fo_q8_tabs[1];
+        for (int64_t j = j0; j < m; j++) {
+            const uint32_t b = fo_bits(v[j] / amax), sg = b >> 31;
+            const uint32_t k = fo_q8_index(t, b & 0x7fffffffu, sg);
+            c[j] = (unsigned char)((k ^ (0u - sg)) + sg);
         }
     }
 }
 
-static void fo_q8_unblock(int dt, int64_t m, const void *codes, float scale,
-                          float *FO_RESTRICT out)
+static void fo_q8_unblock_scalar(int dt, int64_t j0, int64_t m, const void *codes, float scale,
+                                 float *FO_RESTRICT out)
 {
     if (dt == FO_DT_Q8U) {
         const float *map = fo_q8_maps[0];
         const unsigned char *c = (const unsigned char *)codes;
-        for (int64_t j = 0; j < m; j++) out[j] = map[c[j]] * scale;
+        for (int64_t j = j0; j < m; j++) out[j] = map[c[j]] * scale;
     } else {
         const float *map = fo_q8_maps[1] + 128;
         const signed char *c = (const signed char *)codes;
-        for (int64_t j = 0; j < m; j++) out[j] = map[c[j]] * scale;
+        for (int64_t j = j0; j < m; j++) out[j] = map[c[j]] * scale;
     }
 }
 
-int fo_q8_convert(int dt, int to_q, int64_t n, float *values, void *codes, float *absmax)
+typedef struct fo_q8_fns {
+    /* codes of elements [0, m) of a block (x = v / amax, amax finite and > 0) */
+    void (*codes)(int dt, int64_t m, const float *v, float amax, void *codes);
+    /* elements [0, m) of a block: map[code] * scale */
+    void (*unblock)(int dt, int64_t m, const void *codes, float scale, float *out);
+} fo_q8_fns;
+
+static void fo_q8_codes_baseline(int dt, int64_t m, const float *v, float amax, void *codes)
+{
+    fo_q8_codes_scalar(dt, 0, m, v, amax, codes);
+}
+
+static void fo_q8_unblock_baseline(int dt, int64_t m, const void *codes, float scale,
+                                   float *out)
+{
+    fo_q8_unblock_scalar(dt, 0, m, codes, scale, out);
+}
+
+static const fo_q8_fns fo_q8_baseline = {fo_q8_codes_baseline, fo_q8_unblock_baseline};
+
+#if FO_X86_F16C
+/* AVX2: the same integer and compare steps 8 lanes at a time (the buckets as int32, gathered;
+ * the thresholds gathered), so the codes are bitwise the scalar ones; the division is IEEE's
+ * in both. The AVX-512 table uses these too. */
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#endif
+static inline __m256i fo_q8_index8(const fo_q8_tab *tab, __m256i a, __m256i side)
+{
+    const __m256i lo = _mm256_set1_epi32((int)FO_Q8_LO);
+    const __m256i c = _mm256_max_epu32(a, lo);
+    const __m256i idx = _mm256_add_epi32(_mm256_srli_epi32(_mm256_sub_epi32(c, lo), 15),
+                                         _mm256_mullo_epi32(side, _mm256_set1_epi32(FO_Q8_NB)));
+    const __m256i j = _mm256_i32gather_epi32((const int *)tab->b32, idx, 4);
+    const __m256 t = _mm256_i32gather_ps(tab->thr,
+                                         _mm256_add_epi32(j, _mm256_mullo_epi32(
+                                             side, _mm256_set1_epi32(257))), 4);
+    const __m256 gt = _mm256_cmp_ps(_mm256_castsi256_ps(a), t, _CMP_GT_OQ);
+    return _mm256_sub_epi32(j, _mm256_castps_si256(gt));          /* j + (|x| > thr[j]) */
+}
+
+static inline void fo_q8_store8(unsigned char *dst, __m256i codes32)
+{
+    /* the low byte of each lane, in order */
+    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, -1, -1);
+    const __m256i b = _mm256_shuffle_epi8(codes32, pick);
+    const __m256i both = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
+    _mm_storel_epi64((__m128i *)dst, _mm256_castsi256_si128(both));
+}
+
+static void fo_q8_codes_avx2(int dt, int64_t m, const float *v, float amax, void *codes)
+{
+    const __m256 s = _mm256_set1_ps(amax);
+    const __m256i abs = _mm256_set1_epi32(0x7fffffff);
+    unsigned char *c = (unsigned char *)codes;
+    int64_t j = 0;
+    const __m256i zero = _mm256_setzero_si256();
+    if (dt == FO_DT_Q8U) {
+        for (; j + 8 <= m; j += 8) {
+            const __m256i b = _mm256_castps_si256(_mm256_div_ps(_mm256_loadu_ps(v + j), s));
+            const __m256i neg = _mm256_srai_epi32(b, 31);
+            const __m256i a = _mm256_andnot_si256(neg, b);              /* negative -> 0 */
+            fo_q8_store8(c + j, fo_q8_index8(&fo_q8_tabs[0], a, zero));
+        }
+    } else {
+        for (; j + 8 <= m; j += 8) {
+            const __m256i b = _mm256_castps_si256(_mm256_div_ps(_mm256_loadu_ps(v + j), s));
+            const __m256i neg = _mm256_srai_epi32(b, 31);
+            const __m256i k = fo_q8_index8(&fo_q8_tabs[1], _mm256_and_si256(b, abs),
+                                           _mm256_srli_epi32(b, 31));
+            /* negative: -k, i.e. (k ^ -1) + 1 */
+            fo_q8_store8(c + j, _mm256_sub_epi32(_mm256_xor_si256(k, neg), neg));
+        }
+    }
+    fo_q8_codes_scalar(dt, j, m, v, amax, codes);
+}
+
+static void fo_q8_unblock_avx2(int dt, int64_t m, const void *codes, float scale, float *out)
+{
+    const __m256 s = _mm256_set1_ps(scale);
+    const unsigned char *c = (const unsigned char *)codes;
+    int64_t j = 0;
+    if (dt == FO_DT_Q8U) {
+        for (; j + 8 <= m; j += 8) {
+            const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(c + j)));
+            _mm256_storeu_ps(out + j, _mm256_mul_ps(_mm256_i32gather_ps(fo_q8_maps[0], idx, 4), s));
+        }
+    } else {
+        for (; j + 8 <= m; j += 8) {
+            const __m256i idx = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(c + j)));
+            _mm256_storeu_ps(out + j,
+                             _mm256_mul_ps(_mm256_i32gather_ps(fo_q8_maps[1] + 128, idx, 4), s));
+        }
+    }
+    fo_q8_unblock_scalar(dt, j, m, codes, scale, out);
+}
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+static const fo_q8_fns fo_q8_avx2 = {fo_q8_codes_avx2, fo_q8_unblock_avx2};
+#endif /* FO_X86_F16C */
+
+static const fo_q8_fns *fo_q8_for(const char *isa)
+{
+#if FO_X86_F16C
+    if (isa && (strcmp(isa, "avx2") == 0 || strcmp(isa, "avx512") == 0)) return &fo_q8_avx2;
+#endif
+    (void)isa;
+    return &fo_q8_baseline;
+}
+
+/* Requantize one block of m <= FO_Q8_BLOCK float32 values (see the design note). */
+static void fo_q8_block(const fo_q8_fns *q, int dt, int64_t m, const float *v, void *codes,
+                        float *absmax)
+{
+    if (fo_q8_scale(m, v, absmax)) {
+        memset(codes, 0, (size_t)m);
+        return;
+    }
+    q->codes(dt, m, v, *absmax, codes);
+}
+
+int fo_q8_convert(const char *isa, int dt, int to_q, int64_t n, float *values, void *codes,
+                  float *absmax)
 {
     if (!fo_isq8(dt) || fo_q8_init() != 0) return -1;
+    const fo_q8_fns *q = fo_q8_for(isa);
     for (int64_t i0 = 0, b = 0; i0 < n; i0 += FO_Q8_BLOCK, b++) {
         const int64_t m = n - i0 < FO_Q8_BLOCK ? n - i0 : FO_Q8_BLOCK;
-        if (to_q) fo_q8_block(dt, m, values + i0, (unsigned char *)codes + i0, absmax + b);
-        else fo_q8_unblock(dt, m, (const unsigned char *)codes + i0, absmax[b], values + i0);
+        if (to_q) fo_q8_block(q, dt, m, values + i0, (unsigned char *)codes + i0, absmax + b);
+        else q->unblock(dt, m, (const unsigned char *)codes + i0, absmax[b], values + i0);
     }
     return 0;
 }
@@ -575,6 +734,7 @@ void fo_mixed_segment(const char *isa, fo_kernel_fn body, int64_t off, int64_t n
                       const fo_store *st)
 {
     const fo_cvt *c = fo_cvt_for(isa);
+    const fo_q8_fns *q = fo_q8_for(isa);
     FO_ALIGN64 float buf[FO_MAX_STREAMS][FO_TILE];
     const int p16 = fo_is16(dt[FO_P]);
     const int master = p16 && dt[FO_M] == FO_DT_F32;
@@ -604,8 +764,8 @@ void fo_mixed_segment(const char *isa, fo_kernel_fn body, int64_t off, int64_t n
             } else if (fo_isq8(dt[k])) {
                 /* i0 is a multiple of FO_Q8_BLOCK (the driver cuts such tensors on blocks) */
                 const float *scale = (const float *)ptrs[FO_A1 + k - FO_S1];
-                fo_q8_unblock(dt[k], m, (const unsigned char *)ptrs[k] + i0,
-                              scale[i0 / FO_Q8_BLOCK], buf[k]);
+                q->unblock(dt[k], m, (const unsigned char *)ptrs[k] + i0,
+                           scale[i0 / FO_Q8_BLOCK], buf[k]);
                 s[k] = buf[k];
             } else {
                 c->widen(dt[k], m, (const uint16_t *)ptrs[k] + i0, buf[k]);
@@ -617,7 +777,7 @@ void fo_mixed_segment(const char *isa, fo_kernel_fn body, int64_t off, int64_t n
         for (int k = FO_S1; k <= FO_S3; k++) {
             if (fo_isq8(dt[k]) && ptrs[k]) {
                 float *scale = (float *)ptrs[FO_A1 + k - FO_S1];
-                fo_q8_block(dt[k], m, buf[k], (unsigned char *)ptrs[k] + i0,
+                fo_q8_block(q, dt[k], m, buf[k], (unsigned char *)ptrs[k] + i0,
                             &scale[i0 / FO_Q8_BLOCK]);
                 continue;
             }

@@ -83,7 +83,8 @@ cdef extern from "fastopt.h" nogil:
     int fo_has_q8(const unsigned char *dtypes)
     int fo_q8_init()
     const float *fo_q8_map(int is_signed)
-    int fo_q8_convert(int dt, int to_q, int64_t n, float *values, void *codes, float *absmax)
+    int fo_q8_convert(const char *isa, int dt, int to_q, int64_t n, float *values, void *codes,
+                      float *absmax)
     uint64_t fo_sr_key(uint64_t seed, int64_t param, int64_t step)
     int fo_convert(const char *isa, int dt, int to16, int rounding, uint64_t key,
                    int64_t index, int64_t n, const void *src, void *dst)
@@ -1382,20 +1383,22 @@ def q8_map(bint signed):
 
 
 def q8_quantize(cnp.ndarray values not None, cnp.ndarray codes not None,
-                cnp.ndarray absmax not None):
+                cnp.ndarray absmax not None, str isa=None):
     """Quantize float32 ``values`` (1-D, contiguous) block-wise into ``codes`` (int8: signed
     map, uint8: unsigned) and ``absmax`` (float32, one per block): the adapter's own
-    requantization."""
-    return _q8(values, codes, absmax, 1)
+    requantization, with the loops of instruction set ``isa`` (default: the active one)."""
+    return _q8(values, codes, absmax, 1, isa)
 
 
 def q8_dequantize(cnp.ndarray codes not None, cnp.ndarray absmax not None,
-                  cnp.ndarray values not None):
+                  cnp.ndarray values not None, str isa=None):
     """The inverse: ``values`` (float32) = map[codes] * absmax of each element's block."""
-    return _q8(values, codes, absmax, 0)
+    return _q8(values, codes, absmax, 0, isa)
 
 
-cdef object _q8(cnp.ndarray values, cnp.ndarray codes, cnp.ndarray absmax, int to_q):
+cdef object _q8(cnp.ndarray values, cnp.ndarray codes, cnp.ndarray absmax, int to_q, str isa):
+    cdef bytes name = (isa if isa is not None else fo_isa_active().name.decode()).encode()
+    cdef const char *cname = name
     cdef unsigned char dt = _q8_code(codes)
     cdef int64_t n = cnp.PyArray_SIZE(values)
     if dt == FO_DT_NONE:
@@ -1409,7 +1412,7 @@ cdef object _q8(cnp.ndarray values, cnp.ndarray codes, cnp.ndarray absmax, int t
     cdef void *pc = cnp.PyArray_DATA(codes)
     cdef float *pa = <float *>cnp.PyArray_DATA(absmax)
     with nogil:
-        fo_q8_convert(dt, to_q, n, pv, pc, pa)
+        fo_q8_convert(cname, dt, to_q, n, pv, pc, pa)
     return values if not to_q else codes
 
 

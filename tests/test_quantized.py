@@ -86,7 +86,7 @@ def _edge_values(signed: bool) -> np.ndarray:
 
 
 @pytest.mark.parametrize("signed", [True, False])
-def test_quantization_is_to_the_exactly_nearest_code(signed):
+def test_quantization_is_to_the_exactly_nearest_code(signed, isa):
     x = _edge_values(signed)
     # blocks whose absmax is exactly 1 (a leading 1 per block), so x / absmax is x
     n = x.size
@@ -103,8 +103,11 @@ def test_quantization_is_to_the_exactly_nearest_code(signed):
     if NATIVE:
         c = np.zeros(v.size, np.int8 if signed else np.uint8)
         s = np.zeros(blocks, np.float32)
-        K.q8_quantize(v, c, s)
+        K.q8_quantize(v, c, s, isa)
         assert _bits(c) == _bits(codes) and _bits(s) == _bits(absmax)
+        out = np.zeros(v.size, np.float32)
+        K.q8_dequantize(c, s, out, isa)
+        assert _bits(out) == _bits(reference.q8_dequantize(codes, absmax))
 
 
 @pytest.mark.parametrize("signed", [True, False])
@@ -127,7 +130,7 @@ def test_an_exact_tie_goes_toward_zero(signed):
 
 
 @pytest.mark.parametrize("signed", [True, False])
-def test_zero_nan_and_inf_blocks(signed):
+def test_zero_nan_and_inf_blocks(signed, isa):
     rng = np.random.default_rng(1)
     v = rng.standard_normal(256 * 4 + 17).astype(np.float32)
     if not signed:
@@ -149,10 +152,10 @@ def test_zero_nan_and_inf_blocks(signed):
     if NATIVE:
         c = np.zeros(v.size, codes.dtype)
         s = np.zeros(absmax.size, np.float32)
-        K.q8_quantize(v, c, s)
+        K.q8_quantize(v, c, s, isa)
         assert _bits(c) == _bits(codes) and _bits(s) == _bits(absmax)
         out = np.zeros(v.size, np.float32)
-        K.q8_dequantize(c, s, out)
+        K.q8_dequantize(c, s, out, isa)
         assert _bits(out) == _bits(d)
 
 
