@@ -5,7 +5,8 @@ and the call into the C kernels.
 Design note
 -----------
 A call is described by a ``Frame``: for each tensor, FO_MAX_STREAMS (address, storage dtype)
-pairs (param, grad, state buffers, a reserved master slot; see csrc/fastopt.h) and one element
+pairs (param, grad, state buffers, a master slot, the block scales of 8-bit states; see
+csrc/fastopt.h) and one element
 count, plus a strong reference to the owner of every address, held until the frame is
 released, so no array can be freed while the kernels run, whatever other Python threads do. A
 frontend adapter fills the frame (``fill_numpy_lists`` and ``fill_optimizer`` for NumPy arrays,
@@ -23,7 +24,8 @@ is simply read afresh.
    gradient makes the call return SKIPPED having modified nothing at all;
 3. increments the step counts, derives each tensor's per-step scalars in C (shared within a
    group at one step), reserves threads from the process-wide budget, releases the GIL and runs
-   all tensors as ONE range of elements split into static, 16-element aligned chunks.
+   all tensors as ONE range of elements split into static, 16-element aligned chunks (a
+   tensor with an 8-bit state is cut only on its 256-element block boundaries).
 
 Every kernel is element-wise, so results are bitwise identical for any thread count.
 """
@@ -563,7 +565,10 @@ cdef class Frame:
         ``groups``: the param groups (dicts with "params"); ``sizes``: the number of params
         each group had when it was added; ``grads``: list or tuple, one per param (None
         skips); ``state``: the optimizer's state (index -> dict); ``slots_by_group``: per
-        group, a tuple of (stream, key) pairs the group's settings need; ``step_views``: per
+        group, a tuple of (stream, key) pairs the group's settings need, or for an 8-bit
+        state's block scales (stream, key, min_count, codes_dtype): skipped for params under
+        min_count elements and float64 params, and the codes of that state must have the
+        DT_Q8S/DT_Q8U code codes_dtype (its map); ``step_views``: per
         param, the object expected at state[i]["step"] (None: no check).
 
         Returns -1, R_NEEDS_STATE (some stepping param lacks state or a buffer, or its "step"

@@ -82,8 +82,10 @@ _STORAGE_DOC = """
     bits for any thread count) or ``"kahan"`` (params: a compensation in
     ``state[i]["kahan_comp"]``, the value carried being param + kahan_comp).
     ``state_dtype=None``: the param's dtype (float32 with master weights), or float32 or
-    bfloat16. ``seed=0`` (constructor only). Computation is float32; each 16-bit value is
-    rounded once, as it is stored (csrc/storage.c).
+    bfloat16, or ``"8bit"`` (Adam, AdamW, Lion, SGD, RMSprop, Adagrad, Adamax, NAdam, RAdam:
+    params of 4096+ elements keep int8/uint8 codes and a float32 ``<key>_absmax`` per
+    256-element block; README, "8-bit states"). ``seed=0`` (constructor only). Computation
+    is float32; each 16-bit value is rounded once, as it is stored (csrc/storage.c).
 """
 
 
