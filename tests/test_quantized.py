@@ -532,3 +532,60 @@ def test_synthetic_regression_8bit_within_2_percent_of_float32():
             assert opt.state[0]["exp_avg"].dtype == np.int8
     assert abs(losses["8bit"] - losses[None]) <= 0.02 * losses[None]
     assert losses[None] < 0.01       # (the noise floor is 0.01 on the data, less in-sample)
+
+
+# ---- raw descriptors: the contract check knows each 8-bit stream's true extent ---------------
+
+def _raw_frame(n, codes_at, scales_at, buf, p, g):
+    """One Adam tensor through fill_raw: param p, gradient g, exp_avg codes and scales at byte
+    offsets of ``buf`` (exp_avg_sq: float32 states of its own)."""
+    v = np.zeros(n, np.float32)
+    addr = np.zeros((1, K.MAX_STREAMS), np.uint64)
+    dts = np.zeros((1, K.MAX_STREAMS), np.uint8)
+    base = K.address(buf)
+    for k, (a, d) in {0: (K.address(p), K.DT_F32), 1: (K.address(g), K.DT_F32),
+                      2: (base + codes_at, K.DT_Q8S), 3: (K.address(v), K.DT_F32),
+                      K.STREAM_A1: (base + scales_at, K.DT_ABSMAX)}.items():
+        addr[0, k], dts[0, k] = a, d
+    f = K.Frame()
+    f.fill_raw(addr, dts, np.array([n], np.int64), [p, g, buf, v])
+    return f
+
+
+@needs_native
+def test_raw_8bit_streams_are_bounded_by_their_true_extent():
+    n = 1000                    # 4 blocks: 1000 bytes of codes, 16 of scales
+    rng = np.random.default_rng(8)
+    p = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    rec = np.array([fastopt._spec.ADAM.record({**fastopt._spec.ADAM.defaults(),
+                                               **dict(fastopt._spec.COMMON)})])
+    buf = np.zeros(2048, np.uint8)
+    buf[:64] = 0xA5
+    # codes at [64, 1064), scales right after at [1064, 1080): touching, not overlapping
+    f = _raw_frame(n, 64, 1064, buf, p, g)
+    guard = buf[1080:].copy()
+    rc = K.run(f, K.RULES["adam"], np.zeros(1, np.int32), rec, np.ones(1),
+               np.zeros(1, np.int64), True, 2)
+    assert rc == K.OK
+    assert np.all(buf[:64] == 0xA5) and _bits(buf[1080:]) == _bits(guard)
+    assert np.all(np.isfinite(buf[1064:1080].view(np.float32)))
+    # scales starting on the codes' last byte overlap them: refused, nothing modified
+    before = _bits(buf), _bits(p)
+    f = _raw_frame(n, 64, 1060, buf, p, g)
+    with pytest.raises(K.ContractError) as e:
+        K.run(f, K.RULES["adam"], np.zeros(1, np.int32), rec, np.ones(1),
+              np.zeros(1, np.int64), True, 2)
+    assert e.value.reason == K.R_OVERLAP
+    assert (_bits(buf), _bits(p)) == before
+    # codes without their scales (or scales without codes) form no signature
+    addr = np.zeros((1, K.MAX_STREAMS), np.uint64)
+    dts = np.zeros((1, K.MAX_STREAMS), np.uint8)
+    addr[0, :3] = [K.address(p), K.address(g), K.address(buf)]
+    dts[0, :3] = [K.DT_F32, K.DT_F32, K.DT_Q8S]
+    f = K.Frame()
+    f.fill_raw(addr, dts, np.array([n], np.int64), [p, g, buf])
+    with pytest.raises(K.ContractError) as e:
+        K.run(f, K.RULES["adam"], np.zeros(1, np.int32), rec, np.ones(1),
+              np.zeros(1, np.int64), True, 1)
+    assert e.value.reason == K.R_SIGNATURE
