@@ -589,3 +589,35 @@ def test_raw_8bit_streams_are_bounded_by_their_true_extent():
         K.run(f, K.RULES["adam"], np.zeros(1, np.int32), rec, np.ones(1),
               np.zeros(1, np.int64), True, 1)
     assert e.value.reason == K.R_SIGNATURE
+
+
+def test_16bit_params_with_8bit_states_match_the_reference_adapter():
+    """bfloat16 params (with and without a float32 master) and 8-bit states: the native step
+    against fastopt.reference.Mixed (the NumPy backend's adapter) run on copies, bitwise."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from fastopt import _spec
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    rng = np.random.default_rng(13)
+    for master in (False, True):
+        p = rng.standard_normal(5000).astype(bf16)
+        opt = fastopt.AdamW([p], lr=1e-2, master_weights=master, state_dtype="8bit")
+        for step in range(1, 4):
+            g = rng.standard_normal(5000).astype(np.float32)
+            st = opt.state.get(0)
+            if st is None:
+                opt.step([g])
+                continue
+            copy = {k: np.array(v, copy=True) for k, v in st.items()}
+            q = p.copy()
+            bufs = [None, None, copy["exp_avg"], copy["exp_avg_sq"], None]
+            scales = (copy["exp_avg_absmax"], copy["exp_avg_sq_absmax"], None)
+            mixed = reference.Mixed.of(q, g, bufs, copy.get("master_param"), scales)
+            rec = _spec.ADAMW.record(opt.param_groups[0])
+            _spec.ADAMW.reference(mixed.param, mixed.grad, mixed.bufs, step=step, aux=None,
+                                  grad_scale=1.0, **_spec.ADAMW.kwargs(rec))
+            mixed.store(0, 0)
+            opt.step([g])
+            assert st["exp_avg"].dtype == np.int8
+            assert _bits(q) == _bits(p), (master, step)
+            for k in ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax"):
+                assert _bits(copy[k]) == _bits(st[k]), (master, step, k)
