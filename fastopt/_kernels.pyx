@@ -1758,7 +1758,7 @@ def fill_torch(Frame f not None, list groups not None, list slots_by_group not N
                 if not _dl_read(p, &dp) or not _dl_host(&dp) or dp.dtype.lanes != 1:
                     return f._fail(R_DTYPE, i, 0)
                 code = lut[dp.dtype.code][dp.dtype.bits] if dp.dtype.code < 8 and dp.dtype.bits <= 64 else 0
-                if code == 0:
+                if code == 0 or code > FO_DT_BF16:      # (8-bit codes are state dtypes only)
                     return f._fail(R_DTYPE, i, 0)
                 n = _dl_contiguous_numel(&dp)
                 if n < 0:
@@ -1809,7 +1809,11 @@ def fill_torch(Frame f not None, list groups not None, list slots_by_group not N
                         want = code
                     else:
                         t = <object>PyTuple_GET_ITEM(slot, 2)
-                        # a tuple: the storage code by the param's code (0: no such stream)
+                        # a tuple: the storage code by the param's code (0: no such stream);
+                        # a fourth and fifth item: under that many elements, the fifth's
+                        # codes (8-bit states: small tensors keep float32 states)
+                        if PyTuple_GET_SIZE(slot) >= 5 and n < <int64_t>slot[3]:
+                            t = <object>PyTuple_GET_ITEM(slot, 4)
                         want = <int>t[code] if type(t) is tuple else <int>t
                         if want == 0:
                             continue
@@ -1819,7 +1823,15 @@ def fill_torch(Frame f not None, list groups not None, list slots_by_group not N
                     if item == NULL:
                         return f._fail(R_NEEDS_STATE, i, k)
                     t = <object>item
-                    if (not _exact_type(t, types) or not _dl_read(t, &ds) or not _dl_host(&ds)
+                    if want == FO_DT_ABSMAX:
+                        # an 8-bit state's block scales: float32, one per block, 1-D
+                        if (not _exact_type(t, types) or not _dl_read(t, &ds)
+                                or not _dl_host(&ds) or ds.dtype.lanes != 1
+                                or ds.dtype.code != FO_DL_FLOAT or ds.dtype.bits != 32
+                                or ds.ndim != 1
+                                or _dl_contiguous_numel(&ds) != (n + Q8_BLOCK - 1) // Q8_BLOCK):
+                            return f._fail(R_LAYOUT, i, k)
+                    elif (not _exact_type(t, types) or not _dl_read(t, &ds) or not _dl_host(&ds)
                             or ds.dtype.lanes != 1 or ds.dtype.code >= 8 or ds.dtype.bits > 64
                             or lut[ds.dtype.code][ds.dtype.bits] != want
                             or not _dl_same_shape(&ds, ndim, pshape)
