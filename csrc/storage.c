@@ -414,16 +414,14 @@ static fo_q8_side fo_q8_sides[3];               /* unsigned, signed +, signed - 
 static int fo_q8_ready = 0;
 #if FO_X86_F16C
 #endif
-/* The lookup tables of each map, both sides together so that one lookup serves either sign:
- * side 0 toward +, side 1 toward - (unsigned: side 0 only). bucket[side * FO_Q8_NB + b],
- * thr[side * 257 + j]. The quantizers read `packed`, one 32-bit entry per bucket: the
+/* The lookup table of each map, both sides together so that one lookup serves either sign:
+ * side 0 toward +, side 1 toward - (unsigned: side 0 only), packed[side * FO_Q8_NB + b]: the
+ * quantizers read one 32-bit entry per bucket: the
  * bucket's magnitude index j << 16, and in the low 16 bits the offset of the one threshold
  * within the bucket from the bucket's first bit pattern (0xffff: none). A threshold within a
  * bucket shares the bucket's upper bits (exponent and 8 mantissa bits), so |x| is beyond it
  * exactly when the low 15 bits of |x| exceed that offset: one lookup per element. */
 typedef struct fo_q8_tab {
-    float thr[2 * 257];
-    unsigned char bucket[2 * FO_Q8_NB];
     uint32_t packed[2 * FO_Q8_NB];
 } fo_q8_tab;
 static fo_q8_tab fo_q8_tabs[2];                   /* [0] unsigned, [1] signed */
@@ -492,9 +490,7 @@ int fo_q8_init(void)
     for (int t = 0; t < 2; t++)
         for (int h = 0; h < 2; h++) {
             const fo_q8_side *sd = &fo_q8_sides[side_of[t][h]];
-            memcpy(fo_q8_tabs[t].thr + h * 257, sd->thr, sizeof sd->thr);
             for (uint32_t k = 0; k < FO_Q8_NB; k++) {
-                fo_q8_tabs[t].bucket[h * FO_Q8_NB + k] = sd->bucket[k];
                 /* the bucket's bit patterns: [FO_Q8_LO + (k << 15), + 0x7fff] (bucket 0 also
                  * takes everything below 2^-24, which stays below every threshold) */
                 const uint32_t lo = FO_Q8_LO + (k << 15), j = sd->bucket[k];
