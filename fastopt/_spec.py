@@ -168,6 +168,11 @@ class Rule:
         return tuple((A1 + stream - S1, key + SCALE_SUFFIX, Q8_MIN)
                      for stream, key in self.needed(group))
 
+    def signed(self, key: str) -> bool:
+        """Whether buffer ``key`` takes the signed map of 8-bit states (int8 codes)."""
+        b = self.buffer(key)
+        return b is None or b.signed
+
     def buffer(self, key: str) -> Buffer | None:
         for b in self.buffers:
             if b.key == key:

@@ -177,10 +177,10 @@ class Optimizer:
     def _buffers(self, group: Mapping) -> tuple[tuple, ...]:
         """(stream, state key) of each state buffer the group's settings need; with 8-bit
         states also (stream, key, Q8_MIN, codes dtype code) of each buffer's block scales."""
-        slots = self._spec.needed(group)
+        slots: tuple[tuple, ...] = self._spec.needed(group)
         if _spec.check_storage(group).q8:
             slots = slots + tuple(
-                scale + (_CODE_Q8S if self._spec.buffer(key).signed else _CODE_Q8U,)
+                scale + (_CODE_Q8S if self._spec.signed(key) else _CODE_Q8U,)
                 for scale, (_, key) in zip(self._spec.scale_slots(group), slots))
         return slots
 

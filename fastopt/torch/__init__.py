@@ -342,7 +342,7 @@ class _Native:
             # for float32/16-bit params of Q8_MIN elements and more; float32 states below
             slots: tuple = ()
             for stream, key in needed:
-                q = 5 if self._fo_spec.buffer(key).signed else 6
+                q = 5 if self._fo_spec.signed(key) else 6
                 slots += ((stream, key, (0, q, 2, q, q), _spec.Q8_MIN, codes),)
             for stream, key, _ in self._fo_spec.scale_slots(plain):
                 slots += ((stream, key, (0, 7, 0, 7, 7), _spec.Q8_MIN, (0, 0, 0, 0, 0)),)
@@ -382,7 +382,7 @@ class _Native:
             for _, key in self._fo_spec.needed(plain):
                 if key not in before:
                     codes, scales = _quantize(state[key],
-                                              self._fo_spec.buffer(key).signed)
+                                              self._fo_spec.signed(key))
                     state[key], state[key + _spec.SCALE_SUFFIX] = codes, scales
         if p.dtype in _adapter.HALF:
             for _, key in st.extra_slot():
