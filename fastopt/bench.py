@@ -920,6 +920,7 @@ STORAGE_ROWS: tuple[tuple[str, str, str, dict], ...] = (
      dict(rounding="stochastic")),
     ("f16+master", "f16 + f32 master/states", "float16", dict(master_weights=True)),
     ("f16", "f16 (states f16)", "float16", {}),
+    ("8bit", "f32 + 8-bit states", "float32", dict(state_dtype="8bit")),
 )
 
 
@@ -953,6 +954,7 @@ def fastopt_torch_storage_system(torch, spec, key, label, params, grads, **stora
 TORCH_STORAGE_ROWS: tuple[tuple[str, str, dict], ...] = (
     ("fastopt.torch bf16+master", "bf16 + f32 master/states", dict(master_weights=True)),
     ("fastopt.torch bf16", "bf16 (states bf16)", {}),
+    ("fastopt.torch bf16+8bit", "bf16 + 8-bit states", dict(state_dtype="8bit")),
 )
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 QUICK = ["--threads", "1", "--no-torch", "--budget", "0.02", "--min-rounds", "2"]
@@ -200,8 +201,12 @@ def test_model_rows_on_scaled_down_models(tmp_path):
         eight = s["fastopt 8bit"]
         if "skipped" in eight:
             assert eight["skipped"].startswith("8-bit states not available"), eight
-        else:
-            assert eight["state_bytes_per_param"] < 4, eight
+        else:       # tensors of 4,096+ elements: codes + a float32 scale per 256; else float32
+            from fastopt import bench
+            name, scale = r["layout"].split("/")
+            sizes = [int(np.prod(x)) for x in bench.MODELS[name][1](int(scale))]
+            held = sum(2 * (n + 4 * -(-n // 256)) if n >= 4096 else 8 * n for n in sizes)
+            assert eight["state_bytes_per_param"] == pytest.approx(held / sum(sizes)), eight
         for key in ("torch fused float32", "torch float32"):
             t = s[key]
             assert "skipped" in t or t["state_bytes_per_param"] == pytest.approx(8.0), t
@@ -238,6 +243,16 @@ def test_storage_rows_bytes_per_element(tmp_path):
             if "skipped" in s:          # bf16 without ml_dtypes, torch without torch
                 assert "ml_dtypes" in s["skipped"] or "torch" in s["skipped"], s
                 continue
+            assert s["bytes_per_element"] == pytest.approx(want), (key, s)
+        for key, small in (("8bit", 28), ("fastopt.torch bf16+8bit", 22)):
+            s = r["systems"][key]
+            if "skipped" in s:
+                assert "torch" in s["skipped"], s
+                continue
+            # under 4,096 elements float32 states; above, 1 byte of codes per element and
+            # state, and one float32 scale per 256 elements
+            big = small - 16 + 2 * 2 * (1 + 4 * -(-r["elements"] // 256) / r["elements"])
+            want = small if r["elements"] < 4096 else big
             assert s["bytes_per_element"] == pytest.approx(want), (key, s)
             assert s["x_probe"] == pytest.approx(s["time_s"] / s["probe_equiv_s"])
             assert s["gb_per_s"] > 0
