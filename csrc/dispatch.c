@@ -579,7 +579,8 @@ void fo_run_segment(int rule, int sig, int64_t off, int64_t n, void *const *ptrs
     const size_t esz = fo_dt_size(dt[FO_P]);
     const uintptr_t addr = (uintptr_t)ptrs[FO_P] + (uintptr_t)off * esz;
     const int64_t head = (int64_t)(((64 - addr % 64) % 64) / esz);
-    if (head > 0 && n > 4 * head) {
+    /* (not for 8-bit states: their tiles must stay on the blocks of their scales) */
+    if (head > 0 && n > 4 * head && !fo_has_q8(dt)) {
         fo_run_one(rule, sig, off, head, ptrs, dt, hp, st);
         off += head;
         n -= head;

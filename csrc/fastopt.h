@@ -36,13 +36,28 @@ extern "C" {
 
 /* Streams of a call, in this order. Unused streams are NULL. FO_M belongs to 16-bit params:
  * float32 there is their master copy, the param's own dtype its Kahan compensation (see
- * storage.c); no loop body reads it. */
-enum { FO_P = 0, FO_G = 1, FO_S1 = 2, FO_S2 = 3, FO_S3 = 4, FO_M = 5, FO_MAX_STREAMS = 6 };
+ * storage.c); no loop body reads it. FO_A1..FO_A3 belong to 8-bit states: the float32 block
+ * scales (absmax) of state S1..S3 (FO_A1 + k - FO_S1), present exactly when that state is
+ * 8-bit; no loop body reads them either (the adapter does, storage.c). */
+enum { FO_P = 0, FO_G = 1, FO_S1 = 2, FO_S2 = 3, FO_S3 = 4, FO_M = 5, FO_A1 = 6, FO_A2 = 7,
+       FO_A3 = 8, FO_MAX_STREAMS = 9 };
 
-/* Storage dtype codes of a stream (FO_DT_NONE: the stream is absent). */
-enum { FO_DT_NONE = 0, FO_DT_F32 = 1, FO_DT_F64 = 2, FO_DT_F16 = 3, FO_DT_BF16 = 4 };
-/* The size in bytes of an element of that dtype (0 for FO_DT_NONE or an unknown code). */
+/* Storage dtype codes of a stream (FO_DT_NONE: the stream is absent). 8-bit states: FO_DT_Q8S
+ * int8 codes of the signed map, FO_DT_Q8U uint8 codes of the unsigned map (one per element),
+ * FO_DT_ABSMAX the float32 scale of each FO_Q8_BLOCK-element block (ceil(n / FO_Q8_BLOCK) of
+ * them for an n-element tensor). */
+enum { FO_DT_NONE = 0, FO_DT_F32 = 1, FO_DT_F64 = 2, FO_DT_F16 = 3, FO_DT_BF16 = 4,
+       FO_DT_Q8S = 5, FO_DT_Q8U = 6, FO_DT_ABSMAX = 7 };
+enum { FO_Q8_BLOCK = 256 };
+/* The size in bytes of an element of that dtype (0 for FO_DT_NONE or an unknown code; 4 for
+ * FO_DT_ABSMAX, whose elements are per block, see fo_stream_bytes). */
 size_t fo_dt_size(int dt);
+/* The byte extent of a stream of dtype `dt` for a tensor of n elements: n * fo_dt_size(dt),
+ * or 4 * ceil(n / FO_Q8_BLOCK) for FO_DT_ABSMAX. Every check of bounds and overlaps uses it. */
+size_t fo_stream_bytes(int dt, int64_t n);
+/* 1 if any stream of these dtypes is an 8-bit state (the tensor then runs in whole blocks:
+ * segments start on a multiple of FO_Q8_BLOCK within the tensor). */
+int fo_has_q8(const unsigned char *dtypes);
 
 /* How 16-bit values are written where there is no master copy (16-bit params, 16-bit
  * states): to nearest even, or stochastically with draws keyed by `key` (fo_sr_key). */
@@ -297,6 +312,21 @@ int fo_convert(const char *isa, int dt, int to16, int rounding, uint64_t key, in
  * hold every rounding case) and every 16-bit pattern widened by the instruction set's loops,
  * against the scalar reference: the number of mismatches. */
 int64_t fo_convert_check_all(const char *isa, int dt, int full);
+
+/* ---- 8-bit states (storage.c) -------------------------------------------------------------- */
+
+/* Build the quantization maps and their lookup tables (idempotent; call once before any
+ * thread runs: the driver does at import). Returns 0, or -1 if a table failed its own check. */
+int fo_q8_init(void);
+/* The 256 float32 values of a map: signed (index code + 128 for int8 code) or unsigned (index
+ * the uint8 code); sorted ascending, each with an exact 0 (signed code 0, unsigned code 0). */
+const float *fo_q8_map(int is_signed);
+/* Quantize n float32 values (blocks from values[0]) to codes (int8 for FO_DT_Q8S, uint8 for
+ * FO_DT_Q8U) and ceil(n / FO_Q8_BLOCK) scales; or dequantize (to_q = 0) codes and scales to
+ * float32; with the loops of instruction set `isa` (every one gives the same bits). Returns
+ * 0, or -1 for another dt. */
+int fo_q8_convert(const char *isa, int dt, int to_q, int64_t n, float *values, void *codes,
+                  float *absmax);
 
 /* ---- run-time instruction-set choice ------------------------------------------------------ */
 

@@ -37,6 +37,7 @@
  * and Inf are rounded to nearest (they pass through); a finite value above the largest finite
  * 16-bit value may round to Inf, never to NaN.
  */
+#include <math.h>
 #include <string.h>
 #include "fastopt.h"
 #include "fo_half.h"
@@ -379,11 +380,366 @@ int64_t fo_convert_check_all(const char *isa, int dt, int full)
 size_t fo_dt_size(int dt)
 {
     switch (dt) {
-    case FO_DT_F32: return 4;
+    case FO_DT_F32: case FO_DT_ABSMAX: return 4;
     case FO_DT_F64: return 8;
     case FO_DT_F16: case FO_DT_BF16: return 2;
+    case FO_DT_Q8S: case FO_DT_Q8U: return 1;
     default: return 0;
     }
+}
+
+size_t fo_stream_bytes(int dt, int64_t n)
+{
+    if (n <= 0) return 0;
+    if (dt == FO_DT_ABSMAX) return 4 * (size_t)((n + FO_Q8_BLOCK - 1) / FO_Q8_BLOCK);
+    return (size_t)n * fo_dt_size(dt);
+}
+
+FO_INLINE int fo_isq8(int dt) { return dt == FO_DT_Q8S || dt == FO_DT_Q8U; }
+
+int fo_has_q8(const unsigned char *dt)
+{
+    for (int k = FO_S1; k <= FO_S3; k++)
+        if (fo_isq8(dt[k])) return 1;
+    return 0;
+}
+
+/* ---- 8-bit states: the maps, quantization, dequantization --------------------------------
+ *
+ * Block-wise quantization: a state of n elements is kept as n one-byte codes and one float32
+ * scale per block of FO_Q8_BLOCK elements (the last block may be partial), the block's
+ * largest magnitude (absmax). Element value = map[code] * absmax, in float32.
+ *
+ * The maps are dynamic (a decade exponent and a linear fraction, the published design of
+ * bitsandbytes' dynamic-tree map, constructed here on its own): for level i = 0..6 the values
+ * 10^(i-6) * (0.1 + (k + 1/2) * 0.9 / c_i), k = 0..c_i - 1, i.e. the midpoints of c_i equal
+ * parts of [0.1, 1] scaled into the decade [10^(i-6) / 10, 10^(i-6)], computed in double and
+ * rounded once to float32.
+ *   unsigned (uint8 codes): 0, levels 0..6 with c_i = 2^(i+1) (254 values), 1: 256 values;
+ *   signed (int8 codes):    code 0 is 0; positive codes 1..127 the levels 1..6 with c_i = 2^i
+ *                           (126 values) and 1; negative codes -1..-128 the negated levels
+ *                           0..6 with c_i = 2^i (127 values) and -1. So +-1 are exact (the
+ *                           block's absmax element is stored exactly, whatever its sign) and
+ *                           only the smallest negative magnitude (5.5e-7) has no positive
+ *                           twin.
+ * Sorted: signed map index = code + 128, unsigned index = code.
+ *
+ * Requantizing a block (after the rule's float32 body updated it):
+ *   - a NaN or Inf anywhere in the block: its scale is stored as NaN and every code as 0, so
+ *     the whole block reads NaN (a float32 state would hold NaN in that element only; the
+ *     update of the block's other elements is lost either way once they read NaN);
+ *   - absmax 0 (or an empty block): scale 0, codes 0 (reads 0);
+ *   - otherwise scale = absmax and each element x = v / absmax (float32 division; |x| <= 1) is
+ *     given the code of the map value nearest to x, exactly: the midpoints between
+ *     neighbouring map values are the decision points, compared exactly; a value exactly on
+ *     a midpoint takes the code of the smaller magnitude (ties toward zero). Unsigned maps
+ *     give negative values (which the rules using them never produce) code 0.
+ * Zero is code 0 of both maps, so 0 maps to 0 exactly and a state element whose inputs stay
+ * zero stays zero.
+ *
+ * The exact nearest code without a search: per side (magnitudes toward +, toward -), the
+ * thresholds thr[j] between magnitudes j and j + 1 are kept as float32 (the midpoint itself
+ * when float32 holds it, else the float32 just below it: |x| > thr[j] exactly when |x| lies
+ * beyond the midpoint, for every float32 |x|), and a table indexed by the top bits of |x|
+ * (its exponent and leading 8 mantissa bits, from 2^-24 up to 1) holds the magnitude index of
+ * the bucket's smallest value. No bucket holds two thresholds (fo_q8_init checks each), so
+ * j = table[bucket] + (|x| > thr[table[bucket]]) is the exact answer.
+ */
+
+#define FO_Q8_LO 0x33800000u                    /* 2^-24: smaller |x| share bucket 0 */
+#define FO_Q8_NB (((0x3f800000u - FO_Q8_LO) >> 15) + 1)
+
+typedef struct fo_q8_side {
+    float thr[257];                             /* thresholds above magnitude j (then +inf) */
+    unsigned char bucket[FO_Q8_NB];             /* magnitude index of each bucket's low end */
+    int count;                                  /* magnitudes, 0 included */
+} fo_q8_side;
+
+static float fo_q8_maps[2][256];                /* [0] unsigned, [1] signed */
+static fo_q8_side fo_q8_sides[3];               /* unsigned, signed +, signed - */
+static int fo_q8_ready = 0;
+#if FO_X86_F16C
+#endif
+/* The lookup table of each map, both sides together so that one lookup serves either sign:
+ * side 0 toward +, side 1 toward - (unsigned: side 0 only), packed[side * FO_Q8_NB + b]: the
+ * quantizers read one 32-bit entry per bucket: the
+ * bucket's magnitude index j << 16, and in the low 16 bits the offset of the one threshold
+ * within the bucket from the bucket's first bit pattern (0xffff: none). A threshold within a
+ * bucket shares the bucket's upper bits (exponent and 8 mantissa bits), so |x| is beyond it
+ * exactly when the low 15 bits of |x| exceed that offset: one lookup per element. */
+typedef struct fo_q8_tab {
+    uint32_t packed[2 * FO_Q8_NB];
+} fo_q8_tab;
+static fo_q8_tab fo_q8_tabs[2];                   /* [0] unsigned, [1] signed */
+
+/* Level i's values in ascending order, appended to out (double, rounded once to float32). */
+static int fo_q8_level(float *out, int at, int level, int count)
+{
+    static const double decade[7] = {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0};
+    for (int k = 0; k < count; k++)
+        out[at++] = (float)(decade[level] * (0.1 + ((double)k + 0.5) * 0.9 / (double)count));
+    return at;
+}
+
+static int fo_q8_build_side(fo_q8_side *sd, const float *mag, int count)
+{
+    /* mag: count ascending magnitudes, mag[0] = 0 */
+    for (int j = 0; j + 1 < count; j++) {
+        const double mid = ((double)mag[j] + (double)mag[j + 1]) * 0.5;
+        float t = (float)mid;
+        if ((double)t > mid) t = nextafterf(t, 0.0f);
+        sd->thr[j] = t;
+    }
+    for (int j = count - 1; j < 257; j++) sd->thr[j] = INFINITY;
+    sd->count = count;
+    int bad = 0;
+    for (uint32_t b = 0; b < FO_Q8_NB; b++) {
+        /* the bucket's values: bits [lo, hi]; bucket 0 also holds everything below 2^-24 */
+        const uint32_t lo = b == 0 ? 0u : FO_Q8_LO + (b << 15);
+        uint32_t hi = FO_Q8_LO + (b << 15) + 0x7fffu;
+        if (hi > 0x3f800000u) hi = 0x3f800000u;
+        const float xlo = fo_float(lo), xhi = fo_float(hi);
+        int j = 0;
+        while (xlo > sd->thr[j]) j++;
+        sd->bucket[b] = (unsigned char)j;
+        /* at most one threshold within (xlo, xhi] */
+        if (xhi > sd->thr[j] && xhi > sd->thr[j + 1]) bad = 1;
+    }
+    return bad;
+}
+
+int fo_q8_init(void)
+{
+    if (fo_q8_ready) return fo_q8_ready > 0 ? 0 : -1;
+    float u[256], pos[128], neg[129];
+    int n = 0;
+    u[n++] = 0.0f;
+    for (int i = 0; i <= 6; i++) n = fo_q8_level(u, n, i, 2 << i);
+    u[n++] = 1.0f;
+    int np = 0, nn = 0;
+    pos[np++] = 0.0f;
+    for (int i = 1; i <= 6; i++) np = fo_q8_level(pos, np, i, 1 << i);
+    pos[np++] = 1.0f;
+    neg[nn++] = 0.0f;
+    for (int i = 0; i <= 6; i++) nn = fo_q8_level(neg, nn, i, 1 << i);
+    neg[nn++] = 1.0f;
+    /* n == 256, np == 128 (codes 0..127), nn == 129 (codes 0..-128) */
+    memcpy(fo_q8_maps[0], u, sizeof u);
+    for (int j = 0; j < 128; j++) fo_q8_maps[1][128 + j] = pos[j];
+    for (int j = 1; j < 129; j++) fo_q8_maps[1][128 - j] = -neg[j];
+    int bad = fo_q8_build_side(&fo_q8_sides[0], u, 256);
+    bad |= fo_q8_build_side(&fo_q8_sides[1], pos, 128);
+    bad |= fo_q8_build_side(&fo_q8_sides[2], neg, 129);
+    bad |= n != 256 || np != 128 || nn != 129;
+    for (int t = 0; t < 3; t++) bad |= !(fo_q8_sides[t].thr[0] > fo_float(FO_Q8_LO));
+    static const int side_of[2][2] = {{0, 0}, {1, 2}};
+    for (int t = 0; t < 2; t++)
+        for (int h = 0; h < 2; h++) {
+            const fo_q8_side *sd = &fo_q8_sides[side_of[t][h]];
+            for (uint32_t k = 0; k < FO_Q8_NB; k++) {
+                /* the bucket's bit patterns: [FO_Q8_LO + (k << 15), + 0x7fff] (bucket 0 also
+                 * takes everything below 2^-24, which stays below every threshold) */
+                const uint32_t lo = FO_Q8_LO + (k << 15), j = sd->bucket[k];
+                const uint32_t tb = fo_bits(sd->thr[j]);
+                const uint32_t off = tb >= lo && tb - lo <= 0x7fffu ? tb - lo : 0xffffu;
+                fo_q8_tabs[t].packed[h * FO_Q8_NB + k] = (j << 16) | off;
+            }
+        }
+    fo_q8_ready = bad ? -1 : 1;
+    return bad ? -1 : 0;
+}
+
+const float *fo_q8_map(int is_signed)
+{
+    fo_q8_init();
+    return fo_q8_maps[is_signed ? 1 : 0];
+}
+
+FO_INLINE uint32_t fo_q8_index(const fo_q8_tab *t, uint32_t a, uint32_t side)
+{
+    /* a: the bits of |x|, |x| <= 1; side 0 (x >= 0) or 1 (x < 0) */
+    const uint32_t d = (a < FO_Q8_LO ? FO_Q8_LO : a) - FO_Q8_LO;
+    const uint32_t e = t->packed[side * FO_Q8_NB + (d >> 15)];
+    return (e >> 16) + ((d & 0x7fffu) > (e & 0xffffu));
+}
+
+/* The block's scale from the bits of its values: for float32 bit patterns without the sign,
+ * unsigned integer order is magnitude order and NaN/Inf are the patterns >= 0x7f800000, so
+ * one integer maximum (which vectorises, exact in any order) gives the absmax and tells a
+ * non-finite block. Returns 1 where the codes are all 0 (absmax 0, or NaN: stored as NaN). */
+static int fo_q8_scale(int64_t m, const float *v, float *absmax)
+{
+    const uint32_t *u = (const uint32_t *)v;
+    uint32_t mx = 0;
+    for (int64_t j = 0; j < m; j++) {
+        const uint32_t a = u[j] & 0x7fffffffu;
+        mx = a > mx ? a : mx;
+    }
+    if (mx >= 0x7f800000u) { *absmax = NAN; return 1; }
+    *absmax = fo_float(mx);
+    return mx == 0;
+}
+
+/* The codes of one block whose absmax (finite, > 0) is amax: x = v / amax, then the exact
+ * nearest code (see the design note). Scalar: every instruction set's tail, and baseline. */
+static void fo_q8_codes_scalar(int dt, int64_t j0, int64_t m, const float *FO_RESTRICT v,
+                               float amax, void *codes)
+{
+    /* branch-free: the sign picks the side of the tables and negates the index */
+    unsigned char *c = (unsigned char *)codes;
+    if (dt == FO_DT_Q8U) {
+        const fo_q8_tab *t = &fo_q8_tabs[0];
+        for (int64_t j = j0; j < m; j++) {
+            const uint32_t b = fo_bits(v[j] / amax);
+            c[j] = (unsigned char)fo_q8_index(t, b & ((b >> 31) - 1u), 0);   /* x < 0: 0 */
+        }
+    } else {
+        const fo_q8_tab *t = &fo_q8_tabs[1];
+        for (int64_t j = j0; j < m; j++) {
+            const uint32_t b = fo_bits(v[j] / amax), sg = b >> 31;
+            const uint32_t k = fo_q8_index(t, b & 0x7fffffffu, sg);
+            c[j] = (unsigned char)((k ^ (0u - sg)) + sg);
+        }
+    }
+}
+
+static void fo_q8_unblock_scalar(int dt, int64_t j0, int64_t m, const void *codes, float scale,
+                                 float *FO_RESTRICT out)
+{
+    if (dt == FO_DT_Q8U) {
+        const float *map = fo_q8_maps[0];
+        const unsigned char *c = (const unsigned char *)codes;
+        for (int64_t j = j0; j < m; j++) out[j] = map[c[j]] * scale;
+    } else {
+        const float *map = fo_q8_maps[1] + 128;
+        const signed char *c = (const signed char *)codes;
+        for (int64_t j = j0; j < m; j++) out[j] = map[c[j]] * scale;
+    }
+}
+
+typedef struct fo_q8_fns {
+    /* codes of elements [0, m) of a block (x = v / amax, amax finite and > 0) */
+    void (*codes)(int dt, int64_t m, const float *v, float amax, void *codes);
+    /* elements [0, m) of a block: map[code] * scale */
+    void (*unblock)(int dt, int64_t m, const void *codes, float scale, float *out);
+} fo_q8_fns;
+
+static void fo_q8_codes_baseline(int dt, int64_t m, const float *v, float amax, void *codes)
+{
+    fo_q8_codes_scalar(dt, 0, m, v, amax, codes);
+}
+
+static void fo_q8_unblock_baseline(int dt, int64_t m, const void *codes, float scale,
+                                   float *out)
+{
+    fo_q8_unblock_scalar(dt, 0, m, codes, scale, out);
+}
+
+static const fo_q8_fns fo_q8_baseline = {fo_q8_codes_baseline, fo_q8_unblock_baseline};
+
+#if FO_X86_F16C
+/* AVX2: the same integer and compare steps 8 lanes at a time (the packed bucket entries
+ * gathered), so the codes are bitwise the scalar ones; the division is IEEE's in both. The
+ * AVX-512 table uses these too. Dequantizing stays scalar (a gather of the map measured no
+ * faster than the scalar loads on this machine's AMD EPYC). */
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#endif
+static inline __m256i fo_q8_index8(const fo_q8_tab *tab, __m256i a, __m256i side)
+{
+    const __m256i lo = _mm256_set1_epi32((int)FO_Q8_LO);
+    const __m256i low = _mm256_set1_epi32(0xffff);
+    const __m256i d = _mm256_sub_epi32(_mm256_max_epu32(a, lo), lo);
+    const __m256i idx = _mm256_add_epi32(_mm256_srli_epi32(d, 15),
+                                         _mm256_mullo_epi32(side, _mm256_set1_epi32(FO_Q8_NB)));
+    const __m256i e = _mm256_i32gather_epi32((const int *)tab->packed, idx, 4);
+    const __m256i gt = _mm256_cmpgt_epi32(_mm256_and_si256(d, _mm256_set1_epi32(0x7fff)),
+                                          _mm256_and_si256(e, low));
+    return _mm256_sub_epi32(_mm256_srli_epi32(e, 16), gt);  /* j + (beyond the threshold) */
+}
+
+static inline void fo_q8_store8(unsigned char *dst, __m256i codes32)
+{
+    /* the low byte of each lane, in order */
+    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, -1, -1);
+    const __m256i b = _mm256_shuffle_epi8(codes32, pick);
+    const __m256i both = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
+    _mm_storel_epi64((__m128i *)dst, _mm256_castsi256_si128(both));
+}
+
+static void fo_q8_codes_avx2(int dt, int64_t m, const float *v, float amax, void *codes)
+{
+    const __m256 s = _mm256_set1_ps(amax);
+    const __m256i abs = _mm256_set1_epi32(0x7fffffff);
+    unsigned char *c = (unsigned char *)codes;
+    int64_t j = 0;
+    const __m256i zero = _mm256_setzero_si256();
+    if (dt == FO_DT_Q8U) {
+        for (; j + 8 <= m; j += 8) {
+            const __m256i b = _mm256_castps_si256(_mm256_div_ps(_mm256_loadu_ps(v + j), s));
+            const __m256i neg = _mm256_srai_epi32(b, 31);
+            const __m256i a = _mm256_andnot_si256(neg, b);              /* negative -> 0 */
+            fo_q8_store8(c + j, fo_q8_index8(&fo_q8_tabs[0], a, zero));
+        }
+    } else {
+        for (; j + 8 <= m; j += 8) {
+            const __m256i b = _mm256_castps_si256(_mm256_div_ps(_mm256_loadu_ps(v + j), s));
+            const __m256i neg = _mm256_srai_epi32(b, 31);
+            const __m256i k = fo_q8_index8(&fo_q8_tabs[1], _mm256_and_si256(b, abs),
+                                           _mm256_srli_epi32(b, 31));
+            /* negative: -k, i.e. (k ^ -1) + 1 */
+            fo_q8_store8(c + j, _mm256_sub_epi32(_mm256_xor_si256(k, neg), neg));
+        }
+    }
+    fo_q8_codes_scalar(dt, j, m, v, amax, codes);
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+static const fo_q8_fns fo_q8_avx2 = {fo_q8_codes_avx2, fo_q8_unblock_baseline};
+#endif /* FO_X86_F16C */
+
+static const fo_q8_fns *fo_q8_for(const char *isa)
+{
+#if FO_X86_F16C
+    if (isa && (strcmp(isa, "avx2") == 0 || strcmp(isa, "avx512") == 0)) return &fo_q8_avx2;
+#endif
+    (void)isa;
+    return &fo_q8_baseline;
+}
+
+/* Requantize one block of m <= FO_Q8_BLOCK float32 values (see the design note). */
+static void fo_q8_block(const fo_q8_fns *q, int dt, int64_t m, const float *v, void *codes,
+                        float *absmax)
+{
+    if (fo_q8_scale(m, v, absmax)) {
+        memset(codes, 0, (size_t)m);
+        return;
+    }
+    q->codes(dt, m, v, *absmax, codes);
+}
+
+int fo_q8_convert(const char *isa, int dt, int to_q, int64_t n, float *values, void *codes,
+                  float *absmax)
+{
+    if (!fo_isq8(dt) || fo_q8_init() != 0) return -1;
+    const fo_q8_fns *q = fo_q8_for(isa);
+    for (int64_t i0 = 0, b = 0; i0 < n; i0 += FO_Q8_BLOCK, b++) {
+        const int64_t m = n - i0 < FO_Q8_BLOCK ? n - i0 : FO_Q8_BLOCK;
+        if (to_q) fo_q8_block(q, dt, m, values + i0, (unsigned char *)codes + i0, absmax + b);
+        else q->unblock(dt, m, (const unsigned char *)codes + i0, absmax[b], values + i0);
+    }
+    return 0;
 }
 
 FO_INLINE int fo_is16(int dt) { return dt == FO_DT_F16 || dt == FO_DT_BF16; }
@@ -393,19 +749,25 @@ int fo_mixed_signature(const unsigned char *dt)
     const int p = dt[FO_P], g = dt[FO_G], m = dt[FO_M];
     if (!fo_is16(p) && p != FO_DT_F32) return 0;
     if (g != FO_DT_NONE && g != p && g != FO_DT_F32) return 0;
-    for (int k = FO_S1; k <= FO_S3; k++)
-        if (dt[k] != FO_DT_NONE && dt[k] != FO_DT_F32 && !fo_is16(dt[k])) return 0;
+    for (int k = FO_S1; k <= FO_S3; k++) {
+        if (dt[k] != FO_DT_NONE && dt[k] != FO_DT_F32 && !fo_is16(dt[k]) && !fo_isq8(dt[k]))
+            return 0;
+        /* an 8-bit state and its scales come together */
+        if (fo_isq8(dt[k]) != (dt[FO_A1 + k - FO_S1] == FO_DT_ABSMAX)) return 0;
+        if (!fo_isq8(dt[k]) && dt[FO_A1 + k - FO_S1] != FO_DT_NONE) return 0;
+    }
     if (m != FO_DT_NONE && !(fo_is16(p) && (m == FO_DT_F32 || m == p))) return 0;
     return 1;
 }
 
-#define FO_TILE 256
+#define FO_TILE 256      /* = FO_Q8_BLOCK: a tile of an 8-bit state is one of its blocks */
 
 void fo_mixed_segment(const char *isa, fo_kernel_fn body, int64_t off, int64_t n,
                       void *const *ptrs, const unsigned char *dt, const void *hp,
                       const fo_store *st)
 {
     const fo_cvt *c = fo_cvt_for(isa);
+    const fo_q8_fns *q = fo_q8_for(isa);
     FO_ALIGN64 float buf[FO_MAX_STREAMS][FO_TILE];
     const int p16 = fo_is16(dt[FO_P]);
     const int master = p16 && dt[FO_M] == FO_DT_F32;
@@ -432,6 +794,12 @@ void fo_mixed_segment(const char *isa, fo_kernel_fn body, int64_t off, int64_t n
             if (dt[k] == FO_DT_NONE || !ptrs[k]) continue;
             if (dt[k] == FO_DT_F32) {
                 s[k] = (float *)ptrs[k] + i0;
+            } else if (fo_isq8(dt[k])) {
+                /* i0 is a multiple of FO_Q8_BLOCK (the driver cuts such tensors on blocks) */
+                const float *scale = (const float *)ptrs[FO_A1 + k - FO_S1];
+                q->unblock(dt[k], m, (const unsigned char *)ptrs[k] + i0,
+                           scale[i0 / FO_Q8_BLOCK], buf[k]);
+                s[k] = buf[k];
             } else {
                 c->widen(dt[k], m, (const uint16_t *)ptrs[k] + i0, buf[k]);
                 s[k] = buf[k];
@@ -440,6 +808,12 @@ void fo_mixed_segment(const char *isa, fo_kernel_fn body, int64_t off, int64_t n
         body(m, i0, s, hp);
         /* narrow what was written: states by the call's rounding, then the param */
         for (int k = FO_S1; k <= FO_S3; k++) {
+            if (fo_isq8(dt[k]) && ptrs[k]) {
+                float *scale = (float *)ptrs[FO_A1 + k - FO_S1];
+                fo_q8_block(q, dt[k], m, buf[k], (unsigned char *)ptrs[k] + i0,
+                            &scale[i0 / FO_Q8_BLOCK]);
+                continue;
+            }
             if (!fo_is16(dt[k]) || !ptrs[k]) continue;
             if (sr) c->narrow_sr(dt[k], m, buf[k], (uint16_t *)ptrs[k] + i0,
                                  key ^ (0x5bd1e995ull * (uint64_t)k), i0);

@@ -59,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fast", action="store_true", help="small, quick settings (the tests')")
     parser.add_argument("--plot", metavar="FILE.png", help="save the loss curve to this file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--state-dtype", default=None, choices=[None, "8bit"],
+                        help="'8bit': AdamW's states block-wise quantized to 8 bits (tensors "
+                             "of 4096+ elements: W1 at the default size)")
     args = parser.parse_args(argv)
     if args.epochs is None:
         args.epochs = 8 if args.fast else 30
@@ -185,7 +188,7 @@ def train(args: argparse.Namespace, train_set, test_set) -> dict:
     steps_per_epoch = -(-len(y) // args.batch_size)
     total_steps = args.epochs * steps_per_epoch
     opt = fastopt.AdamW(params, lr=args.lr, weight_decay=args.weight_decay,
-                        max_grad_norm=args.max_grad_norm)
+                        max_grad_norm=args.max_grad_norm, state_dtype=args.state_dtype)
     sched = WarmupDecayLR(opt, warmup_steps=int(args.warmup * total_steps),
                           total_steps=total_steps, decay="cosine")
     ema = fastopt.EMA(params, decay=args.ema_decay)
@@ -223,7 +226,11 @@ def train(args: argparse.Namespace, train_set, test_set) -> dict:
             clipped += opt.last_grad_norms[0] > args.max_grad_norm
         train_time += time.perf_counter() - start
         record(sched.get_last_lr()[0], clipped / steps_per_epoch)    # not part of the timing
-    return {**history, "optimizer_share": opt_time / train_time,
+    quantized = sum(1 for st in opt.state.values() for a in st.values()
+                    if isinstance(a, np.ndarray) and a.dtype in (np.int8, np.uint8))
+    return {**history, "quantized_states": quantized,
+            "state_bytes_per_element": opt.state_bytes(per_element=True),
+            "optimizer_share": opt_time / train_time,
             "ema_share": ema_time / train_time, "train_seconds": train_time,
             "steps": total_steps}
 

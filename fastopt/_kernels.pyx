@@ -5,7 +5,8 @@ and the call into the C kernels.
 Design note
 -----------
 A call is described by a ``Frame``: for each tensor, FO_MAX_STREAMS (address, storage dtype)
-pairs (param, grad, state buffers, a reserved master slot; see csrc/fastopt.h) and one element
+pairs (param, grad, state buffers, a master slot, the block scales of 8-bit states; see
+csrc/fastopt.h) and one element
 count, plus a strong reference to the owner of every address, held until the frame is
 released, so no array can be freed while the kernels run, whatever other Python threads do. A
 frontend adapter fills the frame (``fill_numpy_lists`` and ``fill_optimizer`` for NumPy arrays,
@@ -23,7 +24,8 @@ is simply read afresh.
    gradient makes the call return SKIPPED having modified nothing at all;
 3. increments the step counts, derives each tensor's per-step scalars in C (shared within a
    group at one step), reserves threads from the process-wide budget, releases the GIL and runs
-   all tensors as ONE range of elements split into static, 16-element aligned chunks.
+   all tensors as ONE range of elements split into static, 16-element aligned chunks (a
+   tensor with an 8-bit state is cut only on its 256-element block boundaries).
 
 Every kernel is element-wise, so results are bitwise identical for any thread count.
 """
@@ -50,6 +52,7 @@ cdef extern from "fastopt.h" nogil:
         FO_P
         FO_G
         FO_M
+        FO_A1
         FO_MAX_STREAMS
         FO_NRULES
         FO_NSIGS
@@ -62,6 +65,10 @@ cdef extern from "fastopt.h" nogil:
         FO_DT_F64
         FO_DT_F16
         FO_DT_BF16
+        FO_DT_Q8S
+        FO_DT_Q8U
+        FO_DT_ABSMAX
+        FO_Q8_BLOCK
     const char *const *fo_isa_compiled(int *count)
     int fo_isa_supported(const char *name)
     int fo_isa_select(const char *name)
@@ -74,6 +81,12 @@ cdef extern from "fastopt.h" nogil:
     void fo_run_segment(int rule, int sig, int64_t off, int64_t n, void *const *ptrs,
                         const unsigned char *dtypes, const void *hp, const fo_store *st)
     size_t fo_dt_size(int dt)
+    size_t fo_stream_bytes(int dt, int64_t n)
+    int fo_has_q8(const unsigned char *dtypes)
+    int fo_q8_init()
+    const float *fo_q8_map(int is_signed)
+    int fo_q8_convert(const char *isa, int dt, int to_q, int64_t n, float *values, void *codes,
+                      float *absmax)
     uint64_t fo_sr_key(uint64_t seed, int64_t param, int64_t step)
     int fo_convert(const char *isa, int dt, int to16, int rounding, uint64_t key,
                    int64_t index, int64_t n, const void *src, void *dst)
@@ -109,16 +122,22 @@ cdef extern from "fo_omp.h" nogil:
     int fo_omp_max_threads()
     int fo_omp_version()
 
-DEF S = 6               # FO_MAX_STREAMS (checked at import below)
+DEF S = 9               # FO_MAX_STREAMS (checked at import below)
+DEF Q8_BLOCK = 256      # FO_Q8_BLOCK (checked at import below)
 DEF ALIGN_ELEMS = 16    # chunk boundaries are multiples of this many elements
 DEF NORM_BLOCK = 8192   # elements per block of the norm and pre-pass reductions
 
-if FO_MAX_STREAMS != S:
-    raise ImportError("fastopt: _kernels.pyx and csrc/fastopt.h disagree on FO_MAX_STREAMS")
+if FO_MAX_STREAMS != S or FO_Q8_BLOCK != Q8_BLOCK:
+    raise ImportError("fastopt: _kernels.pyx and csrc/fastopt.h disagree on FO_MAX_STREAMS "
+                      "or FO_Q8_BLOCK")
+if fo_q8_init() != 0:      # (before any thread runs: the adapter reads the tables)
+    raise ImportError("fastopt: the 8-bit quantization tables failed their check")
 
 MAX_STREAMS = FO_MAX_STREAMS
-STREAM_P, STREAM_G, STREAM_M = FO_P, FO_G, FO_M
+STREAM_P, STREAM_G, STREAM_M, STREAM_A1 = FO_P, FO_G, FO_M, FO_A1
 DT_NONE, DT_F32, DT_F64, DT_F16, DT_BF16 = FO_DT_NONE, FO_DT_F32, FO_DT_F64, FO_DT_F16, FO_DT_BF16
+DT_Q8S, DT_Q8U, DT_ABSMAX = FO_DT_Q8S, FO_DT_Q8U, FO_DT_ABSMAX
+Q8_BLOCK_ELEMS = Q8_BLOCK
 ROUND_NEAREST, ROUND_STOCHASTIC = FO_ROUND_NEAREST, FO_ROUND_STOCHASTIC
 SIG_MIXED = FO_SIG_MIXED
 
@@ -361,6 +380,16 @@ cdef inline bint _mixable(unsigned char code) noexcept:
     return code == FO_DT_F32 or code == FO_DT_F16 or code == FO_DT_BF16
 
 
+cdef inline unsigned char _q8_code(cnp.ndarray a) noexcept:
+    """The code of an 8-bit state's codes array: int8 (signed map) or uint8 (unsigned)."""
+    cdef int t = cnp.PyArray_TYPE(a)
+    if t == cnp.NPY_INT8:
+        return FO_DT_Q8S
+    if t == cnp.NPY_UINT8:
+        return FO_DT_Q8U
+    return FO_DT_NONE
+
+
 cdef class Frame:
     """The descriptors of one multi-tensor call (see the module's design note).
 
@@ -454,12 +483,24 @@ cdef class Frame:
             return self._fail(R_TYPE, i, k)
         a = <cnp.ndarray>o
         cdef unsigned char code = _np_code(a)
+        if like is not None and k >= FO_A1:
+            # the block scales of state k - FO_A1 + FO_S1: float32, one per block
+            if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32:
+                return self._fail(R_DTYPE, i, k)
+            if (cnp.PyArray_NDIM(a) != 1 or cnp.PyArray_DIM(a, 0)
+                    != (cnp.PyArray_SIZE(like) + Q8_BLOCK - 1) // Q8_BLOCK):
+                return self._fail(R_SHAPE, i, k)
+            code = FO_DT_ABSMAX
+        elif like is not None and k != FO_G and k != FO_M and code == FO_DT_NONE:
+            code = _q8_code(a)       # an 8-bit state's codes (the signature pairs the scales)
         if code == FO_DT_NONE:
             return self._fail(R_DTYPE, i, k)
-        if like is not None:
+        if like is not None and code != FO_DT_ABSMAX:
             # another storage type than the param's: float32, float16 or bfloat16 on both
-            # sides (mixed storage); whether the combination runs is the signature's to say
-            if (cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(like)
+            # sides (mixed storage), or 8-bit codes; whether the combination runs is the
+            # signature's to say
+            if (cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(like) and code != FO_DT_Q8S
+                    and code != FO_DT_Q8U
                     and not (_mixable(code) and _mixable(_np_code(like)))):
                 return self._fail(R_DTYPE, i, k)
             if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(like):
@@ -476,7 +517,7 @@ cdef class Frame:
         self._ref(o)
         self.addr[i * S + k] = <uintptr_t>cnp.PyArray_DATA(a)
         self.dt[i * S + k] = code
-        if like is None:
+        if k == 0:
             self.count[i] = cnp.PyArray_SIZE(a)
         return -1
 
@@ -524,7 +565,10 @@ cdef class Frame:
         ``groups``: the param groups (dicts with "params"); ``sizes``: the number of params
         each group had when it was added; ``grads``: list or tuple, one per param (None
         skips); ``state``: the optimizer's state (index -> dict); ``slots_by_group``: per
-        group, a tuple of (stream, key) pairs the group's settings need; ``step_views``: per
+        group, a tuple of (stream, key) pairs the group's settings need, or for an 8-bit
+        state's block scales (stream, key, min_count, codes_dtype): skipped for params under
+        min_count elements and float64 params, and the codes of that state must have the
+        DT_Q8S/DT_Q8U code codes_dtype (its map); ``step_views``: per
         param, the object expected at state[i]["step"] (None: no check).
 
         Returns -1, R_NEEDS_STATE (some stepping param lacks state or a buffer, or its "step"
@@ -584,6 +628,10 @@ cdef class Frame:
                     k = <int>(<tuple>PyTuple_GET_ITEM(slots, s))[0]
                     if k == FO_M and self.dt[i * S] != FO_DT_F16 and self.dt[i * S] != FO_DT_BF16:
                         continue        # a master copy or compensation: 16-bit params only
+                    if PyTuple_GET_SIZE(<tuple>PyTuple_GET_ITEM(slots, s)) > 2 and (
+                            self.count[i] < <int64_t>(<tuple>PyTuple_GET_ITEM(slots, s))[2]
+                            or self.dt[i * S] == FO_DT_F64):
+                        continue        # 8-bit scales: float32/16-bit params of this size up
                     key = (<tuple>PyTuple_GET_ITEM(slots, s))[1]
                     item = PyDict_GetItem(st, key)
                     if item == NULL:
@@ -593,6 +641,12 @@ cdef class Frame:
                     rc = self._put_numpy(i, k, <object>item, p, True)
                     if rc >= 0:
                         return rc
+                    if (k >= FO_A1 and PyTuple_GET_SIZE(<tuple>PyTuple_GET_ITEM(slots, s)) > 3
+                            and self.dt[i * S + k - FO_A1 + 2] != FO_DT_NONE
+                            and self.dt[i * S + k - FO_A1 + 2]
+                            != <int>(<tuple>PyTuple_GET_ITEM(slots, s))[3]):
+                        # the codes' map (int8 signed, uint8 unsigned) is the buffer's own
+                        return self._fail(R_DTYPE, i, k - FO_A1 + 2)
                 i += 1
         if needs:
             return self._fail(R_NEEDS_STATE, -1, -1)
@@ -740,6 +794,8 @@ cdef int _check_contract(Frame f, Memo memo, int *sigs) except -1:
             if f.dt[i * S + k] == FO_DT_NONE:
                 continue
             es = fo_dt_size(f.dt[i * S + k])
+            if es == 0:
+                raise ContractError(R_DTYPE, i, k)
             if a == 0 and f.count[i] > 0:
                 raise ContractError(R_NULL, i, k)
             if a % es != 0:
@@ -759,9 +815,10 @@ cdef int _check_contract(Frame f, Memo memo, int *sigs) except -1:
                 for k in range(S):
                     if k == FO_G or f.dt[i * S + k] == FO_DT_NONE:
                         continue
-                    es = fo_dt_size(f.dt[i * S + k])
+                    # the stream's true byte extent (8-bit scales: one float32 per block)
                     w[nw].lo = f.addr[i * S + k]
-                    w[nw].hi = f.addr[i * S + k] + <uintptr_t>(f.count[i] * es)
+                    w[nw].hi = f.addr[i * S + k] + <uintptr_t>fo_stream_bytes(
+                        f.dt[i * S + k], f.count[i])
                     w[nw].tensor = i
                     w[nw].stream = k
                     nw += 1
@@ -783,7 +840,7 @@ cdef int _check_contract(Frame f, Memo memo, int *sigs) except -1:
                 continue
             a = f.addr[i * S + FO_G]
             j = _find_overlap(use, nuse, a,
-                              a + <uintptr_t>(f.count[i] * fo_dt_size(f.dt[i * S + FO_G])))
+                              a + <uintptr_t>fo_stream_bytes(f.dt[i * S + FO_G], f.count[i]))
             if j >= 0:
                 raise ContractError(R_OVERLAP, i, FO_G, (use[j].tensor, use[j].stream))
     finally:
@@ -810,6 +867,7 @@ cdef struct Job:
     const unsigned char *dts   # T x S
     char **hp_of
     const fo_store *store      # T
+    const unsigned char *blocked   # T: 1 where an 8-bit state makes the tensor run in blocks
 
 
 cdef void _run_range(const Job *job, int64_t lo, int64_t hi) noexcept nogil:
@@ -827,6 +885,12 @@ cdef void _run_range(const Job *job, int64_t lo, int64_t hi) noexcept nogil:
     while i < job.T and job.prefix[i] < hi:
         off = lo - job.prefix[i] if lo > job.prefix[i] else 0
         end = hi - job.prefix[i] if hi < job.prefix[i + 1] else job.active[i]
+        if job.blocked[i]:
+            # the chunk's edges within this tensor moved up to its next block boundary: the
+            # neighbouring chunk moves the same edge alike, so every block runs exactly once
+            off = (off + Q8_BLOCK - 1) // Q8_BLOCK * Q8_BLOCK
+            if end < job.active[i]:
+                end = min((end + Q8_BLOCK - 1) // Q8_BLOCK * Q8_BLOCK, job.active[i])
         if end > off:
             fo_run_segment(job.rule, job.sigs[i], off, end - off, &job.ptrs[i * S],
                            &job.dts[i * S], job.hp_of[i], &job.store[i])
@@ -1051,6 +1115,7 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
     cdef int nt, held
     cdef Job job
     cdef fo_store *store = NULL
+    cdef unsigned char *blocked = NULL
     cdef const unsigned char *rnd = NULL
     cdef const int64_t *pid = NULL
     if not 0 <= rule < FO_NRULES:
@@ -1116,7 +1181,8 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
         sumsq = <double *>malloc(max(ngroups, 1) * sizeof(double))
         nonfinite = <int *>malloc(max(ngroups, 1) * sizeof(int))
         store = <fo_store *>malloc(max(T, 1) * sizeof(fo_store))
-        if (not sigs or not prefix or not active or not hps or not hp_of or not gs
+        blocked = <unsigned char *>malloc(max(T, 1))
+        if (not blocked or not sigs or not prefix or not active or not hps or not hp_of or not gs
                 or not sumsq or not nonfinite or not store):
             raise MemoryError()
         # 1. the contract
@@ -1178,6 +1244,9 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
         job.dts = f.dt
         job.hp_of = hp_of
         job.store = store
+        for i in range(T):
+            blocked[i] = fo_has_q8(&f.dt[i * S]) if active[i] > 0 else 0
+        job.blocked = blocked
         nt = nthreads
         if total // _grain < nt:
             nt = <int>(total // _grain)
@@ -1196,7 +1265,7 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
         if release:
             f._drop_refs()
         free(sigs); free(prefix); free(active); free(hps); free(hp_of); free(gs)
-        free(sumsq); free(nonfinite); free(store)
+        free(sumsq); free(nonfinite); free(store); free(blocked)
 
 
 # ---- gradient norms -------------------------------------------------------------------------
@@ -1302,6 +1371,54 @@ def convert_check_all(str isa, int dt, bint full=False):
     with nogil:
         bad = fo_convert_check_all(cname, dt, full)
     return bad
+
+
+# ---- 8-bit states (tests, the NumPy frontend's state creation) ------------------------------
+
+def q8_map(bint signed):
+    """The 256 float32 values of the signed (index: int8 code + 128) or unsigned (index: uint8
+    code) quantization map, sorted ascending (csrc/storage.c)."""
+    cdef const float *m = fo_q8_map(signed)
+    out = np.empty(256, np.float32)
+    cdef float[::1] o = out
+    cdef int j
+    for j in range(256):
+        o[j] = m[j]
+    return out
+
+
+def q8_quantize(cnp.ndarray values not None, cnp.ndarray codes not None,
+                cnp.ndarray absmax not None, str isa=None):
+    """Quantize float32 ``values`` (1-D, contiguous) block-wise into ``codes`` (int8: signed
+    map, uint8: unsigned) and ``absmax`` (float32, one per block): the adapter's own
+    requantization, with the loops of instruction set ``isa`` (default: the active one)."""
+    return _q8(values, codes, absmax, 1, isa)
+
+
+def q8_dequantize(cnp.ndarray codes not None, cnp.ndarray absmax not None,
+                  cnp.ndarray values not None, str isa=None):
+    """The inverse: ``values`` (float32) = map[codes] * absmax of each element's block."""
+    return _q8(values, codes, absmax, 0, isa)
+
+
+cdef object _q8(cnp.ndarray values, cnp.ndarray codes, cnp.ndarray absmax, int to_q, str isa):
+    cdef bytes name = (isa if isa is not None else fo_isa_active().name.decode()).encode()
+    cdef const char *cname = name
+    cdef unsigned char dt = _q8_code(codes)
+    cdef int64_t n = cnp.PyArray_SIZE(values)
+    if dt == FO_DT_NONE:
+        raise ValueError(f"codes: expected int8 (signed map) or uint8 (unsigned map), got "
+                         f"{codes.dtype}")
+    if not (_vec(values, cnp.NPY_FLOAT32, n, not to_q) and _vec(codes, cnp.PyArray_TYPE(codes), n, to_q)
+            and _vec(absmax, cnp.NPY_FLOAT32, (n + Q8_BLOCK - 1) // Q8_BLOCK, to_q)):
+        raise ValueError("expected 1-D contiguous arrays: float32 values, codes of the same "
+                         "size, float32 absmax of one per block, the outputs writeable")
+    cdef float *pv = <float *>cnp.PyArray_DATA(values)
+    cdef void *pc = cnp.PyArray_DATA(codes)
+    cdef float *pa = <float *>cnp.PyArray_DATA(absmax)
+    with nogil:
+        fo_q8_convert(cname, dt, to_q, n, pv, pc, pa)
+    return values if not to_q else codes
 
 
 def sr_key(uint64_t seed, int64_t param, int64_t step):
@@ -1641,7 +1758,7 @@ def fill_torch(Frame f not None, list groups not None, list slots_by_group not N
                 if not _dl_read(p, &dp) or not _dl_host(&dp) or dp.dtype.lanes != 1:
                     return f._fail(R_DTYPE, i, 0)
                 code = lut[dp.dtype.code][dp.dtype.bits] if dp.dtype.code < 8 and dp.dtype.bits <= 64 else 0
-                if code == 0:
+                if code == 0 or code > FO_DT_BF16:      # (8-bit codes are state dtypes only)
                     return f._fail(R_DTYPE, i, 0)
                 n = _dl_contiguous_numel(&dp)
                 if n < 0:
@@ -1692,7 +1809,11 @@ def fill_torch(Frame f not None, list groups not None, list slots_by_group not N
                         want = code
                     else:
                         t = <object>PyTuple_GET_ITEM(slot, 2)
-                        # a tuple: the storage code by the param's code (0: no such stream)
+                        # a tuple: the storage code by the param's code (0: no such stream);
+                        # a fourth and fifth item: under that many elements, the fifth's
+                        # codes (8-bit states: small tensors keep float32 states)
+                        if PyTuple_GET_SIZE(slot) >= 5 and n < <int64_t>slot[3]:
+                            t = <object>PyTuple_GET_ITEM(slot, 4)
                         want = <int>t[code] if type(t) is tuple else <int>t
                         if want == 0:
                             continue
@@ -1702,7 +1823,15 @@ def fill_torch(Frame f not None, list groups not None, list slots_by_group not N
                     if item == NULL:
                         return f._fail(R_NEEDS_STATE, i, k)
                     t = <object>item
-                    if (not _exact_type(t, types) or not _dl_read(t, &ds) or not _dl_host(&ds)
+                    if want == FO_DT_ABSMAX:
+                        # an 8-bit state's block scales: float32, one per block, 1-D
+                        if (not _exact_type(t, types) or not _dl_read(t, &ds)
+                                or not _dl_host(&ds) or ds.dtype.lanes != 1
+                                or ds.dtype.code != FO_DL_FLOAT or ds.dtype.bits != 32
+                                or ds.ndim != 1
+                                or _dl_contiguous_numel(&ds) != (n + Q8_BLOCK - 1) // Q8_BLOCK):
+                            return f._fail(R_LAYOUT, i, k)
+                    elif (not _exact_type(t, types) or not _dl_read(t, &ds) or not _dl_host(&ds)
                             or ds.dtype.lanes != 1 or ds.dtype.code >= 8 or ds.dtype.bits > 64
                             or lut[ds.dtype.code][ds.dtype.bits] != want
                             or not _dl_same_shape(&ds, ndim, pshape)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from . import reference
 
-MAX_STREAMS = 6
+MAX_STREAMS = 9
 
 _grain = 1 << 14
 

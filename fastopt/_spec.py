@@ -49,18 +49,31 @@ STORAGE = (("master_weights", False), ("rounding", "nearest"), ("state_dtype", N
 ROUNDINGS = ("nearest", "stochastic", "kahan")
 M = 5
 MASTER_KEY, KAHAN_KEY = "master_param", "kahan_comp"
+# 8-bit states (state_dtype="8bit"; csrc/storage.c): state S_k's block scales are stream
+# A1 + (S_k - S1), kept at state key <key> + SCALE_SUFFIX; tensors under Q8_MIN elements, and
+# float64 params, keep float32 (float64) states.
+A1 = 6
+Q8 = "8bit"
+SCALE_SUFFIX = "_absmax"
+Q8_MIN = 4096
 
 
 @dataclass(frozen=True)
 class Storage:
     master: bool
     rounding: str
-    state_dtype: Any            # None (the param's dtype; float32 with a master copy) or a dtype
+    state_dtype: Any            # None (the param's dtype; float32 with a master copy), a
+                                # dtype, or "8bit"
 
     @property
     def code(self) -> int:
         """The driver's rounding mode for 16-bit values written without a master copy."""
         return 1 if self.rounding == "stochastic" else 0
+
+    @property
+    def q8(self) -> bool:
+        """8-bit states (block-wise quantized) for the params that take them."""
+        return isinstance(self.state_dtype, str) and self.state_dtype == Q8
 
     def extra_slot(self) -> tuple[tuple[int, str], ...]:
         """(stream, key) of the master copy or compensation (16-bit params only)."""
@@ -75,6 +88,8 @@ class Storage:
         d = np.dtype(param_dtype)
         if d == np.float64:
             return d
+        if self.q8:             # the float32 states of small tensors
+            return np.dtype(np.float32)
         if self.state_dtype is not None:
             return self.state_dtype
         if self.master and v.is16(d):
@@ -94,15 +109,17 @@ def check_storage(group: Mapping) -> Storage:
                          "weights: use master_weights=True or rounding='kahan', not both")
     sd = group.get("state_dtype")
     dtype = None
+    if isinstance(sd, str) and sd == Q8:
+        return Storage(bool(master), rounding, Q8)
     if sd is not None:
         try:
             dtype = np.dtype(sd)
         except TypeError:
-            raise TypeError(f"Invalid state_dtype: {sd!r} (expected None, np.float32 or "
-                            "ml_dtypes.bfloat16)") from None
+            raise TypeError(f"Invalid state_dtype: {sd!r} (expected None, np.float32, "
+                            "ml_dtypes.bfloat16 or '8bit')") from None
         if dtype != np.float32 and not (dtype.kind == "V" and dtype.name == "bfloat16"):
-            raise ValueError(f"Invalid state_dtype: {dtype} (expected None, float32 or "
-                             "bfloat16)")
+            raise ValueError(f"Invalid state_dtype: {dtype} (expected None, float32, "
+                             "bfloat16 or '8bit')")
     return Storage(bool(master), rounding, dtype)
 
 
@@ -116,6 +133,7 @@ class Buffer:
     stream: int                                  # S1, S2 or S3
     needed: Callable[[Mapping], bool] = _always  # from the group's settings
     fill: Callable[[Mapping], float] | None = None   # initial value (None: zeros)
+    signed: bool = True         # 8-bit: the signed map (int8 codes), else the unsigned (uint8)
 
 
 @dataclass(frozen=True)
@@ -130,6 +148,7 @@ class Rule:
     reference: Callable[..., None] | None = None
     flags: tuple[str, ...] = ()                  # record fields that are booleans
     storage16: bool = True                       # 16-bit / mixed storage supported
+    storage8: bool = False                       # 8-bit states supported
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -142,6 +161,23 @@ class Rule:
     def needed(self, group: Mapping) -> tuple[tuple[int, str], ...]:
         """(stream, key) of each buffer the group's settings need."""
         return tuple((b.stream, b.key) for b in self.buffers if b.needed(group))
+
+    def scale_slots(self, group: Mapping) -> tuple[tuple[int, str, int], ...]:
+        """(stream, key, Q8_MIN) of the block scales of each buffer an 8-bit group needs (the
+        driver skips them for params under Q8_MIN elements and float64 params)."""
+        return tuple((A1 + stream - S1, key + SCALE_SUFFIX, Q8_MIN)
+                     for stream, key in self.needed(group))
+
+    def signed(self, key: str) -> bool:
+        """Whether buffer ``key`` takes the signed map of 8-bit states (int8 codes)."""
+        b = self.buffer(key)
+        return b is None or b.signed
+
+    def buffer(self, key: str) -> Buffer | None:
+        for b in self.buffers:
+            if b.key == key:
+                return b
+        return None
 
     def record(self, group: Mapping) -> list[float]:
         """The validated argument record, in the C record's field order (memoised by the
@@ -252,7 +288,7 @@ SGD = Rule(
      ("nesterov", False), _KW, ("maximize", False), ("l1", 0.0)),
     _pack_sgd,
     (Buffer("momentum_buffer", S1, lambda g: g["momentum"] != 0),),
-    step_state=False, reference=_ref_sgd, flags=("nesterov", "maximize"))
+    step_state=False, reference=_ref_sgd, flags=("nesterov", "maximize"), storage8=True)
 
 
 def _pack_adam(g: Mapping, decoupled: bool | None = None) -> dict[str, float]:
@@ -268,8 +304,8 @@ def _ref_adam(p, g, b, *, step, aux, **kw):
 
 _ADAM_HYPER = (("lr", 1e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 0.0),
                ("amsgrad", False), _KW, ("maximize", False), ("l1", 0.0))
-_ADAM_BUFFERS = (Buffer("exp_avg", S1), Buffer("exp_avg_sq", S2),
-                 Buffer("max_exp_avg_sq", S3, lambda g: bool(g["amsgrad"])))
+_ADAM_BUFFERS = (Buffer("exp_avg", S1), Buffer("exp_avg_sq", S2, signed=False),
+                 Buffer("max_exp_avg_sq", S3, lambda g: bool(g["amsgrad"]), signed=False))
 
 
 def _pack_adam_group(g: Mapping) -> dict[str, float]:
@@ -279,11 +315,11 @@ def _pack_adam_group(g: Mapping) -> dict[str, float]:
 
 ADAM = Rule("adam", _ADAM_HYPER, _pack_adam_group,
             _ADAM_BUFFERS, reference=_ref_adam,
-            flags=("decoupled_weight_decay", "maximize"))
+            flags=("decoupled_weight_decay", "maximize"), storage8=True)
 ADAMW = Rule("adam", tuple((k, 1e-2 if k == "weight_decay" else d) for k, d in _ADAM_HYPER),
              lambda g: (v.flag("amsgrad", g["amsgrad"]), _pack_adam(g, True))[1],
              _ADAM_BUFFERS, reference=_ref_adam,
-             flags=("decoupled_weight_decay", "maximize"))
+             flags=("decoupled_weight_decay", "maximize"), storage8=True)
 
 
 def _pack_rmsprop(g: Mapping) -> dict[str, float]:
@@ -304,9 +340,10 @@ RMSPROP = Rule(
     (("lr", 1e-2), ("alpha", 0.99), ("eps", 1e-8), ("weight_decay", 0.0), ("momentum", 0.0),
      ("centered", False), _KW, ("maximize", False), ("l1", 0.0)),
     _pack_rmsprop,
-    (Buffer("square_avg", S1), Buffer("momentum_buffer", S2, lambda g: g["momentum"] > 0),
+    (Buffer("square_avg", S1, signed=False),
+     Buffer("momentum_buffer", S2, lambda g: g["momentum"] > 0),
      Buffer("grad_avg", S3, lambda g: bool(g["centered"]))),
-    reference=_ref_rmsprop, flags=("centered", "maximize"))
+    reference=_ref_rmsprop, flags=("centered", "maximize"), storage8=True)
 
 
 def _pack_adagrad(g: Mapping) -> dict[str, float]:
@@ -324,8 +361,8 @@ ADAGRAD = Rule(
     (("lr", 1e-2), ("lr_decay", 0.0), ("weight_decay", 0.0), ("initial_accumulator_value", 0.0),
      ("eps", 1e-10), _KW, ("maximize", False), ("l1", 0.0)),
     _pack_adagrad,
-    (Buffer("sum", S1, fill=lambda g: float(g["initial_accumulator_value"])),),
-    reference=_ref_adagrad, flags=("maximize",))
+    (Buffer("sum", S1, fill=lambda g: float(g["initial_accumulator_value"]), signed=False),),
+    reference=_ref_adagrad, flags=("maximize",), storage8=True)
 
 
 def _pack_lion(g: Mapping) -> dict[str, float]:
@@ -341,7 +378,7 @@ LION = Rule(
     (("lr", 1e-4), ("betas", (0.9, 0.99)), ("weight_decay", 0.0), _KW, ("maximize", False),
      ("l1", 0.0)),
     _pack_lion, (Buffer("exp_avg", S1),), step_state=True, reference=_ref_lion,
-    flags=("maximize",))
+    flags=("maximize",), storage8=True)
 
 
 def _pack_adamax(g: Mapping) -> dict[str, float]:
@@ -356,8 +393,8 @@ ADAMAX = Rule(
     "adamax",
     (("lr", 2e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 0.0), _KW,
      ("maximize", False), ("l1", 0.0)),
-    _pack_adamax, (Buffer("exp_avg", S1), Buffer("exp_inf", S2)), reference=_ref_adamax,
-    flags=("maximize",))
+    _pack_adamax, (Buffer("exp_avg", S1), Buffer("exp_inf", S2, signed=False)),
+    reference=_ref_adamax, flags=("maximize",), storage8=True)
 
 
 def _ref_radam(p, g, b, *, step, aux, **kw):
@@ -368,8 +405,8 @@ RADAM = Rule(
     "radam",
     (("lr", 1e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 0.0),
      ("decoupled_weight_decay", False), _KW, ("maximize", False), ("l1", 0.0)),
-    _pack_adam, (Buffer("exp_avg", S1), Buffer("exp_avg_sq", S2)), reference=_ref_radam,
-    flags=("decoupled_weight_decay", "maximize"))
+    _pack_adam, (Buffer("exp_avg", S1), Buffer("exp_avg_sq", S2, signed=False)),
+    reference=_ref_radam, flags=("decoupled_weight_decay", "maximize"), storage8=True)
 
 
 def _pack_nadam(g: Mapping) -> dict[str, float]:
@@ -385,9 +422,9 @@ NADAM = Rule(
     (("lr", 2e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 0.0),
      ("momentum_decay", 4e-3), ("decoupled_weight_decay", False), _KW, ("maximize", False),
      ("l1", 0.0)),
-    _pack_nadam, (Buffer("exp_avg", S1), Buffer("exp_avg_sq", S2)), aux=("mu_product",),
-    aux_init=lambda group: (1.0,), reference=_ref_nadam,
-    flags=("decoupled_weight_decay", "maximize"))
+    _pack_nadam, (Buffer("exp_avg", S1), Buffer("exp_avg_sq", S2, signed=False)),
+    aux=("mu_product",), aux_init=lambda group: (1.0,), reference=_ref_nadam,
+    flags=("decoupled_weight_decay", "maximize"), storage8=True)
 
 
 def _pack_adadelta(g: Mapping) -> dict[str, float]:

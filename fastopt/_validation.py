@@ -45,12 +45,23 @@ def storage_dtype(dtype) -> bool:
     return (dtype in FLOAT_DTYPES or is16(dtype)) and dtype.isnative
 
 
+Q8_BLOCK = 256      # elements per 8-bit block (csrc/fastopt.h FO_Q8_BLOCK)
+Q8_CODES = (np.dtype(np.int8), np.dtype(np.uint8))
+
+
+def q8_blocks(n: int) -> int:
+    """The number of 8-bit blocks (and scales) of an n-element state."""
+    return -(-int(n) // Q8_BLOCK)
+
+
 def stream_dtypes(param_dtype, stream: int) -> tuple:
     """The dtypes stream ``stream`` (1 gradient, 2-4 state, 5 master/compensation) may have
     for a param of ``param_dtype``: the param's own, or (mixed storage) float32 gradients of
     16-bit params, float32/16-bit states of 16/32-bit params, and for 16-bit params a float32
     master copy or a Kahan compensation of the param's dtype (csrc/storage.c)."""
     d = np.dtype(param_dtype)
+    if stream >= 6:             # an 8-bit state's block scales
+        return (F32,) if d != np.float64 else ()
     if d == np.float64:
         return (d,) if stream != 5 else ()
     sixteen = tuple(x for x in (F16, bfloat16()) if x is not None)
@@ -58,7 +69,7 @@ def stream_dtypes(param_dtype, stream: int) -> tuple:
         return (d, F32) if is16(d) else (d,)
     if stream == 5:
         return (F32, d) if is16(d) else ()
-    return (d,) + tuple(x for x in (F32,) + sixteen if x != d)
+    return (d,) + tuple(x for x in (F32,) + sixteen if x != d) + Q8_CODES
 
 
 def _describe(x) -> str:
@@ -103,7 +114,13 @@ def check_like(name: str, a, like: np.ndarray, like_name: str, *, writeable: boo
             want = (f"one of dtypes {', '.join(str(x) for x in allowed)} (for {like_name} of "
                     f"dtype {like.dtype})")
         raise TypeError(f"{name}: expected {want}, got {a.dtype}")
-    if a.shape != like.shape:
+    if stream is not None and stream >= 6:
+        nb = q8_blocks(like.size)
+        if a.shape != (nb,):
+            raise ValueError(f"{name}: expected shape ({nb},) (one float32 scale per "
+                             f"{Q8_BLOCK}-element block of {like_name}, {like.size} elements), "
+                             f"got {a.shape}")
+    elif a.shape != like.shape:
         raise ValueError(f"{name}: expected shape {like.shape} (that of {like_name}), "
                          f"got {a.shape}")
     if not a.flags.c_contiguous:
@@ -232,3 +249,15 @@ def step_count(name: str, value) -> int:
     if not math.isfinite(f) or f != int(f) or f < 0 or f >= 2**62:
         raise ValueError(f"{name}: expected a non-negative integer step count, got {value!r}")
     return int(f)
+
+
+def check_q8_pair(codes_name: str, codes, scales_name: str, scales) -> None:
+    """An 8-bit state's codes (int8 or uint8) and its block scales come together."""
+    q8 = codes is not None and codes.dtype in Q8_CODES
+    if q8 and scales is None:
+        raise ValueError(f"{codes_name}: 8-bit codes (dtype {codes.dtype}) need their block "
+                         f"scales, but {scales_name} is missing")
+    if scales is not None and not q8:
+        what = "missing" if codes is None else f"of dtype {codes.dtype}"
+        raise TypeError(f"{scales_name}: block scales belong to 8-bit codes (int8 or uint8), "
+                        f"but {codes_name} is {what}")

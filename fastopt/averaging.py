@@ -68,8 +68,8 @@ class EMA:
         n = len(self.averages)
         if len(self.params) != n:
             raise ValueError(f"EMA: params has {len(self.params)} entries, the averages {n}")
-        functional.run_lists(_spec.EMA, [self.averages, list(self.params)] + [None] * 4,
-                             ["averages", "params"], records=[record])
+        streams = [self.averages, list(self.params)] + [None] * (functional.S - 2)
+        functional.run_lists(_spec.EMA, streams, ["averages", "params"], records=[record])
         self.num_updates += 1
 
     def swap(self) -> None:

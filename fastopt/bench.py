@@ -35,12 +35,18 @@ Method
   over the rounds. Big cases (NumPy at 1e7) therefore run only a few times. A system slower than
   ``--max-call`` seconds per call (twice in a row) is timed once and said so in the header.
   The garbage collector is off while timing.
+- The tail: in every round, a system's batch of at most 32 calls is timed call by call; a bigger
+  batch is timed as a whole and followed by 32 single steps timed one by one. ``p90 step`` and
+  ``worst step`` are the 90th percentile and the maximum of those single steps (``p50_s``,
+  ``p90_s``, ``max_s`` in ``--json``; the worst is never below a batch's mean either); each
+  includes one timestamp's cost, which the header reports (about 0.1 us on a VM).
 - Small layouts are cache resident across a batch: their figures measure per-call overhead and
   in-cache speed, which is what a training loop of small tensors sees.
 
 What the columns mean
 ---------------------
-- ``time/step``: median wall time of one step.
+- ``time/step``: median wall time of one step (over the rounds' batches).
+- ``p90 step``, ``worst step``: the 90th percentile and the worst of single steps.
 - ``GB/s``: the rule's *minimum* memory traffic divided by the time: every stream read once,
   every in-place target written once. Per element, in bytes of the dtype: Adam reads p, g, m, v
   and writes p, m, v (7 x 4 = 28 bytes in float32), AMSGrad 9 x 4 = 36, SGD with momentum 5 x 4 =
@@ -48,9 +54,31 @@ What the columns mean
   so a system that makes extra passes (NumPy's temporaries) shows a lower "effective" GB/s.
 - ``% probe``: probe_time / system_time * 100, i.e. how close the system is to the physical
   limit of its memory traffic (100 % = as fast as merely streaming the data).
-- ``fastopt speed-up``: this system's time / the fastopt optimizer's time ("x faster").
+- ``vs fastopt``: this system's time / the fastopt optimizer's time ("x faster").
 - ``used``: the threads fastopt really uses: steps below the parallel grain (elements per
   thread, see ``fastopt.show_config()``) stay on the calling thread whatever the setting.
+
+Storage and model rows
+----------------------
+- ``--rows storage`` (on by default, at 1e7 elements): Adam on 16-bit storage (bfloat16 with a
+  float32 master copy and states, bfloat16 with float32 states, bfloat16 params and states with
+  nearest and stochastic rounding, float16 with a master copy, float16 params and states) next
+  to float32 and torch's fused and for-loop bfloat16 Adam.
+- ``--models`` / ``--rows models`` (opt-in: GPT-2 small needs about 9 GiB): the parameter shapes
+  of ResNet-50 and GPT-2 small (``resnet50_shapes``, ``gpt2_shapes``), AdamW in float32, in
+  bfloat16 with float32 master weights, with 8-bit states once fastopt accepts
+  ``state_dtype="8bit"`` (skipped, saying so, until then), and torch's fused and for-loop AdamW.
+  ``--model-scale K`` divides the widths for a quick look.
+- Every system's bytes moved per element (``B/elem``) and optimizer state per param are read
+  from its arrays after its first step; ``probe equiv`` is the probe's time for those bytes at
+  the rate it measured in the same rounds (float32 traffic of the rule), ``x probe`` the
+  system's time over it. The NumPy reference is left out of these rows.
+
+Load
+----
+``--load`` runs every case while a spinning Python subprocess (not pinned) keeps one core
+busy; ``--load both`` runs each case unloaded and then loaded and adds a comparison table. The
+spinner is stopped on every exit (Ctrl-C included) and exits by itself if the report dies.
 
 The header reports the configuration (version, SIMD path in use, OpenMP, threads), the CPU, the
 NumPy version and the allocator setting the NumPy figures used, and the measured streaming
@@ -59,12 +87,15 @@ bandwidth of the probe at the largest layout, "memory bandwidth (probe, N thread
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import gc
 import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -83,6 +114,10 @@ BIG_SIZE = 10**8
 DEFAULT_LAYOUTS = ("1000x1e3", "100x1e5", "transformer")
 QUICK_SIZES = (10**3, 10**5, 10**6)
 QUICK_LAYOUTS = ("1000x1e3",)
+ROW_KINDS = ("steps", "storage", "models")
+DEFAULT_ROWS = ("steps", "storage")
+STORAGE_SIZES = (10**7,)
+QUICK_STORAGE_SIZES = (10**6,)
 MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX",
               "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
 
@@ -229,6 +264,9 @@ class System:
     slow: bool = False             # over Settings.max_call per call: timed once only
     samples: dict = field(default_factory=dict)   # threads -> [seconds per call, per round]
     batch: dict = field(default_factory=dict)     # threads -> calls per batch
+    steps: dict = field(default_factory=dict)     # threads -> [seconds of single steps]
+    bytes_per_element: float | None = None   # storage/model rows: this system's own traffic
+    state_bytes: float | None = None       # storage/model rows: optimizer state bytes/param
 
 
 def probe_system(spec, params, grads):
@@ -371,6 +409,48 @@ def time_batch(fn, batch: int) -> float:
     return (time.perf_counter_ns() - t0) / batch / 1e9
 
 
+TAIL_CALLS = 32     # single steps timed one by one per round (the tail: p90, worst)
+
+
+def time_steps(fn, count: int) -> list[float]:
+    """Seconds of each of ``count`` back-to-back calls, each timed on its own (the clock's own
+    cost, ``clock_cost()``, is included in every figure)."""
+    clock = time.perf_counter_ns
+    stamps = [0] * (count + 1)
+    stamps[0] = clock()
+    for i in range(count):
+        fn()
+        stamps[i + 1] = clock()
+    return [(b - a) / 1e9 for a, b in zip(stamps, stamps[1:])]
+
+
+def clock_cost() -> float:
+    """Seconds that one timestamp of ``time_steps`` costs (the median of a few estimates)."""
+    return statistics.median(statistics.fmean(time_steps(lambda: None, 2000))
+                             for _ in range(5))
+
+
+def time_round(fn, batch: int, steps: list) -> float:
+    """One round of one system: seconds per call of a batch (the headline), and single-step
+    times appended to ``steps``. A batch of at most TAIL_CALLS calls is itself timed step by
+    step; a bigger one is timed as a whole and followed by TAIL_CALLS single steps."""
+    if batch <= TAIL_CALLS:
+        one = time_steps(fn, batch)
+        steps += one
+        return sum(one) / batch
+    mean = time_batch(fn, batch)
+    steps += time_steps(fn, TAIL_CALLS)
+    return mean
+
+
+def tail(steps, samples) -> dict:
+    """p50 / p90 of the single steps; the worst: the slowest single step or batch mean (a
+    batch's mean is a lower bound of its slowest step, so no step seen is left out)."""
+    xs = np.asarray(steps if steps else samples, dtype=np.float64)
+    return {"p50_s": float(np.percentile(xs, 50)), "p90_s": float(np.percentile(xs, 90)),
+            "max_s": float(max(xs.max(), max(samples))), "steps_timed": int(xs.size)}
+
+
 def calibrate(fn, settings: Settings, first: float) -> tuple[int, float]:
     """Finish the warm-up (the caller made the first call, which took ``first`` seconds), then
     pick the batch size: (calls per batch, estimated seconds per batch). The estimate is the
@@ -400,6 +480,7 @@ def measure(systems, nthreads, settings: Settings, progress, what: str, notes) -
             first = time_batch(fn, 1)
             if first > settings.max_call:
                 s.samples[nthreads], s.batch[nthreads], s.slow = [first], 1, True
+                s.steps[nthreads] = [first]
                 notes.add(f"note: {s.label} on {what}: {first:.2f} s per call (over "
                           f"--max-call {settings.max_call} s): timed once, not at other "
                           "thread counts")
@@ -419,7 +500,7 @@ def measure(systems, nthreads, settings: Settings, progress, what: str, notes) -
             k = r % len(timed)
             for s in timed[k:] + timed[:k]:
                 s.samples.setdefault(nthreads, []).append(
-                    time_batch(fns[s.key], s.batch[nthreads]))
+                    time_round(fns[s.key], s.batch[nthreads], s.steps.setdefault(nthreads, [])))
     finally:
         gc.enable()
 
@@ -451,6 +532,80 @@ def threads_used(nthreads: int, elements: int) -> int:
     return max(1, min(nthreads, elements // _kernels.get_parallel_grain()))
 
 
+# ---- load: a process that keeps one core busy (--load) ------------------------------------
+
+# A busy loop that says when it runs and ends by itself if the report dies without stopping it
+# (its parent changes when the report's process is gone, even after SIGKILL).
+SPIN_CODE = ("import os, sys\n"
+             "parent = os.getppid()\n"
+             "sys.stdout.write('spinning\\n')\n"
+             "sys.stdout.flush()\n"
+             "while os.getppid() == parent:\n"
+             "    for _ in range(100000):\n"
+             "        pass\n")
+
+
+class Spinner:
+    """The load of ``--load``: a Python subprocess spinning on one core (not pinned: the
+    scheduler places it, as it would another user's job). ``start()`` returns once it runs;
+    ``stop()`` terminates it and waits for it (kills it if needed); both are idempotent, and
+    ``with Spinner():`` stops it on any exit, Ctrl-C included."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+        self.pids: list[int] = []
+        self.cpu_s = 0.0            # CPU seconds the spinners used (Linux: /proc)
+        self.wall_s = 0.0           # seconds they ran
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None
+
+    def start(self) -> None:
+        if self.proc is not None:
+            return
+        proc = subprocess.Popen([sys.executable, "-c", SPIN_CODE], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.proc, self._t0 = proc, time.perf_counter()
+        self.pids.append(proc.pid)
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"spinning":
+            self.stop()
+            raise RuntimeError("fastopt-bench: --load: the spinning process did not start")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        self.cpu_s += process_cpu_seconds(proc.pid) or 0.0
+        self.wall_s += time.perf_counter() - self._t0
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a running process (Linux /proc), else None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 # ---- one case -----------------------------------------------------------------------------
 
 def run_case(spec, dtype, layout, thread_counts, torch, settings, seed, progress, notes):
@@ -478,7 +633,8 @@ def summarize(spec, dtype, layout, nthreads, systems, first_threads) -> dict:
         if not samples:
             continue
         t = statistics.median(samples)
-        out[s.key] = {"label": s.label, "time_s": t, "gb_per_s": nbytes / t / GB,
+        out[s.key] = {"label": s.label, "time_s": t, **tail(s.steps.get(n), samples),
+                      "gb_per_s": nbytes / t / GB,
                       "rounds": len(samples), "batch": s.batch[n],
                       "measured_threads": n, "samples_s": samples}
     probe = out["probe"]["time_s"]
@@ -489,7 +645,8 @@ def summarize(spec, dtype, layout, nthreads, systems, first_threads) -> dict:
     torch_keys = [k for k in out if k.startswith("torch")]
     best_torch = min(torch_keys, key=lambda k: out[k]["time_s"]) if torch_keys else None
     return {
-        "optimizer": spec.key, "title": spec.title, "dtype": np.dtype(dtype).name,
+        "kind": "steps", "optimizer": spec.key, "title": spec.title,
+        "dtype": np.dtype(dtype).name,
         "layout": layout.name, "elements": layout.elements, "tensors": layout.tensors,
         "threads": nthreads, "threads_used": threads_used(nthreads, layout.elements),
         "bytes_per_element": spec.bytes_per_element(np.dtype(dtype).itemsize),
@@ -498,6 +655,358 @@ def summarize(spec, dtype, layout, nthreads, systems, first_threads) -> dict:
         "best_torch": best_torch,
         "speedup_vs_torch": out[best_torch]["time_s"] / fast if best_torch else None,
     }
+
+
+# ---- model-shaped rows (--models) and 16-bit storage rows ----------------------------------
+
+def resnet50_shapes(width: int = 64, classes: int = 1000, blocks=(3, 4, 6, 3),
+                    expansion: int = 4) -> list[tuple[int, ...]]:
+    """torchvision's ResNet-50 parameters in its order: conv weights (out, in, kh, kw) without
+    biases, every BatchNorm's weight and bias, the fc layer. A stem (7x7 conv, BN), four stages
+    of bottleneck blocks (1x1 reduce, 3x3, 1x1 expand to ``expansion`` x, each with a BN; the
+    first block of a stage adds a 1x1 projection and its BN), fc. 161 tensors, 25,557,032
+    params at the defaults."""
+    shapes: list[tuple[int, ...]] = [(width, 3, 7, 7), (width,), (width,)]
+    inplanes = width
+    for stage, count in enumerate(blocks):
+        planes = width * 2**stage
+        out = planes * expansion
+        for b in range(count):
+            shapes += [(planes, inplanes, 1, 1), (planes,), (planes,),
+                       (planes, planes, 3, 3), (planes,), (planes,),
+                       (out, planes, 1, 1), (out,), (out,)]
+            if b == 0:
+                shapes += [(out, inplanes, 1, 1), (out,), (out,)]      # the projection
+            inplanes = out
+    return shapes + [(classes, inplanes), (classes,)]
+
+
+def gpt2_shapes(d: int = 768, layers: int = 12, vocab: int = 50257,
+                ctx: int = 1024) -> list[tuple[int, ...]]:
+    """GPT-2 small's parameters (Hugging Face's order; Conv1D weights are (in, out)): token and
+    position embeddings, per block ln_1, attn.c_attn (d x 3d) and its bias, attn.c_proj (d x d)
+    and its bias, ln_2, mlp.c_fc (d x 4d), mlp.c_proj (4d x d) and their biases, then ln_f.
+    The LM head is tied to wte (no tensor of its own). 148 tensors, 124,439,808 params at the
+    defaults."""
+    shapes: list[tuple[int, ...]] = [(vocab, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,),
+                   (d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+    return shapes + [(d,), (d,)]
+
+
+MODELS = {
+    "resnet50": ("ResNet-50", lambda k: resnet50_shapes(width=max(1, 64 // k),
+                                                        classes=max(1, 1000 // k))),
+    "gpt2-small": ("GPT-2 small", lambda k: gpt2_shapes(d=max(1, 768 // k),
+                                                        vocab=max(1, 50257 // k),
+                                                        ctx=max(1, 1024 // k))),
+}
+
+
+def model_layout(name: str, scale: int = 1) -> Layout:
+    """A MODELS entry as a layout; ``scale`` divides every width (tests use a small copy)."""
+    title, shapes = MODELS[name]
+    return Layout(name if scale == 1 else f"{name}/{scale}", tuple(shapes(scale)))
+
+
+def bf16_dtype():
+    """ml_dtypes' bfloat16, or None when ml_dtypes is not installed."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+class Skip(Exception):
+    """A row's system that cannot run here; the message says why."""
+
+
+def traffic(params, grads, state: list, master: bool) -> tuple[float, float]:
+    """(bytes moved per element, optimizer state bytes per param) of one step, from the arrays
+    themselves: the param read and written (written only with a master copy), the gradient
+    read, every per-element state buffer (the master copy included) read and written."""
+    n = sum(p.size for p in params)
+    moved = sum(p.nbytes for p in params) * (1 if master else 2)
+    moved += sum(g.nbytes for g in grads)
+    held = sum(_nbytes(x) for st in state for x in st.values())
+    return (moved + 2 * held) / n, held / n
+
+
+def _nbytes(x) -> int:
+    """Bytes of a per-element state buffer (a NumPy array or torch tensor; scalars: 0)."""
+    if getattr(x, "ndim", 0) < 1:
+        return 0
+    return x.nbytes if isinstance(x, np.ndarray) else x.numel() * x.element_size()
+
+
+def fastopt_storage_system(spec, key, label, params, grads, **storage):
+    """fastopt's optimizer on its own copy of ``params`` with storage options (bf16, master
+    weights, state_dtype, ...); raises Skip if the optimizer refuses them."""
+    cls = getattr(fastopt, spec.fastopt_cls)
+    p, g = copies(params), list(grads)
+    try:
+        opt = cls(p, **spec.kwargs, **storage)
+        opt.step(g)                     # creates the state
+    except (TypeError, ValueError, NotImplementedError) as e:
+        raise Skip(f"fastopt.{spec.fastopt_cls}({_kw(storage)}) refused: {e}") from None
+    s = System(key, label, lambda n: (lambda: opt.step(g)))
+    s.bytes_per_element, s.state_bytes = traffic(p, g, list(opt.state.values()),
+                                                 bool(storage.get("master_weights")))
+    return s
+
+
+def _kw(storage) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in storage.items())
+
+
+def eight_bit_system(spec, params, grads):
+    """The 8-bit states hook: a row once ``state_dtype="8bit"`` is accepted (detected by
+    trying it on a small tensor), skipped with the reason until then."""
+    cls = getattr(fastopt, spec.fastopt_cls)
+    try:
+        cls([np.zeros(64, np.float32)], state_dtype="8bit").step([np.ones(64, np.float32)])
+    except (TypeError, ValueError, NotImplementedError) as e:
+        raise Skip(f"8-bit states not available (fastopt.{spec.fastopt_cls}"
+                   f"(state_dtype='8bit'): {e})") from None
+    return fastopt_storage_system(spec, "fastopt 8bit", f"fastopt {spec.fastopt_cls} 8-bit "
+                                  "states", params, grads, state_dtype="8bit")
+
+
+def torch_mixed_system(torch, spec, key, variant, params, grads, dtype=None):
+    """torch.optim (``variant`` of TORCH_VARIANTS) on its own copy of the data, in ``dtype``
+    (a torch dtype; None: float32 from the NumPy arrays); raises Skip if torch refuses."""
+    _, what, impl = variant
+    tensors = []
+    for a, g in zip(params, grads):
+        t = torch.from_numpy(a.astype(np.float32, copy=True))
+        gt = torch.from_numpy(np.asarray(g, np.float32))
+        if dtype is not None:
+            t, gt = t.to(dtype), gt.to(dtype)
+        t.requires_grad_(True)
+        t.grad = gt
+        tensors.append(t)
+    name = str(dtype).replace("torch.", "") if dtype is not None else "float32"
+    try:
+        opt = getattr(torch.optim, spec.torch_cls)(tensors, **spec.kwargs, **impl)
+        opt.step()
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise Skip(f"torch {spec.torch_cls} {what} {name}: not supported here ({e})") from None
+    with torch.no_grad():
+        ps = [t.detach() for t in tensors]
+        gs = [t.grad for t in tensors]
+        nbytes = sum(x.numel() * x.element_size() for x in ps) * 2
+        nbytes += sum(x.numel() * x.element_size() for x in gs)
+        held = sum(_nbytes(x) for st in opt.state.values() for x in st.values())
+    n = sum(x.numel() for x in ps)
+    s = System(key, f"torch {spec.torch_cls} {what} {name}", lambda n: opt.step)
+    s.bytes_per_element, s.state_bytes = (nbytes + 2 * held) / n, held / n
+    return s
+
+
+def run_extra_case(kind, title, spec, layout, builders, thread_counts, settings, seed,
+                   progress, notes, torch):
+    """One model or storage case: ``builders`` are (key, label, build(params, grads)) where
+    build returns a System or raises Skip. The probe has the float32 traffic of ``spec``; each
+    system is compared with the probe's time for its own bytes."""
+    params, grads = make_data(layout, np.float32, seed)
+    systems = [probe_system(spec, params, grads)]
+    systems[0].bytes_per_element = spec.bytes_per_element(4)
+    order: list[System | tuple[str, dict]] = list(systems)   # systems and skips, in order
+    for key, label, build in builders:
+        try:
+            systems.append(build(params, grads))
+            order.append(systems[-1])
+        except Skip as e:
+            order.append((key, {"label": label, "skipped": str(e)}))
+    del params, grads
+    rows = []
+    for n in thread_counts:
+        set_threads(n, torch)
+        what = f"{kind} {layout.name} x{n} thread{'s' * (n > 1)}"
+        measure([s for s in systems if not s.slow], n, settings, progress, what, notes)
+        rows.append(summarize_extra(kind, title, spec, layout, n, order))
+    rows[-1]["peak_rss_gib"] = peak_rss_gib()
+    del systems, order
+    gc.collect()
+    return rows
+
+
+def summarize_extra(kind, title, spec, layout, nthreads, order) -> dict:
+    out: dict[str, dict] = {}
+    for s in order:
+        if isinstance(s, tuple):                # skipped: (key, {"label", "skipped"})
+            out[s[0]] = s[1]
+            continue
+        samples = s.samples.get(nthreads)
+        if not samples:
+            continue
+        t = statistics.median(samples)
+        out[s.key] = {"label": s.label, "time_s": t, **tail(s.steps.get(nthreads), samples),
+                      "bytes_per_element": s.bytes_per_element,
+                      "state_bytes_per_param": s.state_bytes,
+                      "gb_per_s": layout.elements * s.bytes_per_element / t / GB,
+                      "rounds": len(samples), "batch": s.batch[nthreads]}
+    probe_bw = out["probe"]["gb_per_s"]
+    for r in out.values():
+        if "skipped" in r:
+            continue
+        equiv = layout.elements * r["bytes_per_element"] / (probe_bw * GB)
+        r["probe_equiv_s"], r["x_probe"] = equiv, r["time_s"] / equiv
+    return {"kind": kind, "title": title, "optimizer": spec.key, "layout": layout.name,
+            "elements": layout.elements, "tensors": layout.tensors, "threads": nthreads,
+            "threads_used": threads_used(nthreads, layout.elements),
+            "probe_gb_per_s": probe_bw, "systems": out}
+
+
+def peak_rss_gib() -> float | None:
+    """The process's peak resident memory so far (Linux/macOS), GiB."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**30 if sys.platform == "darwin" else 2**20), 2)
+
+
+def model_builders(spec, torch, bf16):
+    cls = spec.fastopt_cls
+    builders = [("fastopt", f"fastopt {cls} float32",
+                 lambda p, g: fastopt_storage_system(spec, "fastopt", f"fastopt {cls} float32",
+                                                     p, g))]
+    if bf16 is None:
+        builders.append(("fastopt bf16+master", f"fastopt {cls} bf16 + f32 master",
+                         _skip("bfloat16: ml_dtypes is not installed (pip install "
+                               "'fastopt[bf16]')")))
+    else:
+        builders.append(("fastopt bf16+master", f"fastopt {cls} bf16 + f32 master",
+                         lambda p, g: fastopt_storage_system(
+                             spec, "fastopt bf16+master", f"fastopt {cls} bf16 + f32 master",
+                             [x.astype(bf16) for x in p], [x.astype(bf16) for x in g],
+                             master_weights=True)))
+    builders.append(("fastopt 8bit", f"fastopt {cls} 8-bit states",
+                     lambda p, g: eight_bit_system(spec, p, g)))
+    builders += _torch_builders(torch, spec, (TORCH_VARIANTS[2], TORCH_VARIANTS[0]), None)
+    return builders
+
+
+def _torch_builders(torch, spec, variants, dtype, name="float32"):
+    out = []
+    for v in variants:
+        key = f"{v[0]} {name}"
+        label = f"torch {spec.torch_cls} {v[1]} {name}"
+        if torch is None:
+            out.append((key, label, _skip("torch is not installed or --no-torch")))
+        else:
+            out.append((key, label, lambda p, g, v=v, key=key: torch_mixed_system(
+                torch, spec, key, v, p, g, dtype)))
+    return out
+
+
+def _skip(reason):
+    def build(params, grads):
+        raise Skip(reason)
+    return build
+
+
+# the 16-bit storage rows: (key, label, param dtype name, fastopt storage options)
+STORAGE_ROWS: tuple[tuple[str, str, str, dict], ...] = (
+    ("fastopt", "float32", "float32", {}),
+    ("bf16+master", "bf16 + f32 master/states", "bfloat16", dict(master_weights=True)),
+    ("bf16+f32 states", "bf16 + f32 states", "bfloat16", dict(state_dtype=np.float32)),
+    ("bf16", "bf16 (states bf16)", "bfloat16", {}),
+    ("bf16 stochastic", "bf16 stochastic rounding", "bfloat16",
+     dict(rounding="stochastic")),
+    ("f16+master", "f16 + f32 master/states", "float16", dict(master_weights=True)),
+    ("f16", "f16 (states f16)", "float16", {}),
+    ("8bit", "f32 + 8-bit states", "float32", dict(state_dtype="8bit")),
+)
+
+
+def fastopt_torch_storage_system(torch, spec, key, label, params, grads, **storage):
+    """fastopt.torch's optimizer on bfloat16 tensors made from ``params`` with storage
+    options (torch dtypes); raises Skip if it refuses them."""
+    import fastopt.torch as ft
+    tensors = []
+    for a, g in zip(params, grads):
+        t = torch.from_numpy(a.astype(np.float32, copy=True)).to(torch.bfloat16)
+        t.requires_grad_(True)
+        t.grad = torch.from_numpy(np.asarray(g, np.float32)).to(torch.bfloat16)
+        tensors.append(t)
+    try:
+        opt = getattr(ft, spec.fastopt_cls)(tensors, **spec.kwargs, **storage)
+        opt.step()
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise Skip(f"fastopt.torch.{spec.fastopt_cls}({_kw(storage)}) refused: {e}") from None
+    s = System(key, label, lambda n: opt.step)
+    ps = [t.detach() for t in tensors]
+    n = sum(x.numel() for x in ps)
+    moved = sum(x.numel() * x.element_size() for x in ps) * (
+        1 if storage.get("master_weights") else 2)
+    moved += sum(t.grad.numel() * t.grad.element_size() for t in tensors)
+    held = sum(_nbytes(x) for st in opt.state.values() for x in st.values())
+    s.bytes_per_element, s.state_bytes = (moved + 2 * held) / n, held / n
+    return s
+
+
+# fastopt.torch's rows on bfloat16 tensors: (key, label, storage options by torch dtype name)
+TORCH_STORAGE_ROWS: tuple[tuple[str, str, dict], ...] = (
+    ("fastopt.torch bf16+master", "bf16 + f32 master/states", dict(master_weights=True)),
+    ("fastopt.torch bf16", "bf16 (states bf16)", {}),
+    ("fastopt.torch bf16+8bit", "bf16 + 8-bit states", dict(state_dtype="8bit")),
+)
+
+
+def storage_builders(spec, torch, bf16):
+    builders = []
+    for key, label, dname, storage in STORAGE_ROWS:
+        label = f"fastopt {spec.fastopt_cls} {label}"
+        if dname == "bfloat16" and bf16 is None:
+            builders.append((key, label, _skip("bfloat16: ml_dtypes is not installed (pip "
+                                               "install 'fastopt[bf16]')")))
+            continue
+        dtype = bf16 if dname == "bfloat16" else np.dtype(dname)
+        builders.append((key, label, lambda p, g, key=key, label=label, dtype=dtype,
+                         storage=storage: fastopt_storage_system(
+                             spec, key, label, [x.astype(dtype) for x in p],
+                             [x.astype(dtype) for x in g], **storage)))
+    for key, label, storage in TORCH_STORAGE_ROWS:
+        label = f"fastopt.torch {spec.fastopt_cls} {label}"
+        builders.append((key, label, _skip("torch is not installed or --no-torch")
+                         if torch is None else
+                         (lambda p, g, key=key, label=label, storage=storage:
+                          fastopt_torch_storage_system(torch, spec, key, label, p, g,
+                                                       **storage))))
+    bt = torch.bfloat16 if torch is not None else None
+    builders += _torch_builders(torch, spec, (TORCH_VARIANTS[2], TORCH_VARIANTS[0]), bt,
+                                "bf16")
+    return builders
+
+
+EXTRA_HEAD = (f"{'system':<40} {'B/elem':>6} {'state B/param':>13} {'time/step':>11} "
+              f"{'p90 step':>11} {'worst step':>11} {'GB/s':>7} {'probe equiv':>11} "
+              f"{'x probe':>7} {'rounds':>6}")
+
+
+def extra_section_lines(r) -> list[str]:
+    thr = plural(r["threads"], "thread")
+    loaded = ", LOADED (another process keeps one core busy)" if r.get("loaded") else ""
+    lines = [f"== {r['title']}: {r['layout']}, {r['elements']:,} params in "
+             f"{plural(r['tensors'], 'tensor')}, {thr} ({r['threads_used']} used){loaded} ==",
+             EXTRA_HEAD]
+    for key, s in r["systems"].items():
+        if "skipped" in s:
+            lines.append(f"{s['label']:<40} skipped: {s['skipped']}")
+            continue
+        state = "-" if key == "probe" else f"{s['state_bytes_per_param']:.2f}"
+        lines.append(f"{s['label']:<40} {s['bytes_per_element']:6.1f} {state:>13} "
+                     f"{fmt_time(s['time_s'])} {fmt_time(s['p90_s'])} {fmt_time(s['max_s'])} "
+                     f"{s['gb_per_s']:7.2f} {fmt_time(s['probe_equiv_s'])} "
+                     f"{s['x_probe']:7.2f} {s['rounds']:>6}")
+    if r.get("peak_rss_gib") is not None:
+        lines.append(f"(peak resident memory of the report so far: {r['peak_rss_gib']:.2f} GiB)")
+    return lines + [""]
 
 
 # ---- environment --------------------------------------------------------------------------
@@ -554,7 +1063,7 @@ def environment(torch, thread_counts, load_before, cpu_before) -> dict:
         "python": platform.python_version(), "numpy": np.__version__,
         "torch": torch.__version__ if torch is not None else None,
         "allocator": allocator_setting(), "openmp_runtimes": openmp_runtimes(),
-        "threads": thread_counts,
+        "threads": thread_counts, "clock_cost_s": clock_cost(),
     }
 
 
@@ -628,7 +1137,8 @@ def header_lines(env, bw, notes, wall) -> list[str]:
         "fastopt benchmark: one optimizer step vs the memory limit (probe), NumPy and torch.optim",
         f"fastopt {c['version']}, backend {c['backend']}: SIMD in use {c['isa_active']} (compiled: "
         f"{', '.join(c['isa_compiled'])}), OpenMP {omp}, threads {c['num_threads']}, "
-        f"parallel grain {c['parallel_grain']} elements/thread",
+        f"parallel grain {c['parallel_grain']} elements/thread"
+        + (" (set by --grain)" if env.get("grain_set") else ""),
         f"CPU: {env['cpu']}, {plural(env['cpus'], 'logical core')}; "
         f"Python {env['python']}, NumPy {env['numpy']}",
         f"NumPy allocator: {env['allocator']}",
@@ -638,6 +1148,8 @@ def header_lines(env, bw, notes, wall) -> list[str]:
     if env["torch"]:
         lines.append(f"torch {env['torch']}: torch.set_num_threads = the thread count; "
                      "foreach=False, foreach=True, fused=True")
+    lines.append(f"single steps (p90, worst): timed one by one with time.perf_counter_ns, "
+                 f"{env['clock_cost_s'] * 1e9:.0f} ns per timestamp on this machine (included)")
     if env["openmp_runtimes"]:
         lines.append(f"OpenMP runtimes loaded: {env['openmp_runtimes']}")
     lines += sorted(notes)
@@ -651,6 +1163,13 @@ def header_lines(env, bw, notes, wall) -> list[str]:
                  f"{env['load_average_after']} after (this run adds up to its thread count)"
                  + (f"; CPU steal {env['steal_percent']} %" if env["steal_percent"] is not None
                     else ""))
+    if env.get("load"):
+        ld = env["load"]
+        which = ("every case ran unloaded and then loaded (--load both)"
+                 if ld["mode"] == "both" else "every case ran loaded (--load)")
+        busy = (f"; the spinner used {ld['spinner_cpu_s']:.1f} CPU s in "
+                f"{ld['spinner_wall_s']:.1f} s" if ld["spinner_wall_s"] else "")
+        lines.append(f"LOADED: {ld['what']} kept one core busy: {which}{busy}")
     if (env["steal_percent"] or 0) > 5:
         lines.append("warning: the hypervisor ran other guests on these CPUs (steal time "
                      "above): figures, the multi-threaded ones most, may be noisy; rerun")
@@ -658,23 +1177,25 @@ def header_lines(env, bw, notes, wall) -> list[str]:
 
 
 TABLE_HEAD = (f"{'layout':<12} {'elements':>10} {'tensors':>7} {'used':>4}  "
-              f"{'system':<30} {'time/step':>11} {'GB/s':>7} {'% probe':>7} "
-              f"{'fastopt speed-up':>16} {'rounds':>6}")
+              f"{'system':<28} {'time/step':>11} {'p90 step':>11} {'worst step':>11} "
+              f"{'GB/s':>7} {'% probe':>7} {'vs fastopt':>10} {'rounds':>6}")
 
 
 def section_lines(rows) -> list[str]:
     r0 = rows[0]
     thr = plural(r0["threads"], "thread")
+    loaded = ", LOADED (another process keeps one core busy)" if r0.get("loaded") else ""
     lines = [f"== {r0['title']}, {r0['dtype']}, {thr} "
-             f"({r0['bytes_per_element']} bytes/element moved) ==", TABLE_HEAD]
+             f"({r0['bytes_per_element']} bytes/element moved){loaded} ==", TABLE_HEAD]
     for r in rows:
         first = True
         for key, s in r["systems"].items():
             lead = (f"{r['layout']:<12} {r['elements']:>10,} {r['tensors']:>7} "
                     f"{r['threads_used']:>4}" if first else " " * 36)
             speed = "" if key in ("probe", "fastopt") else f"{s['fastopt_speedup']:.2f}x"
-            lines.append(f"{lead}  {s['label']:<30} {fmt_time(s['time_s'])} "
-                         f"{s['gb_per_s']:7.2f} {s['pct_probe']:7.1f} {speed:>16} "
+            lines.append(f"{lead}  {s['label']:<28} {fmt_time(s['time_s'])} "
+                         f"{fmt_time(s['p90_s'])} {fmt_time(s['max_s'])} "
+                         f"{s['gb_per_s']:7.2f} {s['pct_probe']:7.1f} {speed:>10} "
                          f"{s['rounds']:>6}")
             first = False
         lines.append("")
@@ -684,30 +1205,93 @@ def section_lines(rows) -> list[str]:
 def summary_lines(rows) -> list[str]:
     lines = ["== Summary: the fastopt optimizer's step (x = times faster) ==",
              f"{'optimizer':<10} {'dtype':<8} {'layout':<12} {'thr':>3} {'used':>4} "
-             f"{'time/step':>11} {'GB/s':>7} {'% probe':>7} {'vs numpy':>9} "
-             f"{'vs torch':>9}  best torch"]
+             f"{'load':<6} {'time/step':>11} {'p90 step':>11} {'worst step':>11} {'GB/s':>7} "
+             f"{'% probe':>7} {'vs numpy':>9} {'vs torch':>9}  best torch"]
     for r in rows:
         f = r["systems"]["fastopt"]
         vs_np = f"{r['speedup_vs_numpy']:.2f}x" if r["speedup_vs_numpy"] else "-"
         vs_t = f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-"
         best = r["systems"][r["best_torch"]]["label"] if r["best_torch"] else "(no torch)"
         lines.append(f"{r['optimizer']:<10} {r['dtype']:<8} {r['layout']:<12} "
-                     f"{r['threads']:>3} {r['threads_used']:>4} {fmt_time(f['time_s'])} "
-                     f"{f['gb_per_s']:7.2f} {f['pct_probe']:7.1f} {vs_np:>9} {vs_t:>9}  "
-                     f"{best}")
+                     f"{r['threads']:>3} {r['threads_used']:>4} "
+                     f"{'loaded' if r.get('loaded') else '-':<6} {fmt_time(f['time_s'])} "
+                     f"{fmt_time(f['p90_s'])} {fmt_time(f['max_s'])} {f['gb_per_s']:7.2f} "
+                     f"{f['pct_probe']:7.1f} {vs_np:>9} {vs_t:>9}  {best}")
     return lines
 
 
-def report(env, rows, bw, notes, wall) -> str:
+def steps_rows(rows) -> list[dict]:
+    """The rows of the optimizer x dtype x layout grid (not the storage or model rows)."""
+    return [r for r in rows if r["kind"] == "steps"]
+
+
+def load_lines(rows) -> list[str]:
+    """``--load both``: the fastopt step unloaded and loaded side by side, and per case the
+    thread count that was fastest either way."""
+    pairs: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["optimizer"], r["dtype"], r["layout"], r["threads"])
+        pairs.setdefault(key, {})[r["loaded"]] = r
+    lines = ["== Loaded vs unloaded: the fastopt optimizer's step (loaded / unloaded) ==",
+             f"{'optimizer':<10} {'dtype':<8} {'layout':<12} {'thr':>3} {'used':>4} "
+             f"{'median':>11} {'loaded':>11} {'ratio':>6} {'p90':>11} {'loaded':>11} "
+             f"{'ratio':>6} {'worst':>11} {'loaded':>11}"]
+    best: dict[tuple, dict] = {}
+    for (opt, dtype, layout, thr), pair in pairs.items():
+        if set(pair) != {False, True}:
+            continue
+        u, lo = pair[False]["systems"]["fastopt"], pair[True]["systems"]["fastopt"]
+        lines.append(f"{opt:<10} {dtype:<8} {layout:<12} {thr:>3} "
+                     f"{pair[False]['threads_used']:>4} {fmt_time(u['time_s'])} "
+                     f"{fmt_time(lo['time_s'])} {lo['time_s'] / u['time_s']:5.2f}x "
+                     f"{fmt_time(u['p90_s'])} {fmt_time(lo['p90_s'])} "
+                     f"{lo['p90_s'] / u['p90_s']:5.2f}x {fmt_time(u['max_s'])} "
+                     f"{fmt_time(lo['max_s'])}")
+        for loaded, s in ((False, u), (True, lo)):
+            b = best.setdefault((opt, dtype, layout, loaded), {"used": set()})
+            b["used"].add(pair[False]["threads_used"])
+            if "time_s" not in b or s["time_s"] < b["time_s"]:
+                b.update(time_s=s["time_s"], threads=thr)
+    choices = [f"{opt} {dtype} {layout}: {b0['threads']} unloaded, "
+               f"{best[(opt, dtype, layout, True)]['threads']} loaded"
+               for (opt, dtype, layout, loaded), b0 in best.items()
+               if not loaded and len(b0["used"]) > 1]   # only where the threads differ
+    if choices:
+        lines += ["", "fastest thread count (median step): " + "; ".join(choices)]
+    return lines
+
+
+def report(env, all_rows, bw, notes, wall) -> str:
     lines = header_lines(env, bw, notes, wall) + [""]
+    rows = steps_rows(all_rows)
     sections: dict[tuple, list] = {}
     for r in rows:
-        sections.setdefault((r["optimizer"], r["dtype"], r["threads"]), []).append(r)
+        sections.setdefault((r["optimizer"], r["dtype"], r["threads"], r["loaded"]),
+                            []).append(r)
     for key in sections:
         lines += section_lines(sections[key])
-    lines += summary_lines(rows)
-    lines += ["", "GB/s: the rule's minimum traffic / time.  % probe: probe time / system time "
-              "* 100.  fastopt speed-up: system time / fastopt time.",
+    if rows:
+        lines += summary_lines(rows)
+    if env.get("load") and env["load"]["mode"] == "both" and rows:
+        lines += [""] + load_lines(rows)
+    extra = [r for r in all_rows if r["kind"] != "steps"]
+    if extra:
+        lines += ["", "== Storage and model rows: every system's own traffic (B/elem) against "
+                  "the probe's time for it ==", ""]
+        for r in extra:
+            lines += extra_section_lines(r)
+        lines += ["B/elem: bytes read + written per element by one step, from the arrays "
+                  "themselves (a param is only written when a master copy is kept).  state "
+                  "B/param: optimizer state held per param (master copy included).",
+                  "probe equiv: the probe's time for the row's bytes at its measured rate "
+                  "(float32 traffic of the rule, same rounds).  x probe: time / probe equiv "
+                  "(1.00 = at the memory limit)."]
+    lines += ["", "time/step: median over the rounds of a batch's time per step.  p90 step, "
+              "worst step: the 90th percentile and the maximum of single steps, each timed on "
+              f"its own (up to {TAIL_CALLS} a round; clock cost included)."]
+    lines += [] if not rows else [
+              "GB/s: the rule's minimum traffic / time.  % probe: probe time / system time "
+              "* 100.  vs fastopt: system time / fastopt time.",
               "used: threads fastopt really uses (steps below the parallel grain run on the "
               "calling thread)."]
     return "\n".join(lines)
@@ -791,9 +1375,25 @@ def parse_args(argv):
                    f"(default {','.join(map(fmt_count, DEFAULT_SIZES))}); 'none' for none")
     p.add_argument("--layouts", help="comma-separated many-tensor layouts COUNTxSIZE or "
                    f"'transformer' (default {','.join(DEFAULT_LAYOUTS)}); 'none' for none")
-    p.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
+    p.add_argument("--optimizers",
                    help=f"comma-separated, of {', '.join(OPTIMIZERS)}, or 'all' "
-                   "(default %(default)s)")
+                   f"(default {','.join(DEFAULT_OPTIMIZERS)}); the storage and model rows "
+                   "take the Adam and AdamW among them (storage: Adam, models: AdamW if none)")
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS),
+                   help=f"comma-separated kinds of rows, of {', '.join(ROW_KINDS)}, or 'all': "
+                   "steps (optimizers x dtypes x layouts), storage (16-bit params and states "
+                   "against float32), models (ResNet-50 and GPT-2 small parameter shapes: "
+                   "big, ~9 GB of memory for GPT-2) (default %(default)s)")
+    p.add_argument("--models", action="store_true", help="add the model rows (= --rows "
+                   "with models)")
+    p.add_argument("--model-names", default=",".join(MODELS),
+                   help="comma-separated models of the model rows (default %(default)s)")
+    p.add_argument("--model-scale", type=int, default=1,
+                   help="divide the models' widths, vocabulary and context by this, for a "
+                   "quick look (default %(default)s: the real models)")
+    p.add_argument("--storage-sizes", help="comma-separated sizes of the storage rows "
+                   f"(default {','.join(map(fmt_count, STORAGE_SIZES))}, --quick "
+                   f"{','.join(map(fmt_count, QUICK_STORAGE_SIZES))})")
     p.add_argument("--dtypes", default="float32", help="float32 and/or float64 (default "
                    "%(default)s)")
     p.add_argument("--threads", default="1,all",
@@ -809,6 +1409,14 @@ def parse_args(argv):
                    "(default %(default)s)")
     p.add_argument("--min-rounds", type=int, help="fewest interleaved rounds per case "
                    "(default 5, --quick 3)")
+    p.add_argument("--load", nargs="?", const="on", choices=("on", "both"),
+                   help="run while another process keeps one core busy (a spinning "
+                   "subprocess, started and stopped by the report); 'both': every case "
+                   "unloaded and then loaded, side by side, with a comparison table")
+    p.add_argument("--grain", type=parse_count,
+                   help="elements per thread below which a step stays on the calling thread, "
+                   "for this run (default: fastopt's, see show_config()); to measure a "
+                   "threshold, e.g. for a loaded machine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="write the results as JSON to FILE, or to stdout (instead of the "
@@ -817,6 +1425,27 @@ def parse_args(argv):
                    help="plot GB/s against size per system, the probe as the limit line "
                    "(needs matplotlib)")
     args = p.parse_args(argv)
+    args.optimizers_given = args.optimizers is not None
+    if args.optimizers is None:
+        args.optimizers = ",".join(DEFAULT_OPTIMIZERS)
+    rows = [k.strip().lower() for k in args.rows.split(",") if k.strip()]
+    rows = list(ROW_KINDS) if rows == ["all"] else rows
+    if any(k not in ROW_KINDS for k in rows):
+        p.error(f"--rows: choose from {', '.join(ROW_KINDS)} or 'all', got {args.rows!r}")
+    args.rows = rows + ["models"] * (args.models and "models" not in rows)
+    try:
+        args.model_names = [k.strip().lower() for k in args.model_names.split(",")]
+        [MODELS[k] for k in args.model_names]
+    except KeyError as e:
+        p.error(f"--model-names: unknown model {e}; choose from {', '.join(MODELS)}")
+    if args.model_scale < 1:
+        p.error("--model-scale: must be >= 1")
+    try:
+        sizes = (args.storage_sizes.split(",") if args.storage_sizes is not None else
+                 QUICK_STORAGE_SIZES if args.quick else STORAGE_SIZES)
+        args.storage_sizes = [parse_count(str(t)) for t in sizes]
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        p.error(f"--storage-sizes: {e}")
     try:
         names = (list(OPTIMIZERS) if args.optimizers.strip().lower() == "all"
                  else args.optimizers.split(","))
@@ -849,9 +1478,63 @@ def layouts_from(args) -> list[Layout]:
     layouts = [parse_layout(str(s)) for s in sorted(set(sizes))]
     layouts += [parse_layout(t) for t in items(args.layouts,
                                                 QUICK_LAYOUTS if args.quick else DEFAULT_LAYOUTS)]
-    if not layouts:
-        raise ValueError("nothing to run: no sizes and no layouts")
+    if not layouts and "steps" in args.rows:
+        raise ValueError("nothing to run: no sizes and no layouts (use --rows without steps "
+                         "for the storage or model rows only)")
     return layouts
+
+
+def jobs_from(args, torch, settings, progress, notes) -> list[Callable[[], list]]:
+    """The report's cases, each a call that returns its result rows."""
+    jobs: list[Callable[[], list]] = []
+    for spec in args.optimizers if "steps" in args.rows else []:
+        for dtype in args.dtypes:
+            for layout in args.layouts:
+                jobs.append(functools.partial(run_case, spec, dtype, layout, args.threads,
+                                              torch, settings, args.seed, progress, notes))
+    bf16 = bf16_dtype()
+    family = [s for s in args.optimizers if s.key in ("adam", "adamw")]
+    if "storage" in args.rows:
+        for spec in family or [OPTIMIZERS["adam"]]:
+            for size in args.storage_sizes:
+                layout = parse_layout(str(size))
+                jobs.append(functools.partial(
+                    run_extra_case, "storage", f"16-bit storage, {spec.title}", spec, layout,
+                    storage_builders(spec, torch, bf16), args.threads, settings, args.seed,
+                    progress, notes, torch))
+    if "models" in args.rows:
+        big = dataclasses.replace(settings, max_call=max(settings.max_call, 10.0))
+        for spec in (family if args.optimizers_given else []) or [OPTIMIZERS["adamw"]]:
+            for name in args.model_names:
+                layout = model_layout(name, args.model_scale)
+                jobs.append(functools.partial(
+                    run_extra_case, "model", f"{MODELS[name][0]}, {spec.title}", spec, layout,
+                    model_builders(spec, torch, bf16), args.threads, big, args.seed,
+                    progress, notes, torch))
+    return jobs
+
+
+LOAD_MODES = {None: (False,), "on": (True,), "both": (False, True)}
+
+
+def run_jobs(jobs, load: str | None, spinner: Spinner, progress) -> list:
+    """Every job, unloaded and/or loaded (``--load``); rows marked ``loaded``. With
+    ``--load both`` each case runs unloaded, then at once loaded, so the two are side by
+    side. The caller stops the spinner."""
+    rows = []
+    for job in jobs:
+        for loaded in LOAD_MODES[load]:
+            if loaded and not spinner.running:
+                spinner.start()
+                print(f"fastopt-bench: --load: spinning process pid {spinner.pids[-1]} "
+                      "keeps one core busy", file=sys.stderr, flush=True)
+            elif not loaded:
+                spinner.stop()
+            for r in job():
+                r["loaded"] = loaded
+                rows.append(r)
+            progress.done += 1
+    return rows
 
 
 def main(argv=None) -> int:
@@ -868,22 +1551,33 @@ def main(argv=None) -> int:
     settings.max_call = args.max_call
     notes = {torch_note} if torch_note else set()
     old_torch_threads = torch.get_num_threads() if torch is not None else None
-    cases = [(s, d, lay) for s in args.optimizers for d in args.dtypes for lay in args.layouts]
-    progress = Progress(len(cases))
-    rows, start, load_before, cpu_before = [], time.perf_counter(), load_average(), cpu_times()
+    progress = Progress(0)
+    jobs = jobs_from(args, torch, settings, progress, notes)
+    progress.total = len(jobs) * len(LOAD_MODES[args.load])
+    spinner = Spinner()
+    old_grain = _kernels.get_parallel_grain()
+    start, load_before, cpu_before = time.perf_counter(), load_average(), cpu_times()
     try:
-        for spec, dtype, layout in cases:
-            rows += run_case(spec, dtype, layout, args.threads, torch, settings, args.seed,
-                             progress, notes)
-            progress.done += 1
+        if args.grain is not None:
+            _kernels.set_parallel_grain(args.grain)
+        rows = run_jobs(jobs, args.load, spinner, progress)
+        fastopt.set_num_threads(None)
+        env = environment(torch, args.threads, load_before, cpu_before)
+    except KeyboardInterrupt:
+        print("\nfastopt-bench: interrupted", file=sys.stderr)
+        return 130
     finally:
+        spinner.stop()
         progress.close()
+        _kernels.set_parallel_grain(old_grain)
         fastopt.set_num_threads(None)
         if torch is not None:
             torch.set_num_threads(old_torch_threads)
     wall = time.perf_counter() - start
-    env = environment(torch, args.threads, load_before, cpu_before)
-    bw = bandwidth(rows)
+    env["load"] = load_info(args.load, spinner)
+    env["grain_set"] = args.grain is not None
+    steps = steps_rows(rows)
+    bw = bandwidth([r for r in steps if not r["loaded"]] or steps)
     if args.json:
         doc = {"environment": env, "memory_bandwidth": bw, "notes": sorted(notes),
                "settings": vars(settings), "wall_s": wall, "results": rows}
@@ -896,9 +1590,17 @@ def main(argv=None) -> int:
     if args.json != "-":
         print(report(env, rows, bw, notes, wall))
     if plt is not None:
-        plot(rows, args.plot, plt)
+        plot([r for r in steps if not r["loaded"]] or steps, args.plot, plt)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
+
+
+def load_info(mode, spinner: Spinner) -> dict | None:
+    if mode is None:
+        return None
+    return {"mode": mode, "what": "one spinning Python process (a busy loop, not pinned)",
+            "spinner_pids": spinner.pids, "spinner_cpu_s": round(spinner.cpu_s, 2),
+            "spinner_wall_s": round(spinner.wall_s, 2)}
 
 
 if __name__ == "__main__":

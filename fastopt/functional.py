@@ -36,7 +36,8 @@ __all__ = ["adam", "sgd", "rmsprop", "adagrad", "lion", "adamax", "radam", "nada
 Arrays = Sequence[np.ndarray]
 NATIVE = BACKEND == "native"
 OK, SKIPPED = 0, 1
-S = 6      # streams per tensor (csrc/fastopt.h FO_MAX_STREAMS)
+S = 9      # streams per tensor (csrc/fastopt.h FO_MAX_STREAMS)
+M, A1 = 5, 6   # a 16-bit param's master copy or compensation; the first 8-bit scales
 
 
 def _as_list(name, seq, n):
@@ -81,6 +82,11 @@ def _check_lists(streams: list, name) -> None:
                 _validation.check_like(name(k, i), col[i], p, name(0, i), writeable=True,
                                        stream=k)
                 written.append((name(k, i), col[i]))
+        for k in range(2, M):
+            codes = None if streams[k] is None else streams[k][i]
+            scales = None if streams[k + A1 - 2] is None else streams[k + A1 - 2][i]
+            if scales is not None or (codes is not None and codes.dtype in _validation.Q8_CODES):
+                _validation.check_q8_pair(name(k, i), codes, name(k + A1 - 2, i), scales)
     grads = streams[1]
     for i, (g, p) in enumerate(zip(grads, params)):
         if g is not None:
@@ -130,15 +136,17 @@ def _run_reference(rule, streams, group, records, gscale, steps, increment, aux,
             if increment:
                 steps[i] += 1
             bufs = [None, None] + [None if streams[k] is None else streams[k][i]
-                                   for k in range(2, S)]
+                                   for k in range(2, M)]
+            master = streams[M][i] if streams[M] is not None else None
+            scales = tuple(None if streams[k] is None else streams[k][i]
+                           for k in range(A1, A1 + 3))
             kw = dict(kwargs[group[i]])
             if rule.name not in ("probe", "ema"):
                 kw["grad_scale"] = gs[group[i]]
             mode = 0 if rounding is None else int(rounding[group[i]])
             k = len(rule.aux)
             ax = None if aux is None else aux[i * k:(i + 1) * k]
-            mixed = reference.Mixed.of(streams[0][i], g, bufs, streams[S - 1][i]
-                                       if streams[S - 1] is not None else None)
+            mixed = reference.Mixed.of(streams[0][i], g, bufs, master, scales)
             if mixed is None:
                 rule.reference(streams[0][i], g, bufs, step=int(steps[i]), aux=ax, **kw)
                 continue

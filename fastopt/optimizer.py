@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _spec, _validation, functional
+from . import _spec, _validation, functional, reference
 from ._backend import native as _native
 
 # Hyperparameters every optimizer has besides its rule's own (handled here, not by subclasses):
@@ -44,6 +44,23 @@ if _NATIVE:
 
 def _is16(p) -> bool:
     return isinstance(p, np.ndarray) and _validation.is16(p.dtype)
+
+
+# the driver's codes of 8-bit codes arrays (fastopt._kernels DT_Q8S, DT_Q8U)
+_CODE_Q8S, _CODE_Q8U = 5, 6
+
+
+def _quantized(p) -> bool:
+    """Whether an 8-bit group keeps this param's states 8-bit (Q8_MIN elements or more, not
+    float64: the driver's rule for scale slots)."""
+    return p.size >= _spec.Q8_MIN and p.dtype != np.float64
+
+
+def _applies(slot: tuple, p) -> bool:
+    """Whether a (stream, key[, min, code]) slot holds an array for param p."""
+    if slot[0] == _spec.M and not _is16(p):
+        return False
+    return len(slot) < 3 or _quantized(p)
 
 
 def _freeze(group: dict) -> None:
@@ -65,8 +82,10 @@ _STORAGE_DOC = """
     bits for any thread count) or ``"kahan"`` (params: a compensation in
     ``state[i]["kahan_comp"]``, the value carried being param + kahan_comp).
     ``state_dtype=None``: the param's dtype (float32 with master weights), or float32 or
-    bfloat16. ``seed=0`` (constructor only). Computation is float32; each 16-bit value is
-    rounded once, as it is stored (csrc/storage.c).
+    bfloat16, or ``"8bit"`` (Adam, AdamW, Lion, SGD, RMSprop, Adagrad, Adamax, NAdam, RAdam:
+    params of 4096+ elements keep int8/uint8 codes and a float32 ``<key>_absmax`` per
+    256-element block; README, "8-bit states"). ``seed=0`` (constructor only). Computation
+    is float32; each 16-bit value is rounded once, as it is stored (csrc/storage.c).
 """
 
 
@@ -101,6 +120,7 @@ class Optimizer:
         self._steps = np.zeros(0, dtype=np.int64)
         self._aux = np.zeros((0, len(self._spec.aux)))   # per param: its scalar states
         self._step_views: list[Any] = []        # the 0-d views at state[i]["step"]
+        self._aux_views: dict[int, tuple] = {}  # the 0-d views at state[i][aux key]
         self._args: Any = None          # float64 (groups, nargs) records of the last validation
         self._args_key: Any = None      # the group values (objects) they were made from
         self._slots: list[tuple] = []   # per group: (stream, key) of the buffers it needs
@@ -145,14 +165,24 @@ class Optimizer:
         row = self._check_group(dict(group))
         _spec.check_max_grad_norm(group)
         storage = _spec.check_storage(group)
+        if storage.q8 and not self._spec.storage8:
+            raise ValueError(f"{type(self).__name__} does not keep 8-bit states "
+                             f"(state_dtype={storage.state_dtype!r}): 8-bit states are for "
+                             "Adam, AdamW, Lion, SGD, RMSprop, Adagrad, Adamax, NAdam and RAdam")
         if not self._spec.storage16 and storage.state_dtype not in (None, np.float32):
             raise ValueError(f"{type(self).__name__} keeps float32 or float64 states only "
                              f"(state_dtype={storage.state_dtype})")
         return row
 
-    def _buffers(self, group: Mapping) -> tuple[tuple[int, str], ...]:
-        """(stream, state key) of each state buffer the group's settings need."""
-        return self._spec.needed(group)
+    def _buffers(self, group: Mapping) -> tuple[tuple, ...]:
+        """(stream, state key) of each state buffer the group's settings need; with 8-bit
+        states also (stream, key, Q8_MIN, codes dtype code) of each buffer's block scales."""
+        slots: tuple[tuple, ...] = self._spec.needed(group)
+        if _spec.check_storage(group).q8:
+            slots = slots + tuple(
+                scale + (_CODE_Q8S if self._spec.signed(key) else _CODE_Q8U,)
+                for scale, (_, key) in zip(self._spec.scale_slots(group), slots))
+        return slots
 
     # ---- groups ------------------------------------------------------------------------------
 
@@ -225,8 +255,32 @@ class Optimizer:
     def _point_views(self, i: int, st: dict) -> None:
         if self._spec.step_state:
             st["step"] = self._step_views[i] = self._steps[i:i + 1].reshape(())
-        for k, key in enumerate(self._spec.aux):
-            st[key] = self._aux[i, k:k + 1].reshape(())
+        if self._spec.aux:
+            views = tuple(self._aux[i, k:k + 1].reshape(()) for k in range(len(self._spec.aux)))
+            st.update(zip(self._spec.aux, views))
+            self._aux_views[i] = views
+
+    def _adopt_scalars(self) -> None:
+        """Take the per-param scalar states (NAdam's mu_product; ASGD's eta and mu) a user
+        replaced in ``state`` (the step reads them from its own table, which the state's 0-d
+        views show): every replacement is checked before any is taken."""
+        keys, views = self._spec.aux, self._aux_views
+        taken = []
+        for i, st in self.state.items():
+            mine = views.get(i)
+            for k, key in enumerate(keys):
+                v = st.get(key)
+                if mine is not None and v is mine[k]:
+                    continue
+                if v is None and key not in st:
+                    continue        # created with the rest of the state on the param's step
+                scalar = v.item() if isinstance(v, np.ndarray) and v.size == 1 else v
+                taken.append((i, k, _validation.real(key, scalar, low=None,
+                                                     what=f"state[{i}][{key!r}]")))
+        for i, k, value in taken:
+            self._aux[i, k] = value
+        for i in {i for i, _, _ in taken}:
+            self._point_views(i, self.state[i])
 
     # ---- stepping ----------------------------------------------------------------------------
 
@@ -288,6 +342,8 @@ class Optimizer:
                 grads = _validation.check_grads_sequence(grads, len(self._group_of))
             grads = tuple(grads)        # the step holds its own references
             self._hyper_args()
+            if self._spec.aux:
+                self._adopt_scalars()
             if grad_scale is not None:
                 grad_scale = _validation.real("grad_scale", grad_scale, low=None)
                 if not grad_scale > 0:
@@ -365,7 +421,8 @@ class Optimizer:
         created = self._create_state(grads)
         streams = self._lists(grads)
         try:
-            rc = functional.run_lists(self._spec, streams, ["params", "grads"] + ["state"] * 4,
+            rc = functional.run_lists(self._spec, streams,
+                                      ["params", "grads"] + ["state"] * (functional.S - 2),
                                       **kwargs)
         except functional.AppliedInterrupt:
             raise                       # the step was applied whole: keep its state
@@ -376,14 +433,15 @@ class Optimizer:
 
     def _lists(self, grads) -> list:
         params = self._live_params()
-        streams: list = [params, list(grads)] + [[None] * len(params) for _ in range(4)]
+        streams: list = [params, list(grads)] + [[None] * len(params)
+                                                 for _ in range(functional.S - 2)]
         for i in range(len(params)):
             st = self.state.get(i)
             if st is None:
                 continue
-            for stream, key in self._slots[self._group_of[i]]:
-                if key in st and (stream != _spec.M or _is16(params[i])):
-                    streams[stream][i] = st[key]
+            for slot in self._slots[self._group_of[i]]:
+                if slot[1] in st and _applies(slot, params[i]):
+                    streams[slot[0]][i] = st[slot[1]]
         return streams
 
     def _create_state(self, grads) -> list:
@@ -409,8 +467,9 @@ class Optimizer:
                 done.append((i, "step", int(self._steps[i]), st.get("step")))
                 self._steps[i] = value
                 self._point_views(i, st)
-            for stream, key in self._slots[self._group_of[i]]:
-                if key not in st and (stream != _spec.M or _is16(p)):
+            for slot in self._slots[self._group_of[i]]:
+                key = slot[1]
+                if key not in st and _applies(slot, p):
                     st[key] = self._new_buffer(key, p, group)
                     done.append((i, key, int(self._steps[i]), None))
                     self._on_new_buffer(i, key)
@@ -438,12 +497,20 @@ class Optimizer:
         for i, st in self.state.items():
             if not isinstance(st, dict):
                 raise TypeError(f"state[{i}]: expected a dict, got {type(st).__name__}")
-        keys = [dict(slots) for slots in self._slots]
+        keys = [{slot[0]: slot[1] for slot in slots} for slots in self._slots]
+        params = self._live_params()
+        for i, st in self.state.items():
+            if 0 <= i < len(params):
+                self._check_q8(f"state[{i}]", st, params[i], self._slots[self._group_of[i]])
 
         def name(k, i):
             if k < 2:
                 return f"{('params', 'grads')[k]}[{i}]"
-            return f"state[{i}][{keys[self._group_of[i]][k]!r}]"
+            mine = keys[self._group_of[i]]
+            key = mine.get(k)
+            if key is None and k >= _spec.A1:   # scales of a state (none are kept for it)
+                key = mine.get(k - _spec.A1 + _spec.S1, "?") + _spec.SCALE_SUFFIX
+            return f"state[{i}][{key!r}]"
 
         functional._check_lists(self._lists(grads), name)
         if not only_check:
@@ -457,11 +524,59 @@ class Optimizer:
             return p.astype(np.float32)
         if key == _spec.KAHAN_KEY:
             return np.zeros_like(p)
+        if storage.q8 and _quantized(p):
+            # 8-bit codes, or their block scales: the buffer's initial value quantized
+            base = key[:-len(_spec.SCALE_SUFFIX)] if key.endswith(_spec.SCALE_SUFFIX) else key
+            b = self._spec.buffer(base)
+            fill = b.fill(group) if b is not None and b.fill is not None else 0.0
+            signed = b is None or b.signed
+            if fill == 0.0:
+                if key != base:
+                    return np.zeros(_validation.q8_blocks(p.size), np.float32)
+                return np.zeros(p.shape, np.int8 if signed else np.uint8)
+            codes, scales = reference.q8_quantize(np.full(p.shape, fill, np.float32), signed)
+            return scales if key != base else codes
         dtype = storage.buffer_dtype(p.dtype)
         for b in self._spec.buffers:
             if b.key == key and b.fill is not None:
                 return np.full(p.shape, b.fill(group), dtype=dtype)
         return np.zeros(p.shape, dtype=dtype)
+
+    def _check_q8(self, where: str, st: Mapping, p, slots) -> None:
+        """An 8-bit param's states: each buffer int8 (signed map) or uint8 (unsigned) codes as
+        its spec says, with its scales; raises naming the array."""
+        for slot in slots:
+            if len(slot) < 3 or not _applies(slot, p):
+                continue
+            key = slot[1][:-len(_spec.SCALE_SUFFIX)]
+            codes = st.get(key)
+            want = np.dtype(np.int8 if slot[3] == _CODE_Q8S else np.uint8)
+            if isinstance(codes, np.ndarray) and codes.dtype in _validation.Q8_CODES \
+                    and codes.dtype != want:
+                raise TypeError(f"{where}[{key!r}]: expected 8-bit codes of dtype {want} (the "
+                                f"{'signed' if want == np.int8 else 'unsigned'} map of "
+                                f"{key!r}), got {codes.dtype}")
+            if isinstance(codes, np.ndarray) and codes.dtype not in _validation.Q8_CODES \
+                    and slot[1] in st:
+                raise TypeError(f"{where}[{key!r}]: expected 8-bit codes of dtype {want} (an "
+                                f"8-bit state, with {slot[1]!r} its scales), got {codes.dtype}")
+
+    def state_bytes(self, per_element: bool = False) -> float:
+        """The bytes of the optimizer's state arrays (buffers, master copies, 8-bit codes and
+        their scales; not the step counts): in total, or with ``per_element`` per element of
+        the params that have state."""
+        with self._lock:
+            params = self._live_params()
+            total, elems = 0, 0
+            for i, st in self.state.items():
+                arrays = [a for k, a in st.items() if k != "step" and k not in self._spec.aux
+                          and isinstance(a, np.ndarray)]
+                if arrays:
+                    total += sum(a.nbytes for a in arrays)
+                    elems += params[i].size if i < len(params) else 0
+            if per_element:
+                return total / elems if elems else 0.0
+            return total
 
     def _on_new_buffer(self, i: int, key: str) -> None:
         """Hook: a state buffer was just created for param i."""
@@ -550,12 +665,14 @@ class Optimizer:
                 raise TypeError(f"state_dict: state[{pid!r}] must be a dict")
             p = self._live_params()[i]
             storage = _spec.check_storage(new_groups[self._group_of[i]])
-            bufs = self._buffers(new_groups[self._group_of[i]])
+            slots = self._buffers(new_groups[self._group_of[i]])
             if _is16(p):
-                bufs = bufs + storage.extra_slot()
-            stream_of = {key: stream for stream, key in bufs}
+                slots = slots + storage.extra_slot()
+            bufs = [slot for slot in slots if _applies(slot, p)]
+            stream_of = {slot[1]: slot[0] for slot in bufs}
             st = {}
-            for _, key in bufs:
+            for slot in bufs:
+                key = slot[1]
                 if key not in saved:
                     raise ValueError(f"state_dict: state[{pid!r}] lacks {key!r}, which "
                                      "the group's settings need")
@@ -574,6 +691,15 @@ class Optimizer:
                                        f"params[{i}]", writeable=False,
                                        stream=stream_of.get(key, 2))
                 st[key] = np.array(value, copy=True, order="C")
+            self._check_q8(f"state_dict: state[{pid!r}]", st, p, bufs)
+            for k in range(_spec.S1, _spec.S3 + 1):
+                names = {slot[0]: slot[1] for slot in bufs}
+                if k in names:
+                    scale = names.get(k + _spec.A1 - _spec.S1)
+                    _validation.check_q8_pair(
+                        f"state_dict: state[{pid!r}][{names[k]!r}]", st.get(names[k]),
+                        f"state_dict: state[{pid!r}][{scale!r}]",
+                        st.get(scale) if scale is not None else None)
             for key in self._spec.aux:
                 if key not in saved:
                     raise ValueError(f"state_dict: state[{pid!r}] lacks {key!r}")

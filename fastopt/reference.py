@@ -620,6 +620,84 @@ def _salt(key: int, stream: int) -> int:
     return key ^ ((0x5BD1E995 * stream) & _M64)
 
 
+# ---- 8-bit states: csrc/storage.c's maps and block quantization, in NumPy -------------------
+
+Q8_BLOCK = 256      # elements per block (one float32 absmax each; the last may be partial)
+
+
+def _q8_level(level: int, count: int) -> list[float]:
+    """Level ``level``'s values: the midpoints of ``count`` equal parts of [0.1, 1], scaled by
+    10**(level - 6) (float64, each operation as in C, before the one rounding to float32)."""
+    decade = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)[level]
+    return [decade * (0.1 + (float(k) + 0.5) * 0.9 / float(count)) for k in range(count)]
+
+
+def q8_map(signed: bool) -> np.ndarray:
+    """The 256 values of a quantization map, float32, ascending. Unsigned (uint8 code = index):
+    0, levels 0..6 with 2, 4, .., 128 values, 1. Signed (int8 code = index - 128): -1, the
+    negated levels 6..0 with 64, .., 1 values, 0 (code 0), levels 1..6 with 2, .., 64, 1."""
+    if not signed:
+        values = [0.0] + [x for i in range(7) for x in _q8_level(i, 2 << i)] + [1.0]
+        return np.array(values, dtype=np.float64).astype(np.float32)
+    pos = [x for i in range(1, 7) for x in _q8_level(i, 1 << i)] + [1.0]
+    neg = [x for i in range(7) for x in _q8_level(i, 1 << i)] + [1.0]
+    pos32 = np.array(pos, np.float64).astype(np.float32)
+    neg32 = np.array(neg, np.float64).astype(np.float32)
+    return np.concatenate([-neg32[::-1], np.zeros(1, np.float32), pos32])
+
+
+def _q8_nearest(x: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The index of the value of ascending ``values`` nearest to each x, exactly: x compared
+    with the exact midpoints (float64 holds the midpoint of two float32 values); a tie goes
+    to the lower index."""
+    mid = (values[:-1].astype(np.float64) + values[1:].astype(np.float64)) / 2
+    return np.searchsorted(mid, x.astype(np.float64), side="left")
+
+
+def q8_quantize(values: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """float32 values (any shape) to (codes of the same shape: int8 signed, uint8 unsigned;
+    float32 absmax, one per block of the flattened values). Per block: a NaN or Inf gives
+    absmax NaN and codes 0; absmax 0 gives codes 0; otherwise x = v / absmax (float32) takes
+    the code of the nearest map value, ties toward zero (unsigned: negative x gives 0)."""
+    flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    n = flat.size
+    nb = -(-n // Q8_BLOCK)
+    padded = np.zeros(nb * Q8_BLOCK, np.float32)
+    padded[:n] = flat
+    blocks = padded.reshape(nb, Q8_BLOCK)
+    finite = np.isfinite(blocks).all(axis=1)
+    amax = np.abs(blocks).max(axis=1, initial=np.float32(0)).astype(np.float32)
+    scale = np.where(finite, amax, np.float32(np.nan)).astype(np.float32)
+    usable = finite & (amax > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = (blocks / np.where(usable, amax, np.float32(1))[:, None]).astype(np.float32)
+    x = np.where(usable[:, None], x, np.float32(0))
+    m = q8_map(signed)
+    if signed:
+        # by magnitude on each side, so that a tie goes toward zero on both
+        pos = _q8_nearest(np.abs(x), m[128:])
+        neg = _q8_nearest(np.abs(x), -m[128::-1])
+        codes = np.where(x < 0, -neg, pos).astype(np.int8)
+    else:
+        codes = np.where(x < 0, 0, _q8_nearest(np.maximum(x, 0), m)).astype(np.uint8)
+    return codes.reshape(-1)[:n].reshape(np.shape(values)), scale
+
+
+def q8_dequantize(codes: np.ndarray, absmax: np.ndarray) -> np.ndarray:
+    """Codes (int8: signed map, uint8: unsigned) and block scales to float32 values, of the
+    codes' shape: map[code] * absmax of the element's block (float32)."""
+    signed = codes.dtype == np.int8
+    m = q8_map(signed)
+    flat = codes.reshape(-1)
+    index = flat.astype(np.int64) + (128 if signed else 0)
+    block = np.arange(flat.size) // Q8_BLOCK
+    return (m[index] * absmax[block]).astype(np.float32).reshape(codes.shape)
+
+
+def _isq8(a) -> bool:
+    return a is not None and a.dtype in (np.int8, np.uint8)
+
+
 class Mixed:
     """A mixed-storage tensor for the reference rules: float32 working arrays for its 16-bit
     streams (float32 streams are used as they are), and how they are written back (the
@@ -627,8 +705,8 @@ class Mixed:
     rounded from it; a Kahan compensation; or the 16-bit param and states rounded by the
     call's mode)."""
 
-    def __init__(self, p, g, bufs, m):
-        self._p, self._bufs, self._m = p, bufs, m
+    def __init__(self, p, g, bufs, m, scales=(None, None, None)):
+        self._p, self._bufs, self._m, self._scales = p, bufs, m, scales
         self.master = _is16(p) and m is not None and m.dtype == np.float32
         self.kahan = _is16(p) and m is not None and m.dtype == p.dtype
         if self.master:
@@ -639,15 +717,18 @@ class Mixed:
             self.param = _wide(p)
         self.grad = _wide(g)
         self.bufs = [None, None] + [None if b is None else _wide(b) for b in bufs[2:]]
+        for k in range(2, 5):       # 8-bit states: dequantized (scales[k - 2] their absmax)
+            if _isq8(bufs[k]):
+                self.bufs[k] = q8_dequantize(bufs[k], scales[k - 2])
 
     @classmethod
-    def of(cls, p, g, bufs, m):
+    def of(cls, p, g, bufs, m, scales=(None, None, None)):
         """A Mixed for these streams, or None when they share one float32 or float64 type."""
         arrays = [x for x in [g] + list(bufs[2:]) + [m] if x is not None]
         if m is None and p.dtype in (np.float32, np.float64) \
                 and all(x.dtype == p.dtype for x in arrays):
             return None
-        return cls(p, g, bufs, m)
+        return cls(p, g, bufs, m, scales)
 
     def store(self, rounding: int, key: int) -> None:
         """Write the working arrays back (after the rule ran on them)."""
@@ -655,6 +736,10 @@ class Mixed:
             b = self._bufs[k]
             if _is16(b):
                 b.reshape(-1)[...] = narrow(self.bufs[k], b.dtype, rounding, _salt(key, k))
+            elif _isq8(b):
+                codes, scale = q8_quantize(self.bufs[k], b.dtype == np.int8)
+                b[...] = codes
+                self._scales[k - 2][...] = scale
         p = self._p
         if self.master:
             p.reshape(-1)[...] = narrow(self._m, p.dtype)

@@ -189,3 +189,36 @@ def test_nadam_mu_product_still_one_scalar_per_tensor():
     mp = opt.state[0]["mu_product"]
     assert isinstance(mp, np.ndarray) and mp.shape == () and mp.dtype == np.float64
     assert opt.state_dict()["state"][0]["mu_product"] == float(mp)
+
+
+@pytest.mark.parametrize("name,key,value", [("NAdam", "mu_product", 0.5),
+                                            ("ASGD", "eta", 0.003), ("ASGD", "mu", 0.25)])
+def test_a_replaced_scalar_state_is_used(name, key, value):
+    # replacing the entry (a new object) acts as writing into it: the next step uses it
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(50).astype(np.float32)
+    pa, pb = x.copy(), x.copy()
+    oa, ob = getattr(fastopt, name)([pa], lr=1e-2), getattr(fastopt, name)([pb], lr=1e-2)
+    g = [rng.standard_normal(50).astype(np.float32) for _ in range(3)]
+    oa.step([g[0]])
+    ob.step([g[0]])
+    oa.state[0][key] = np.float64(value)
+    ob.state[0][key][...] = value
+    for gi in g[1:]:
+        oa.step([gi])
+        ob.step([gi])
+    assert np.array_equal(pa, pb)
+    assert float(oa.state[0][key]) == float(ob.state[0][key])
+    assert oa.state_dict()["state"][0][key] == ob.state_dict()["state"][0][key]
+
+
+def test_a_bad_replaced_scalar_state_is_refused_and_nothing_modified():
+    p = np.ones(10, np.float32)
+    opt = fastopt.NAdam([p], lr=1e-2)
+    opt.step([np.ones(10, np.float32)])
+    before = (p.copy(), opt.state[0]["exp_avg"].copy(), float(opt.state[0]["mu_product"]))
+    opt.state[0]["mu_product"] = "half"
+    with pytest.raises(TypeError, match=r"state\[0\]\['mu_product'\]"):
+        opt.step([np.ones(10, np.float32)])
+    assert np.array_equal(p, before[0]) and np.array_equal(opt.state[0]["exp_avg"], before[1])
+    assert int(opt.state[0]["step"]) == 1

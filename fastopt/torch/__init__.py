@@ -74,7 +74,7 @@ Where fastopt differs from torch:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -137,12 +137,14 @@ def storage(group: dict) -> _spec.Storage:
     """A group's storage options, checked (fastopt._spec.check_storage's rules, with torch's
     dtypes for ``state_dtype``)."""
     sd = group.get("state_dtype")
-    if sd is not None and not isinstance(sd, torch.dtype):
-        raise TypeError(f"Invalid state_dtype: {sd!r} (expected None, torch.float32 or "
-                        "torch.bfloat16)")
-    if sd is not None and sd not in _STATE_DTYPES:
-        raise ValueError(f"Invalid state_dtype: {sd} (expected None, torch.float32 or "
-                         "torch.bfloat16)")
+    if isinstance(sd, str) and sd == _spec.Q8:
+        pass
+    elif sd is not None and not isinstance(sd, torch.dtype):
+        raise TypeError(f"Invalid state_dtype: {sd!r} (expected None, torch.float32, "
+                        "torch.bfloat16 or '8bit')")
+    elif sd is not None and sd not in _STATE_DTYPES:
+        raise ValueError(f"Invalid state_dtype: {sd} (expected None, torch.float32, "
+                         "torch.bfloat16 or '8bit')")
     s = _spec.check_storage({k: group[k] for k in ("master_weights", "rounding")
                              if k in group})
     return _spec.Storage(s.master, s.rounding, sd)
@@ -154,11 +156,27 @@ def state_dtype(st: _spec.Storage, dtype: torch.dtype) -> torch.dtype:
     with master weights, the param's dtype otherwise (torch's)."""
     if dtype in _EXACT:
         return dtype
+    if st.q8:       # the float32 states of tensors too small to quantize
+        return torch.float32
     if st.state_dtype is not None:
         return st.state_dtype
     if st.master and dtype in _adapter.HALF:
         return torch.float32
     return dtype
+
+
+def _quantize(t: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dense float32 state tensor as 8-bit codes (the param's layout) and block scales
+    (fastopt.reference.q8_quantize: blocks of 256 in memory order, as the kernel reads)."""
+    from .. import reference
+    t = t.detach()
+    flat = t.reshape(-1) if t.is_contiguous() else t.as_strided((t.numel(),), (1,))
+    codes, scales = reference.q8_quantize(flat.float().numpy(), signed)
+    out = torch.empty_like(t, dtype=torch.int8 if signed else torch.uint8,
+                           memory_format=torch.preserve_format)
+    (out.view(-1) if out.is_contiguous() else out.as_strided((out.numel(),), (1,))).copy_(
+        torch.from_numpy(codes))
+    return out, torch.from_numpy(scales)
 
 
 def _extras_set(group: dict) -> bool:
@@ -181,6 +199,7 @@ class _Group(NamedTuple):
     record: list        # the rule's argument record
     step_key: str | None
     rounding: int       # the driver's rounding code
+    q8: bool            # 8-bit states
 
 
 class _Native:
@@ -240,10 +259,25 @@ class _Native:
         _check_extras(group)
         if self._fo_native_group(group):
             self._fo_hyper(group)
+            self._fo_slots(group, self._fo_group(group))
         elif _extras_set(group):
             raise ValueError("l1, max_grad_norm and clip_value are fastopt's: they need the "
                              "native step (fused=None or True, capturable=False, "
                              "differentiable=False)")
+
+    def state_bytes(self, per_element: bool = False) -> float:
+        """The bytes of the state tensors (buffers, master copies, 8-bit codes and their
+        scales; not the 0-d step counts and scalars): in total, or with ``per_element`` per
+        element of the params that have state (as ``fastopt.Optimizer.state_bytes``)."""
+        total = elems = 0
+        for p, st in self.state.items():
+            held = [t for t in st.values() if isinstance(t, torch.Tensor) and t.dim() > 0]
+            if held:
+                total += sum(t.numel() * t.element_size() for t in held)
+                elems += p.numel()
+        if per_element:
+            return total / elems if elems else 0.0
+        return total
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's, keeping each state tensor in its storage dtype: torch casts every floating
@@ -264,9 +298,10 @@ class _Native:
                 if slots is None:
                     slots = self._fo_slots(group, self._fo_group(group))
                 st, c = self.state[p], _adapter.code(p.dtype)
-                for _, key, codes in slots:
+                for slot in slots:
+                    key = slot[1]
                     value = saved[pid].get(key)
-                    want = _adapter.BY_CODE[codes[c]]
+                    want = _adapter.BY_CODE[_adapter.slot_code(slot, c, p.numel())]
                     if isinstance(value, torch.Tensor) and want is not None \
                             and st.get(key, value).dtype != want:
                         st[key] = value.to(device=p.device, dtype=want)
@@ -300,8 +335,22 @@ class _Native:
         group's settings need: its rule's buffers, then the master copy or compensation of
         16-bit params (code 0: a param of that dtype has no such tensor)."""
         st = storage(plain)
-        codes = (0,) + tuple(_adapter.code(state_dtype(st, dt)) for dt in _adapter.BY_CODE[1:])
-        slots = tuple((stream, key, codes) for stream, key in self._fo_spec.needed(plain))
+        if st.q8 and not self._fo_spec.storage8:
+            raise ValueError(f"{type(self).__name__} does not keep 8-bit states "
+                             "(state_dtype='8bit'); use float32 or bfloat16 states")
+        codes = (0,) + tuple(_adapter.code(state_dtype(st, dt)) for dt in _adapter.BY_CODE[1:5])
+        needed = self._fo_spec.needed(plain)
+        if st.q8:
+            # 8-bit codes (int8: the signed map, uint8: the unsigned) and their block scales
+            # for float32/16-bit params of Q8_MIN elements and more; float32 states below
+            slots: tuple = ()
+            for stream, key in needed:
+                q = 5 if self._fo_spec.signed(key) else 6
+                slots += ((stream, key, (0, q, 2, q, q), _spec.Q8_MIN, codes),)
+            for stream, key, _ in self._fo_spec.scale_slots(plain):
+                slots += ((stream, key, (0, 7, 0, 7, 7), _spec.Q8_MIN, (0, 0, 0, 0, 0)),)
+        else:
+            slots = tuple((stream, key, codes) for stream, key in needed)
         for stream, key in st.extra_slot():
             master = key == _spec.MASTER_KEY
             slots += ((stream, key, (0, 0, 0, 1 if master else 3, 1 if master else 4)),)
@@ -328,7 +377,16 @@ class _Native:
         compensation (zeros), and SGD's step count where stochastic rounding keys by it."""
         plain = self._fo_group(group)
         st = storage(plain)
+        q8 = st.q8 and p.dtype not in _EXACT and p.numel() >= _spec.Q8_MIN
+        before = set(state)
         self._fo_new_buffers(p, group, state, state_dtype(st, p.dtype))
+        if q8:
+            # the new buffers' initial values (zeros, or a fill value) quantized
+            for _, key in self._fo_spec.needed(plain):
+                if key not in before:
+                    codes, scales = _quantize(state[key],
+                                              self._fo_spec.signed(key))
+                    state[key], state[key + _spec.SCALE_SUFFIX] = codes, scales
         if p.dtype in _adapter.HALF:
             for _, key in st.extra_slot():
                 if key not in state:
@@ -410,9 +468,10 @@ class _Native:
                 continue
             _check_extras(group)
             plain = self._fo_group(group)
+            st = storage(plain)
             native.append(_Group(gi, group, self._fo_slots(group, plain),
                                  self._fo_spec.record(plain), self._fo_step_key(plain),
-                                 storage(plain).code))
+                                 st.code, st.q8))
         if len(self.last_grad_norms) != len(self.param_groups):
             self.last_grad_norms = [None] * len(self.param_groups)
         plan = self._fo_driver_state()
@@ -480,11 +539,26 @@ class _Native:
                 st = self.state.get(p)
                 if st:
                     pcode = _adapter.code(lp.dtype)
-                    for _, key, codes in n.slots:
-                        if key in st and codes[pcode]:
+                    for slot in n.slots:
+                        key, c = slot[1], _adapter.slot_code(slot, pcode, lp.numel())
+                        if key not in st or not c:
+                            continue
+                        if c == _adapter.DT_ABSMAX:
+                            _adapter.check_scales(name, key, _adapter.local(st[key]), lp)
+                            if key[:-len(_spec.SCALE_SUFFIX)] not in st:
+                                raise ValueError(f"fastopt.torch: state[{name}] has {key!r} "
+                                                 "but not the 8-bit codes it scales")
+                        else:
                             _adapter.check_state(name, key, _adapter.local(st[key]), lp,
-                                                 _adapter.BY_CODE[codes[pcode]]
+                                                 _adapter.BY_CODE[c]
                                                  if not lp.is_complex() else None)
+                            if c in (5, 6) and key + _spec.SCALE_SUFFIX not in st:
+                                raise ValueError(f"fastopt.torch: state[{name}] has the 8-bit "
+                                                 f"codes {key!r} but not their scales "
+                                                 f"{key + _spec.SCALE_SUFFIX!r}")
+                    if n.q8 and _adapter.is_sharded(p):
+                        raise ValueError(f"fastopt.torch: {name} is a DTensor (sharded): "
+                                         "8-bit states are not supported on sharded params")
                 ps.append(p)
                 gs.append(g)
                 names.append(name)
@@ -505,21 +579,23 @@ class _Native:
                 continue
             group = n.group
             codes = [_adapter.code(_adapter.local(p).dtype) for p in ps]
+            sizes = [p.numel() for p in ps]
             fresh = []
             if n.step_key or n.slots:
                 state = self.state
                 states = [state[p] for p in ps]
-                for p, c, st in zip(ps, codes, states):
-                    new = any(k not in st for _, k, cs in n.slots if cs[c])
+                for p, c, m, st in zip(ps, codes, sizes, states):
+                    new = any(s[1] not in st for s in n.slots if _adapter.slot_code(s, c, m))
                     fresh.append(new)
                     if new or (n.step_key and n.step_key not in st):
                         self._fo_new_state(p, group, st)
             else:   # plain SGD keeps no state, as torch's
                 fresh, states = [False] * len(ps), []
             buffers: dict = {}
-            for stream, key, cs in n.slots:
-                buffers[stream] = [_adapter.local(st[key]) if cs[c] else None
-                                   for c, st in zip(codes, states)]
+            for slot in n.slots:
+                buffers[slot[0]] = [_adapter.local(st[slot[1]])
+                                    if _adapter.slot_code(slot, c, m) else None
+                                    for c, m, st in zip(codes, sizes, states)]
             if n.step_key:
                 mine = [st[n.step_key] for st in states]
                 steps = [int(s) + 1 for s in torch.stack(mine).tolist()]
@@ -666,10 +742,10 @@ class Adagrad(_Native, torch.optim.Adagrad):
                 st = self.state.get(p)
                 if st and "sum" in st and not p.is_complex():
                     want = want or storage(self._fo_group(group))
-                    dtype = state_dtype(want, p.dtype)
-                    if st["sum"].dtype != dtype:
+                    q8 = want.q8 and p.dtype not in _EXACT and p.numel() >= _spec.Q8_MIN
+                    if q8 or st["sum"].dtype != state_dtype(want, p.dtype):
                         del st["sum"]
-                        self._fo_new_buffers(p, group, st, dtype)
+                        self._fo_new_state(p, group, st)
 
     def _fo_new_buffers(self, p, group, state, dtype):
         if not state:
@@ -812,37 +888,30 @@ class ASGD(_Native, torch.optim.ASGD):
             state["ax"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
 
-# ---- Lion ----------------------------------------------------------------------------------
+# ---- fastopt's own rules: Lion, LAMB ---------------------------------------------------------
 
-class Lion(_Native, torch.optim.Optimizer):
-    r"""Lion (Chen et al., 2023), fastopt's rule (see ``fastopt.Lion``); torch has none.
+def _check_torch_style(lr, betas, weight_decay, eps=None) -> None:
+    """The constructor checks of a rule torch lacks, with torch.optim's messages."""
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if eps is not None and not 0.0 <= eps:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    if not 0.0 <= betas[0] < 1.0:
+        raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+    if not 0.0 <= betas[1] < 1.0:
+        raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
 
-    ``Lion(params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0, *, maximize=False, fused=None,
-    l1=0, max_grad_norm=None, clip_value=None)``. State: ``step`` (0-d float32 tensor) and
-    ``exp_avg``. ``fused=False`` runs a plain torch implementation of the same rule (also used
-    for float16/bfloat16 params), equal to the native one up to rounding.
-    """
 
-    _fo_spec = _spec.LION
+class _OwnRule(_Native, torch.optim.Optimizer):
+    """A rule torch.optim lacks: ``fused=False`` (and what the native step cannot take) runs
+    ``_fo_plain(opt, groups)``, a plain torch implementation of the same rule."""
+
     _fo_own_fused = True
-
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
-                 maximize=False, fused=None, l1=0.0, max_grad_norm=None, clip_value=None,
-                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
-        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        self._fo_begin(locals())
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
-                                      maximize=maximize, differentiable=False))
-        self._fo_end()
+    _fo_plain: Any
 
     def step(self, closure=None):
         """Perform a single optimization step (see ``fastopt.torch``)."""
@@ -853,8 +922,31 @@ class Lion(_Native, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        _lion_torch(self, self.param_groups)
+        self._fo_plain(self, self.param_groups)
         return loss
+
+
+class Lion(_OwnRule):
+    r"""Lion (Chen et al., 2023), fastopt's rule (see ``fastopt.Lion``); torch has none.
+
+    ``Lion(params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0, *, maximize=False, fused=None,
+    l1=0, max_grad_norm=None, clip_value=None)``. State: ``step`` (0-d float32 tensor) and
+    ``exp_avg``. ``fused=False`` runs a plain torch implementation of the same rule, equal to
+    the native one up to rounding.
+    """
+
+    _fo_spec = _spec.LION
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
+                 maximize=False, fused=None, l1=0.0, max_grad_norm=None, clip_value=None,
+                 master_weights=False, rounding="nearest", state_dtype=None, seed=0):
+        _check_torch_style(lr, betas, weight_decay)
+        self._fo_begin(locals())
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                                      maximize=maximize, differentiable=False))
+        self._fo_end()
+
+    _fo_plain = staticmethod(lambda opt, groups: _lion_torch(opt, groups))
 
 
 @torch.no_grad()
@@ -883,7 +975,7 @@ def _lion_torch(opt, groups):
 
 # ---- LAMB ----------------------------------------------------------------------------------
 
-class LAMB(_Native, torch.optim.Optimizer):
+class LAMB(_OwnRule):
     r"""LAMB with Apex FusedLAMB's trust ratio, fastopt's rule (see ``fastopt.LAMB``); torch
     has none.
 
@@ -895,24 +987,12 @@ class LAMB(_Native, torch.optim.Optimizer):
     """
 
     _fo_spec = _spec.LAMB
-    _fo_own_fused = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
                  bias_correction=True, *, use_nvlamb=False, maximize=False, fused=None,
                  l1=0.0, max_grad_norm=None, clip_value=None,
                  master_weights=False, rounding="nearest", state_dtype=None, seed=0):
-        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        _check_torch_style(lr, betas, weight_decay, eps)
         self._fo_begin(locals())
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay,
@@ -920,17 +1000,7 @@ class LAMB(_Native, torch.optim.Optimizer):
                                       maximize=maximize, differentiable=False))
         self._fo_end()
 
-    def step(self, closure=None):
-        """Perform a single optimization step (see ``fastopt.torch``)."""
-        return _Native.step(self, closure)
-
-    def _fo_torch_step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        _lamb_torch(self, self.param_groups)
-        return loss
+    _fo_plain = staticmethod(lambda opt, groups: _lamb_torch(opt, groups))
 
 
 @torch.no_grad()

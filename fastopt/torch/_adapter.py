@@ -45,9 +45,19 @@ HALF = (torch.float16, torch.bfloat16)
 NATIVE_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128) + HALF
 # storage dtype code (csrc/fastopt.h FO_DT_*) and elements per tensor element, per dtype
 _CODES = {torch.float32: (1, 1), torch.float64: (2, 1), torch.complex64: (1, 2),
-          torch.complex128: (2, 2), torch.float16: (3, 1), torch.bfloat16: (4, 1)}
-# the real dtype of each storage code (index 0: no stream)
-BY_CODE = (None, torch.float32, torch.float64, torch.float16, torch.bfloat16)
+          torch.complex128: (2, 2), torch.float16: (3, 1), torch.bfloat16: (4, 1),
+          torch.int8: (5, 1), torch.uint8: (6, 1)}     # (8-bit states' codes: signed map, not)
+# the tensor dtype of each storage code (index 0: no stream; 7: an 8-bit state's scales)
+BY_CODE = (None, torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8,
+           torch.uint8, torch.float32)
+DT_ABSMAX = 7
+
+
+def slot_code(slot: tuple, pcode: int, n: int) -> int:
+    """The storage code of a group slot's stream for a param of storage code ``pcode`` and
+    ``n`` elements (0: that param has no such stream); see _kernels.fill_torch's slots."""
+    codes = slot[4] if len(slot) >= 5 and n < slot[3] else slot[2]
+    return codes[pcode]
 
 
 def code(dtype: torch.dtype) -> int:
@@ -142,10 +152,24 @@ def check_grad(name: str, g: torch.Tensor, p: torch.Tensor) -> None:
                          f"{tuple(g.shape)}, its param {p.dtype} and {tuple(p.shape)}")
 
 
+def check_scales(name: str, key: str, t, p: torch.Tensor) -> None:
+    """Raise a clear error unless ``t`` can be the block scales of an 8-bit state of ``p``:
+    a contiguous 1-D float32 CPU tensor of one element per block of 256."""
+    blocks = (p.numel() + 255) // 256
+    if not (isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.dim() == 1
+            and t.numel() == blocks and t.is_cpu and t.layout == torch.strided
+            and t.is_contiguous() and not t.is_neg()):
+        what = (f"a {type(t).__name__}" if not isinstance(t, torch.Tensor) else
+                f"dtype {t.dtype}, shape {tuple(t.shape)}")
+        raise ValueError(f"fastopt.torch: state[{name}][{key!r}] must be the block scales of "
+                         f"an 8-bit state: a contiguous float32 tensor of shape ({blocks},) "
+                         f"(one per 256 elements); got {what}")
+
+
 def check_state(name: str, key: str, t, p: torch.Tensor, dtype: torch.dtype | None = None) \
         -> None:
     """Raise a clear error unless state tensor ``t`` has ``p``'s shape, strides and device
-    and ``dtype`` (default: the param's; a master copy or float32 states differ)."""
+    and ``dtype`` (default: the param's; a master copy, float32 or 8-bit states differ)."""
     dtype = p.dtype if dtype is None else dtype
     if (isinstance(t, torch.Tensor) and t.dtype == dtype and t.shape == p.shape
             and t.is_cpu and t.layout == torch.strided and t.is_contiguous()
@@ -198,7 +222,7 @@ def new_memo():
 # DLPack's (type code, bits) of the torch dtypes the fast fill takes; with _CODES above, the
 # only place that maps torch dtypes (a 16-bit dtype is one more entry in each).
 _DLPACK = {torch.float32: (2, 32), torch.float64: (2, 64), torch.float16: (2, 16),
-           torch.bfloat16: (4, 16)}
+           torch.bfloat16: (4, 16), torch.int8: (0, 8), torch.uint8: (1, 8)}
 FAST_DTYPES = tuple((*_DLPACK[dt], code) for dt, (code, per) in _CODES.items()
                     if per == 1 and dt in _DLPACK)
 # a rule without 16-bit storage (LAMB): its 16-bit params go to the Python path (torch's step)
@@ -366,7 +390,7 @@ def run(spec: _spec.Rule, batches: list[Batch], *, grad_scale: float = 1.0, fram
                 if t is None:
                     continue
                 a_row[k] = t.data_ptr()
-                c_row[k] = _CODES[t.dtype][0]
+                c_row[k] = DT_ABSMAX if k >= _native.STREAM_A1 else _CODES[t.dtype][0]
                 owners.append(t)
             rows.append((a_row, c_row, p.numel() * per))
             group.append(gi)
