@@ -228,9 +228,10 @@ _RECORDS: dict = {}
 def _typed(items: tuple):
     """A hashable key of a group's items that tells True from 1 and 1.0 (they are equal and
     hash alike), one level into tuple values (betas)."""
-    values = [v for _, v in items]
-    return (items, tuple(map(type, values)),
-            tuple(tuple(map(type, x)) for x in values if type(x) is tuple))
+    types = tuple([type(v) for _, v in items])
+    if tuple not in types:
+        return items, types
+    return (items, types, tuple([tuple(map(type, v)) for _, v in items if type(v) is tuple]))
 
 
 # ---- validation pieces shared by several rules ---------------------------------------------

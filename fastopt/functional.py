@@ -53,6 +53,9 @@ def _as_list(name, seq, n):
 
 def _steps(steps, grads, n):
     """Step counts, one per tensor, each >= 1 where the tensor steps."""
+    if n == 1 and type(steps) is list and len(steps) == 1 and type(steps[0]) is int \
+            and 1 <= steps[0] < 2 ** 62:
+        return steps            # the kernel API's one plain count
     if type(steps) is not list and type(steps) is not tuple:
         steps = list(np.asarray(steps).reshape(-1))
     steps = [_validation.step_count(f"steps[{i}]", s)
@@ -199,7 +202,7 @@ def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, 
     group), ``seed`` and ``ids`` (per tensor: its id in stochastic rounding's key, default its
     index) as fastopt._kernels.run's."""
     n = len(streams[0])
-    group = np.zeros(n, np.int32) if group is None else np.asarray(group, np.int32)
+    group = _zeros32(n) if group is None else np.asarray(group, np.int32)
     records = np.asarray(records, dtype=np.float64).reshape(len(records), -1)
     gscale = np.ones(len(records)) if gscale is None else np.asarray(gscale, np.float64)
     steps = np.ones(n, np.int64) if steps is None else steps
@@ -210,9 +213,10 @@ def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, 
         _check_lists(streams, name)
         return _run_reference(rule, streams, group, records, gscale, steps, increment, aux,
                               max_norms, check_finite, norms, rounding, seed, ids)
-    frame = _native.Frame()
+    frame, memo = _call_frame(memo)
     rc = frame.fill_numpy_lists(streams, n)
     if rc >= 0:
+        frame.release()
         _check_lists(streams, name)     # raises with the message
         raise RuntimeError(f"fastopt: internal error, stream refused with reason {rc}")
     try:
@@ -221,8 +225,32 @@ def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, 
                            memo, True, _rounding(rounding), seed,
                            None if ids is None else np.ascontiguousarray(ids, np.int64))
     except _native.ContractError:
+        frame.release()
         _check_lists(streams, name)
         raise
+    finally:
+        frame.release()
+
+
+_local = threading.local()
+_ZEROS32 = [np.zeros(n, np.int32) for n in range(9)]
+for _z in _ZEROS32:
+    _z.flags.writeable = False
+
+
+def _zeros32(n: int) -> np.ndarray:
+    return _ZEROS32[n] if n < len(_ZEROS32) else np.zeros(n, np.int32)
+
+
+def _call_frame(memo):
+    """A frame for one run_lists call, and a contract memo (memoised by content, so it holds
+    for any arrays): this thread's own, reused, which is the kernel API's small-call cost. No
+    Python code runs between a fill and its run, so one per thread suffices."""
+    mine = getattr(_local, "frame", None)
+    if mine is None:
+        mine = _local.frame = _native.Frame()
+        _local.memo = _native.Memo()
+    return mine, _local.memo if memo is None else memo
 
 
 def run_frame(frame: Any, rule: _spec.Rule, *, group, records, gscale, steps,
@@ -277,10 +305,30 @@ def _call(rule, grad_scale, names, params, grads, buffers, row, steps=None, aux=
                for name, b in zip(names[1:], buffers)]
     steps = np.ones(n, np.int64) if steps is None else np.array(_steps(steps, grads, n),
                                                                 np.int64)
-    gs = _validation.real("grad_scale", grad_scale, low=None)
+    gs = grad_scale if type(grad_scale) is float and math.isfinite(grad_scale) else \
+        _validation.real("grad_scale", grad_scale, low=None)
     streams = [params, grads] + buffers + [None] * (S - 2 - len(buffers))
     stream_names = [names[0], "grads"] + list(names[1:]) + ["master"] * (S - 1 - len(names))
-    run_lists(rule, streams, stream_names, records=[row], gscale=[gs], steps=steps, aux=aux)
+    run_lists(rule, streams, stream_names, records=_record_array(row),
+              gscale=_ONE if gs == 1.0 else np.array([gs]), steps=steps, aux=aux)
+
+
+_ONE = np.ones(1)
+_ONE.flags.writeable = False
+_RECORD_ARRAYS: dict = {}
+
+
+def _record_array(row: list) -> np.ndarray:
+    """A validated record as the driver's (1, fields) array, kept read-only per distinct row
+    (the kernel API calls with the same hyperparameters step after step)."""
+    key = tuple(row)
+    out = _RECORD_ARRAYS.get(key)
+    if out is None:
+        if len(_RECORD_ARRAYS) >= 256:
+            _RECORD_ARRAYS.clear()
+        out = _RECORD_ARRAYS[key] = np.array([row], dtype=np.float64)
+        out.flags.writeable = False
+    return out
 
 
 def _one(x):

@@ -190,3 +190,29 @@ def test_kernel_and_reference_both_raise_on_a_shape_mismatch(n):
         args = snapshot([p, bad, m, v])
         with pytest.raises(ValueError):
             fn(*args, step=1, weight_decay=0.1)
+
+
+def test_kernel_api_from_several_threads_matches_one_thread():
+    # each thread reuses a frame of its own (functional._call_frame): concurrent calls from
+    # several threads give the single-threaded results
+    import threading
+    rng = np.random.default_rng(8)
+    inits = [rng.standard_normal(3000).astype(np.float32) for _ in range(4)]
+    grads = [[rng.standard_normal(3000).astype(np.float32) for _ in range(30)] for _ in inits]
+
+    def train(i, out):
+        p, m, v = inits[i].copy(), np.zeros(3000, np.float32), np.zeros(3000, np.float32)
+        for t, g in enumerate(grads[i]):
+            kernels.adam_step(p, g, m, v, step=t + 1, lr=1e-2)
+        out[i] = p
+
+    alone: dict = {}
+    for i in range(len(inits)):
+        train(i, alone)
+    together: dict = {}
+    threads = [threading.Thread(target=train, args=(i, together)) for i in range(len(inits))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert all(np.array_equal(alone[i], together[i]) for i in range(len(inits)))
