@@ -619,7 +619,7 @@ class _Native:
             self.last_grad_norms[gi] = nrm
         if step_tensors:
             torch._foreach_add_(step_tensors, 1.0)
-        # 3. what torch steps: low-precision params and groups routed to torch
+        # 3. what torch steps: sparse gradients, LAMB's 16-bit params, groups routed to torch
         if slow:
             if inv != 1.0:
                 torch._foreach_mul_([p.grad for g in slow for p in g["params"]], inv)
@@ -951,7 +951,7 @@ class Lion(_OwnRule):
 
 @torch.no_grad()
 def _lion_torch(opt, groups):
-    """Lion in plain torch operations (fused=False, and low-precision params)."""
+    """Lion in plain torch operations (fused=False)."""
     for group in groups:
         lr, (b1, b2), wd = _f(group["lr"]), group["betas"], _f(group["weight_decay"])
         for p in group["params"]:
