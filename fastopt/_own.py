@@ -30,15 +30,7 @@ class OwnOptimizer:
         self.param_groups: list[dict] = []
         self.state: dict[int, dict] = {}
         self._lock = threading.Lock()
-        if isinstance(params, np.ndarray) or not isinstance(params, Iterable):
-            raise TypeError("params argument given to the optimizer should be an iterable of "
-                            f"NumPy arrays or dicts, but got {type(params).__name__}")
-        groups: list[Any] = list(params)
-        if not groups:
-            raise ValueError("optimizer got an empty parameter list")
-        if not isinstance(groups[0], Mapping):
-            groups = [{"params": groups}]
-        for group in groups:
+        for group in _validation.param_groups(params):
             self._add(group)
 
     def __repr__(self) -> str:

@@ -53,6 +53,8 @@ MASTER_KEY, KAHAN_KEY = "master_param", "kahan_comp"
 # A1 + (S_k - S1), kept at state key <key> + SCALE_SUFFIX; tensors under Q8_MIN elements, and
 # float64 params, keep float32 (float64) states.
 A1 = 6
+# the storage dtype codes of a stream (csrc/fastopt.h FO_DT_*; tests check they agree)
+DT_NONE, DT_F32, DT_F64, DT_F16, DT_BF16, DT_Q8S, DT_Q8U, DT_ABSMAX = range(8)
 Q8 = "8bit"
 SCALE_SUFFIX = "_absmax"
 Q8_MIN = 4096

@@ -11,7 +11,8 @@ import bisect
 import math
 import numbers
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,20 @@ from ._backend import native as _native
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 F32, F16 = np.dtype(np.float32), np.dtype(np.float16)
+
+
+def param_groups(params) -> list:
+    """An optimizer's ``params`` argument as a list of groups (torch's rules): an iterable of
+    arrays (one group) or of dicts; a bare array, a non-iterable or an empty list refused."""
+    if isinstance(params, np.ndarray) or not isinstance(params, Iterable):
+        raise TypeError("params argument given to the optimizer should be an iterable of "
+                        f"NumPy arrays or dicts, but got {type(params).__name__}")
+    groups: list[Any] = list(params)
+    if not groups:
+        raise ValueError("optimizer got an empty parameter list")
+    if not isinstance(groups[0], Mapping):
+        groups = [{"params": groups}]
+    return groups
 
 
 def bfloat16(load: bool = False):

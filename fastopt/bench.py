@@ -778,6 +778,21 @@ def torch_mixed_system(torch, spec, key, variant, params, grads, dtype=None):
     """torch.optim (``variant`` of TORCH_VARIANTS) on its own copy of the data, in ``dtype``
     (a torch dtype; None: float32 from the NumPy arrays); raises Skip if torch refuses."""
     _, what, impl = variant
+    tensors = _torch_copies(torch, params, grads, dtype)
+    name = str(dtype).replace("torch.", "") if dtype is not None else "float32"
+    try:
+        opt = getattr(torch.optim, spec.torch_cls)(tensors, **spec.kwargs, **impl)
+        opt.step()
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise Skip(f"torch {spec.torch_cls} {what} {name}: not supported here ({e})") from None
+    s = System(key, f"torch {spec.torch_cls} {what} {name}", lambda n: opt.step)
+    s.bytes_per_element, s.state_bytes = _torch_traffic(tensors, opt, master=False)
+    return s
+
+
+def _torch_copies(torch, params, grads, dtype=None) -> list:
+    """Tensors holding copies of ``params`` with ``grads`` as their gradients, in ``dtype``
+    (a torch dtype; None: float32)."""
     tensors = []
     for a, g in zip(params, grads):
         t = torch.from_numpy(a.astype(np.float32, copy=True))
@@ -787,22 +802,16 @@ def torch_mixed_system(torch, spec, key, variant, params, grads, dtype=None):
         t.requires_grad_(True)
         t.grad = gt
         tensors.append(t)
-    name = str(dtype).replace("torch.", "") if dtype is not None else "float32"
-    try:
-        opt = getattr(torch.optim, spec.torch_cls)(tensors, **spec.kwargs, **impl)
-        opt.step()
-    except (RuntimeError, ValueError, TypeError) as e:
-        raise Skip(f"torch {spec.torch_cls} {what} {name}: not supported here ({e})") from None
-    with torch.no_grad():
-        ps = [t.detach() for t in tensors]
-        gs = [t.grad for t in tensors]
-        nbytes = sum(x.numel() * x.element_size() for x in ps) * 2
-        nbytes += sum(x.numel() * x.element_size() for x in gs)
-        held = sum(_nbytes(x) for st in opt.state.values() for x in st.values())
-    n = sum(x.numel() for x in ps)
-    s = System(key, f"torch {spec.torch_cls} {what} {name}", lambda n: opt.step)
-    s.bytes_per_element, s.state_bytes = (nbytes + 2 * held) / n, held / n
-    return s
+    return tensors
+
+
+def _torch_traffic(tensors, opt, master: bool) -> tuple[float, float]:
+    """``traffic`` for torch tensors: (bytes moved per element, state bytes per param)."""
+    n = sum(t.numel() for t in tensors)
+    moved = sum(t.numel() * t.element_size() for t in tensors) * (1 if master else 2)
+    moved += sum(t.grad.numel() * t.grad.element_size() for t in tensors)
+    held = sum(_nbytes(x) for st in opt.state.values() for x in st.values())
+    return (moved + 2 * held) / n, held / n
 
 
 def run_extra_case(kind, title, spec, layout, builders, thread_counts, settings, seed,
@@ -928,25 +937,15 @@ def fastopt_torch_storage_system(torch, spec, key, label, params, grads, **stora
     """fastopt.torch's optimizer on bfloat16 tensors made from ``params`` with storage
     options (torch dtypes); raises Skip if it refuses them."""
     import fastopt.torch as ft
-    tensors = []
-    for a, g in zip(params, grads):
-        t = torch.from_numpy(a.astype(np.float32, copy=True)).to(torch.bfloat16)
-        t.requires_grad_(True)
-        t.grad = torch.from_numpy(np.asarray(g, np.float32)).to(torch.bfloat16)
-        tensors.append(t)
+    tensors = _torch_copies(torch, params, grads, torch.bfloat16)
     try:
         opt = getattr(ft, spec.fastopt_cls)(tensors, **spec.kwargs, **storage)
         opt.step()
     except (RuntimeError, ValueError, TypeError) as e:
         raise Skip(f"fastopt.torch.{spec.fastopt_cls}({_kw(storage)}) refused: {e}") from None
     s = System(key, label, lambda n: opt.step)
-    ps = [t.detach() for t in tensors]
-    n = sum(x.numel() for x in ps)
-    moved = sum(x.numel() * x.element_size() for x in ps) * (
-        1 if storage.get("master_weights") else 2)
-    moved += sum(t.grad.numel() * t.grad.element_size() for t in tensors)
-    held = sum(_nbytes(x) for st in opt.state.values() for x in st.values())
-    s.bytes_per_element, s.state_bytes = (moved + 2 * held) / n, held / n
+    s.bytes_per_element, s.state_bytes = _torch_traffic(tensors, opt,
+                                                        bool(storage.get("master_weights")))
     return s
 
 

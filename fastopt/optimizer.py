@@ -47,7 +47,7 @@ def _is16(p) -> bool:
 
 
 # the driver's codes of 8-bit codes arrays (fastopt._kernels DT_Q8S, DT_Q8U)
-_CODE_Q8S, _CODE_Q8U = 5, 6
+_CODE_Q8S, _CODE_Q8U = _spec.DT_Q8S, _spec.DT_Q8U
 
 
 def _quantized(p) -> bool:
@@ -136,15 +136,7 @@ class Optimizer:
         keys = self._spec.keys + _COMMON_KEYS
         self._get_hyper = operator.itemgetter(*keys)
         self.last_grad_norms: list[float | None] = []
-        if isinstance(params, np.ndarray) or not isinstance(params, Iterable):
-            raise TypeError("params argument given to the optimizer should be an iterable of "
-                            f"NumPy arrays or dicts, but got {type(params).__name__}")
-        groups: list[Any] = list(params)
-        if not groups:
-            raise ValueError("optimizer got an empty parameter list")
-        if not isinstance(groups[0], Mapping):
-            groups = [{"params": groups}]
-        for group in groups:
+        for group in _validation.param_groups(params):
             self._add_param_group(group)
 
     def __repr__(self):

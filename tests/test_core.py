@@ -236,3 +236,12 @@ def test_bad_grad_scale_refused_nothing_modified(bad):
         opt.step([np.ones_like(p)], grad_scale=bad)
     assert opt.state == {}
     np.testing.assert_array_equal(p, np.linspace(-1, 1, 20).astype(np.float32))
+
+
+@pytest.mark.skipif(not NATIVE, reason="compares with the compiled csrc/fastopt.h")
+def test_python_stream_and_dtype_codes_are_the_c_ones():
+    assert (_spec.M, _spec.A1) == (native.STREAM_M, native.STREAM_A1)
+    assert (_spec.DT_NONE, _spec.DT_F32, _spec.DT_F64, _spec.DT_F16, _spec.DT_BF16,
+            _spec.DT_Q8S, _spec.DT_Q8U, _spec.DT_ABSMAX) == (
+        native.DT_NONE, native.DT_F32, native.DT_F64, native.DT_F16, native.DT_BF16,
+        native.DT_Q8S, native.DT_Q8U, native.DT_ABSMAX)

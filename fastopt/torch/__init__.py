@@ -330,11 +330,12 @@ class _Native:
             plain.setdefault(k, self.defaults.get(k, v))
         return plain
 
-    def _fo_slots(self, group: dict, plain: dict) -> tuple:
+    def _fo_slots(self, group: dict, plain: dict, st: _spec.Storage | None = None) -> tuple:
         """(stream, state key, storage code by the param's code) of each state tensor the
         group's settings need: its rule's buffers, then the master copy or compensation of
-        16-bit params (code 0: a param of that dtype has no such tensor)."""
-        st = storage(plain)
+        16-bit params (code 0: a param of that dtype has no such tensor). ``st``: the group's
+        storage options if already checked."""
+        st = storage(plain) if st is None else st
         if st.q8 and not self._fo_spec.storage8:
             raise ValueError(f"{type(self).__name__} does not keep 8-bit states "
                              "(state_dtype='8bit'); use float32 or bfloat16 states")
@@ -345,15 +346,18 @@ class _Native:
             # for float32/16-bit params of Q8_MIN elements and more; float32 states below
             slots: tuple = ()
             for stream, key in needed:
-                q = 5 if self._fo_spec.signed(key) else 6
-                slots += ((stream, key, (0, q, 2, q, q), _spec.Q8_MIN, codes),)
+                q = _spec.DT_Q8S if self._fo_spec.signed(key) else _spec.DT_Q8U
+                slots += ((stream, key, (0, q, _spec.DT_F64, q, q), _spec.Q8_MIN, codes),)
+            a = _spec.DT_ABSMAX
             for stream, key, _ in self._fo_spec.scale_slots(plain):
-                slots += ((stream, key, (0, 7, 0, 7, 7), _spec.Q8_MIN, (0, 0, 0, 0, 0)),)
+                slots += ((stream, key, (0, a, 0, a, a), _spec.Q8_MIN, (0, 0, 0, 0, 0)),)
         else:
             slots = tuple((stream, key, codes) for stream, key in needed)
-        for stream, key in st.extra_slot():
-            master = key == _spec.MASTER_KEY
-            slots += ((stream, key, (0, 0, 0, 1 if master else 3, 1 if master else 4)),)
+        for stream, key in st.extra_slot():     # 16-bit params only
+            if key == _spec.MASTER_KEY:
+                slots += ((stream, key, (0, 0, 0, _spec.DT_F32, _spec.DT_F32)),)
+            else:                               # the compensation: the param's dtype
+                slots += ((stream, key, (0, 0, 0, _spec.DT_F16, _spec.DT_BF16)),)
         return slots
 
     def _fo_step_key(self, plain: dict):
@@ -469,7 +473,7 @@ class _Native:
             _check_extras(group)
             plain = self._fo_group(group)
             st = storage(plain)
-            native.append(_Group(gi, group, self._fo_slots(group, plain),
+            native.append(_Group(gi, group, self._fo_slots(group, plain, st),
                                  self._fo_spec.record(plain), self._fo_step_key(plain),
                                  st.code, st.q8))
         if len(self.last_grad_norms) != len(self.param_groups):
@@ -552,7 +556,8 @@ class _Native:
                             _adapter.check_state(name, key, _adapter.local(st[key]), lp,
                                                  _adapter.BY_CODE[c]
                                                  if not lp.is_complex() else None)
-                            if c in (5, 6) and key + _spec.SCALE_SUFFIX not in st:
+                            if c in (_spec.DT_Q8S, _spec.DT_Q8U) \
+                                    and key + _spec.SCALE_SUFFIX not in st:
                                 raise ValueError(f"fastopt.torch: state[{name}] has the 8-bit "
                                                  f"codes {key!r} but not their scales "
                                                  f"{key + _spec.SCALE_SUFFIX!r}")

@@ -44,13 +44,14 @@ from .._backend import native as _native
 HALF = (torch.float16, torch.bfloat16)
 NATIVE_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128) + HALF
 # storage dtype code (csrc/fastopt.h FO_DT_*) and elements per tensor element, per dtype
-_CODES = {torch.float32: (1, 1), torch.float64: (2, 1), torch.complex64: (1, 2),
-          torch.complex128: (2, 2), torch.float16: (3, 1), torch.bfloat16: (4, 1),
-          torch.int8: (5, 1), torch.uint8: (6, 1)}     # (8-bit states' codes: signed map, not)
-# the tensor dtype of each storage code (index 0: no stream; 7: an 8-bit state's scales)
+_CODES = {torch.float32: (_spec.DT_F32, 1), torch.float64: (_spec.DT_F64, 1),
+          torch.complex64: (_spec.DT_F32, 2), torch.complex128: (_spec.DT_F64, 2),
+          torch.float16: (_spec.DT_F16, 1), torch.bfloat16: (_spec.DT_BF16, 1),
+          torch.int8: (_spec.DT_Q8S, 1), torch.uint8: (_spec.DT_Q8U, 1)}  # (8-bit codes)
+# the tensor dtype of each storage code (index DT_NONE: no stream)
 BY_CODE = (None, torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8,
            torch.uint8, torch.float32)
-DT_ABSMAX = 7
+DT_ABSMAX = _spec.DT_ABSMAX
 
 
 def slot_code(slot: tuple, pcode: int, n: int) -> int:
