@@ -144,3 +144,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # done and saved: leave without running C++ static destructors, where gloo's background
+    # threads at interpreter exit occasionally abort the process ("terminate called without an
+    # active exception", seen once in CI after a passing run)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
