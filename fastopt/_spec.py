@@ -185,11 +185,9 @@ class Rule:
         """The validated argument record, in the C record's field order (memoised by the
         exact values and their types, so a call with the same hyperparameters is not
         revalidated: the kernel API's small-call cost)."""
-        try:
-            key = (self.name, id(self.pack), _typed(tuple(group.items())))
-            hit = _RECORDS.get(key)
-        except TypeError:       # an unhashable value (a list): validate, do not memoise
-            key, hit = None, None
+        typed = _typed(tuple(group.items()))
+        key = (self.name, id(self.pack), typed) if _memoisable(typed) else None
+        hit = None if key is None else _RECORDS.get(key)
         if hit is not None:
             return list(hit)
         out = self._record(group)
@@ -227,6 +225,12 @@ class Rule:
 _RECORDS: dict = {}
 
 
+# Hyperparameter value types that cannot change in place, so that a validation can be memoised
+IMMUTABLE = frozenset((float, int, bool, type(None), str, np.float64, np.float32, np.int64,
+                       np.int32, np.bool_))
+_IMMUTABLE_OR_TUPLE = IMMUTABLE | {tuple}
+
+
 def _typed(items: tuple):
     """A hashable key of a group's items that tells True from 1 and 1.0 (they are equal and
     hash alike), one level into tuple values (betas)."""
@@ -234,6 +238,14 @@ def _typed(items: tuple):
     if tuple not in types:
         return items, types
     return (items, types, tuple([tuple(map(type, v)) for _, v in items if type(v) is tuple]))
+
+
+def _memoisable(typed: tuple) -> bool:
+    """Whether every value of a _typed key is immutable (not a tensor or a 0-d array lr that
+    may change in place), so that its validation may be memoised."""
+    if not _IMMUTABLE_OR_TUPLE.issuperset(typed[1]):
+        return False
+    return len(typed) == 2 or all(IMMUTABLE.issuperset(t) for t in typed[2])
 
 
 # ---- validation pieces shared by several rules ---------------------------------------------

@@ -203,9 +203,11 @@ def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, 
     index) as fastopt._kernels.run's."""
     n = len(streams[0])
     group = _zeros32(n) if group is None else np.asarray(group, np.int32)
-    records = np.asarray(records, dtype=np.float64).reshape(len(records), -1)
+    if type(records) is not np.ndarray or records.ndim != 2 or records.dtype != np.float64:
+        records = np.asarray(records, dtype=np.float64).reshape(len(records), -1)
     gscale = np.ones(len(records)) if gscale is None else np.asarray(gscale, np.float64)
     steps = np.ones(n, np.int64) if steps is None else steps
+
     def name(k, i):
         return f"{names[k]}[{i}]"
 
@@ -295,11 +297,17 @@ def _call(rule, grad_scale, names, params, grads, buffers, row, steps=None, aux=
     ``names``: the name of params and of each buffer list (for messages); ``buffers``: one list
     per state stream (S1, S2, S3), or None for a stream the call does not use.
     """
-    if isinstance(params, np.ndarray) or not isinstance(params, Sequence):
-        raise TypeError(f"params: expected a list or tuple of arrays, got "
-                        f"{type(params).__name__}")
+    if (NATIVE and type(params) is list and len(params) == 1 and type(grads) is list
+            and len(grads) == 1 and grad_scale == 1.0 and type(grad_scale) is float
+            and type(row) is np.ndarray and _one_tensor(rule, params, grads, buffers, row,
+                                                        steps, aux)):
+        return
+    if type(params) is not list:
+        if isinstance(params, np.ndarray) or not isinstance(params, Sequence):
+            raise TypeError(f"params: expected a list or tuple of arrays, got "
+                            f"{type(params).__name__}")
+        params = list(params)
     n = len(params)
-    params = list(params)
     grads = _as_list("grads", grads, n)
     buffers = [None if b is None else _as_list(name, b, n)
                for name, b in zip(names[1:], buffers)]
@@ -309,13 +317,68 @@ def _call(rule, grad_scale, names, params, grads, buffers, row, steps=None, aux=
         _validation.real("grad_scale", grad_scale, low=None)
     streams = [params, grads] + buffers + [None] * (S - 2 - len(buffers))
     stream_names = [names[0], "grads"] + list(names[1:]) + ["master"] * (S - 1 - len(names))
-    run_lists(rule, streams, stream_names, records=_record_array(row),
+    run_lists(rule, streams, stream_names,
+              records=row if type(row) is np.ndarray else _record_array(row),
               gscale=_ONE if gs == 1.0 else np.array([gs]), steps=steps, aux=aux)
 
 
+def _one_tensor(rule, params, grads, buffers, row, steps, aux) -> bool:
+    """The kernel API's one-tensor call without the list machinery: True when it ran; False
+    (nothing modified) when anything is not plain, for the checked path to run or explain."""
+    if steps is None:
+        count = 1
+    elif type(steps) is list and len(steps) == 1 and type(steps[0]) is int \
+            and 1 <= steps[0] < 2 ** 62:
+        count = steps[0]
+    else:
+        return False
+    counts = getattr(_local, "count", None)     # this thread's; read by the call only
+    if counts is None:
+        counts = _local.count = np.ones(1, np.int64)
+    counts[0] = count
+    streams = [params, grads]
+    for b in buffers:
+        if b is not None and (type(b) is not list or len(b) != 1):
+            return False
+        streams.append(b)
+    streams += _ABSENT[len(streams):]
+    frame, memo = _call_frame(None)
+    try:
+        if frame.fill_numpy_lists(streams, 1) >= 0:
+            return False
+        _native.run(frame, _native.RULES[rule.name], _ZEROS32[1], row, _ONE, counts, False,
+                    get_num_threads(), aux, None, False, None, memo)
+    except _native.ContractError:
+        return False
+    finally:
+        frame.release()
+    return True
+
+
+_ABSENT = [None] * S
 _ONE = np.ones(1)
 _ONE.flags.writeable = False
 _RECORD_ARRAYS: dict = {}
+_ROWS: dict = {}
+
+
+def _row(rule: _spec.Rule, make, *values) -> np.ndarray:
+    """The validated record of a functional call as the driver's read-only (1, fields) array,
+    memoised by ``values`` (every value ``make()``'s group dict is built from) and their exact
+    types, so that True is not taken for 1.0: a call with the same hyperparameters as an
+    earlier one skips the group dict and its validation (the kernel API's small-call cost).
+    Only immutable plain values are memoised (a tensor or 0-d array lr may change in place)."""
+    types = tuple(map(type, values))
+    if not _spec.IMMUTABLE.issuperset(types):
+        return _record_array(rule.record(make()))
+    key = (rule.name, values, types)
+    hit = _ROWS.get(key)
+    if hit is None:
+        hit = _record_array(rule.record(make()))
+        if len(_ROWS) >= 256:
+            _ROWS.clear()
+        _ROWS[key] = hit
+    return hit
 
 
 def _record_array(row: list) -> np.ndarray:
@@ -347,9 +410,12 @@ def adam(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
 
     ``max_exp_avg_sqs`` is a list (AMSGrad) or None. See ``fastopt.Adam`` for the formula.
     """
-    row = _spec.ADAM.record(dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
+    row = _row(_spec.ADAM, lambda: dict(lr=lr, betas=(beta1, beta2), eps=eps,
+                                        weight_decay=weight_decay,
                                  decoupled_weight_decay=decoupled_weight_decay, amsgrad=False,
-                                 maximize=maximize, l1=l1, clip_value=clip_value))
+                                 maximize=maximize, l1=l1, clip_value=clip_value),
+               lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize, l1,
+               clip_value)
     _call(_spec.ADAM, grad_scale, ["params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], params,
           grads, [exp_avgs, exp_avg_sqs, max_exp_avg_sqs], row, steps)
 
@@ -370,9 +436,10 @@ def sgd(params: Arrays, grads: Sequence[np.ndarray | None],
     tensor) marks a buffer's first step: it is set to the gradient instead of being decayed.
     See ``fastopt.SGD`` for the formula.
     """
-    row = _spec.SGD.record(dict(lr=lr, momentum=momentum, dampening=dampening,
+    row = _row(_spec.SGD, lambda: dict(lr=lr, momentum=momentum, dampening=dampening,
                                 weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
-                                l1=l1, clip_value=clip_value))
+                                l1=l1, clip_value=clip_value),
+               lr, momentum, dampening, weight_decay, nesterov, maximize, l1, clip_value)
     n = len(params)
     if momentum != 0:
         if momentum_buffers is None:
@@ -404,9 +471,10 @@ def rmsprop(params: Arrays, grads: Sequence[np.ndarray | None], square_avgs: Arr
     ``momentum_buffers`` is required when momentum > 0, ``grad_avgs`` when centered.
     See ``fastopt.RMSprop`` for the formula.
     """
-    row = _spec.RMSPROP.record(dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+    row = _row(_spec.RMSPROP, lambda: dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                     momentum=momentum, centered=centered, maximize=maximize,
-                                    l1=l1, clip_value=clip_value))
+                                    l1=l1, clip_value=clip_value),
+               lr, alpha, eps, weight_decay, momentum, centered, maximize, l1, clip_value)
     if momentum > 0 and momentum_buffers is None:
         raise ValueError("momentum_buffers: required when momentum > 0")
     if centered and grad_avgs is None:
@@ -426,9 +494,10 @@ def adagrad(params: Arrays, grads: Sequence[np.ndarray | None], state_sums: Arra
             clip_value: float | None = None,
             grad_scale: float = 1.0) -> None:
     """Adagrad on many tensors in one native call; params and sums modified in place."""
-    row = _spec.ADAGRAD.record(dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+    row = _row(_spec.ADAGRAD, lambda: dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                     eps=eps, initial_accumulator_value=0.0, maximize=maximize,
-                                    l1=l1, clip_value=clip_value))
+                                    l1=l1, clip_value=clip_value),
+               lr, lr_decay, weight_decay, eps, maximize, l1, clip_value)
     _call(_spec.ADAGRAD, grad_scale, ["params", "state_sums"], params, grads, [state_sums], row,
           steps)
 
@@ -442,8 +511,9 @@ def lion(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays, *
          maximize: bool = False, l1: float = 0.0, clip_value: float | None = None,
          grad_scale: float = 1.0) -> None:
     """Lion on many tensors in one native call; params and exp_avgs modified in place."""
-    row = _spec.LION.record(dict(lr=lr, betas=(beta1, beta2), weight_decay=weight_decay,
-                                 maximize=maximize, l1=l1, clip_value=clip_value))
+    row = _row(_spec.LION, lambda: dict(lr=lr, betas=(beta1, beta2), weight_decay=weight_decay,
+                                 maximize=maximize, l1=l1, clip_value=clip_value),
+               lr, beta1, beta2, weight_decay, maximize, l1, clip_value)
     _call(_spec.LION, grad_scale, ["params", "exp_avgs"], params, grads, [exp_avgs], row)
 
 
@@ -457,9 +527,10 @@ def adamax(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
            maximize: bool = False, l1: float = 0.0, clip_value: float | None = None,
            grad_scale: float = 1.0) -> None:
     """Adamax on many tensors in one native call; params and state modified in place."""
-    row = _spec.ADAMAX.record(dict(lr=lr, betas=(beta1, beta2), eps=eps,
+    row = _row(_spec.ADAMAX, lambda: dict(lr=lr, betas=(beta1, beta2), eps=eps,
                                    weight_decay=weight_decay, maximize=maximize, l1=l1,
-                                   clip_value=clip_value))
+                                   clip_value=clip_value),
+               lr, beta1, beta2, eps, weight_decay, maximize, l1, clip_value)
     _call(_spec.ADAMAX, grad_scale, ["params", "exp_avgs", "exp_infs"], params, grads,
           [exp_avgs, exp_infs], row, steps)
 
@@ -475,10 +546,12 @@ def radam(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
           l1: float = 0.0, clip_value: float | None = None,
           grad_scale: float = 1.0) -> None:
     """RAdam on many tensors in one native call; params and state modified in place."""
-    row = _spec.RADAM.record(dict(lr=lr, betas=(beta1, beta2), eps=eps,
+    row = _row(_spec.RADAM, lambda: dict(lr=lr, betas=(beta1, beta2), eps=eps,
                                   weight_decay=weight_decay,
                                   decoupled_weight_decay=decoupled_weight_decay,
-                                  maximize=maximize, l1=l1, clip_value=clip_value))
+                                  maximize=maximize, l1=l1, clip_value=clip_value),
+               lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize, l1,
+               clip_value)
     _call(_spec.RADAM, grad_scale, ["params", "exp_avgs", "exp_avg_sqs"], params, grads,
           [exp_avgs, exp_avg_sqs], row, steps)
 
@@ -495,10 +568,12 @@ def nadam(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
           clip_value: float | None = None, grad_scale: float = 1.0) -> None:
     """NAdam on many tensors in one native call; params, state and ``mu_products`` (a float64
     array with one running product per tensor, starting at 1) modified in place."""
-    row = _spec.NADAM.record(dict(lr=lr, betas=(beta1, beta2), eps=eps,
+    row = _row(_spec.NADAM, lambda: dict(lr=lr, betas=(beta1, beta2), eps=eps,
                                   weight_decay=weight_decay, momentum_decay=momentum_decay,
                                   decoupled_weight_decay=decoupled_weight_decay,
-                                  maximize=maximize, l1=l1, clip_value=clip_value))
+                                  maximize=maximize, l1=l1, clip_value=clip_value),
+               lr, beta1, beta2, eps, weight_decay, momentum_decay, decoupled_weight_decay,
+               maximize, l1, clip_value)
     if (not isinstance(mu_products, np.ndarray) or mu_products.dtype != np.float64
             or mu_products.shape != (len(params),) or not mu_products.flags.c_contiguous
             or not mu_products.flags.writeable):
@@ -518,8 +593,9 @@ def adadelta(params: Arrays, grads: Sequence[np.ndarray | None], square_avgs: Ar
              clip_value: float | None = None, grad_scale: float = 1.0) -> None:
     """Adadelta on many tensors in one native call; params and state modified in place.
     See ``fastopt.Adadelta`` for the formula."""
-    row = _spec.ADADELTA.record(dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
-                                     maximize=maximize, l1=l1, clip_value=clip_value))
+    row = _row(_spec.ADADELTA, lambda: dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                                     maximize=maximize, l1=l1, clip_value=clip_value),
+               lr, rho, eps, weight_decay, maximize, l1, clip_value)
     _call(_spec.ADADELTA, grad_scale, ["params", "square_avgs", "acc_deltas"], params, grads,
           [square_avgs, acc_deltas], row)
 
@@ -532,9 +608,10 @@ def rprop(params: Arrays, grads: Sequence[np.ndarray | None], prevs: Arrays,
           l1: float = 0.0, clip_value: float | None = None, grad_scale: float = 1.0) -> None:
     """Rprop on many tensors in one native call; params, prevs and step_sizes (each element's
     step size: start them at lr) modified in place. See ``fastopt.Rprop`` for the formula."""
-    row = _spec.RPROP.record(dict(lr=0.0, etas=(etaminus, etaplus),
+    row = _row(_spec.RPROP, lambda: dict(lr=0.0, etas=(etaminus, etaplus),
                                   step_sizes=(step_size_min, step_size_max),
-                                  maximize=maximize, l1=l1, clip_value=clip_value))
+                                  maximize=maximize, l1=l1, clip_value=clip_value),
+               etaminus, etaplus, step_size_min, step_size_max, maximize, l1, clip_value)
     _call(_spec.RPROP, grad_scale, ["params", "prevs", "step_sizes"], params, grads,
           [prevs, step_sizes], row)
 
@@ -548,9 +625,10 @@ def asgd(params: Arrays, grads: Sequence[np.ndarray | None], axs: Arrays, eta_mu
     """ASGD on many tensors in one native call; params, axs and ``eta_mu`` (a float64 (T, 2)
     array: each tensor's eta and mu, starting at (float32(lr), 1)) modified in place. See
     ``fastopt.ASGD`` for the formula."""
-    row = _spec.ASGD.record(dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0,
+    row = _row(_spec.ASGD, lambda: dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0,
                                  weight_decay=weight_decay, maximize=maximize, l1=l1,
-                                 clip_value=clip_value))
+                                 clip_value=clip_value),
+               lr, lambd, alpha, t0, weight_decay, maximize, l1, clip_value)
     if (not isinstance(eta_mu, np.ndarray) or eta_mu.dtype != np.float64
             or eta_mu.shape != (len(params), 2) or not eta_mu.flags.c_contiguous
             or not eta_mu.flags.writeable):
@@ -569,10 +647,12 @@ def lamb(params: Arrays, grads: Sequence[np.ndarray | None], exp_avgs: Arrays,
          l1: float = 0.0, clip_value: float | None = None, grad_scale: float = 1.0) -> None:
     """LAMB on many tensors in one native call (each tensor's trust ratio from its own
     norms); params and state modified in place. See ``fastopt.LAMB`` for the formula."""
-    row = _spec.LAMB.record(dict(lr=lr, betas=(beta1, beta2), eps=eps,
+    row = _row(_spec.LAMB, lambda: dict(lr=lr, betas=(beta1, beta2), eps=eps,
                                  weight_decay=weight_decay, bias_correction=bias_correction,
                                  use_nvlamb=use_nvlamb, maximize=maximize, l1=l1,
-                                 clip_value=clip_value))
+                                 clip_value=clip_value),
+               lr, beta1, beta2, eps, weight_decay, bias_correction, use_nvlamb, maximize, l1,
+               clip_value)
     _call(_spec.LAMB, grad_scale, ["params", "exp_avgs", "exp_avg_sqs"], params, grads,
           [exp_avgs, exp_avg_sqs], row, steps)
 

@@ -9,7 +9,9 @@ Single tensor: ``<rule>_step(param, grad, <state...>, *, <hyperparameters>)``. M
 one native call: ``<rule>(params, grads, <state lists...>, *, ...)`` (from fastopt.functional);
 a None gradient skips its tensor. Rules whose update depends on the step count take ``step``
 (single) or ``steps`` (one per tensor): the count of THIS step, from 1. ``probe`` is the
-benchmark's speed limit: the same memory traffic with no arithmetic.
+benchmark's speed limit: the same memory traffic with no arithmetic. ``grad_scale``
+multiplies every gradient inside the pass (pass 1/s to undo a loss scale s); unlike the
+optimizers' ``step(grads, grad_scale=s)``, it does not skip on non-finite gradients.
 """
 from __future__ import annotations
 

@@ -216,3 +216,59 @@ def test_kernel_api_from_several_threads_matches_one_thread():
     for th in threads:
         th.join()
     assert all(np.array_equal(alone[i], together[i]) for i in range(len(inits)))
+
+
+def test_kernel_api_memo_tells_true_from_one():
+    # the one-tensor fast path memoises validated hyperparameters by value AND type: True
+    # (== 1.0, same hash) after lr=1.0 is still refused, and nothing is modified
+    p, g, (m, v) = data(16, np.float32, seed=3, n_state=2)
+    kernels.adam_step(p, g, m, v, step=1, lr=1.0)
+    before = snapshot([p, m, v])
+    for bad in (dict(lr=True), dict(maximize=1), dict(decoupled_weight_decay=1.0)):
+        with pytest.raises(TypeError):
+            kernels.adam_step(p, g, m, v, step=2, **{**dict(lr=1.0), **bad})
+        assert_bitwise(p, before[0]) and assert_bitwise(m, before[1])
+    with pytest.raises(TypeError):
+        kernels.sgd_step(p, g, lr=1.0, nesterov=1)
+
+
+@pytest.mark.parametrize("case", ["tuple lists", "numpy step", "grad_scale", "None grad"])
+def test_kernel_api_fast_path_equals_checked_path(case):
+    # kernels.adam_step takes a one-tensor fast path; the list entry with anything not plain
+    # (tuples, a NumPy step count, loss scaling) takes the checked one: same bits
+    p, g, (m, v) = data(1000, np.float32, seed=4, n_state=2)
+    fast, slow = snapshot([p, m, v]), snapshot([p, m, v])
+    for step in range(1, 4):
+        kernels.adam_step(fast[0], g, fast[1], fast[2], step=step, lr=1e-2, weight_decay=0.1)
+        if case == "tuple lists":
+            kernels.adam((slow[0],), (g,), (slow[1],), (slow[2],), None, (step,), lr=1e-2,
+                         weight_decay=0.1)
+        elif case == "numpy step":
+            kernels.adam([slow[0]], [g], [slow[1]], [slow[2]], None, [np.int64(step)],
+                         lr=1e-2, weight_decay=0.1)
+        elif case == "grad_scale":
+            kernels.adam([slow[0]], [g * 4], [slow[1]], [slow[2]], None, [step], lr=1e-2,
+                         weight_decay=0.1, grad_scale=0.25)
+        else:
+            kernels.adam([slow[0], p.copy()], [g, None], [slow[1], m.copy()],
+                         [slow[2], v.copy()], None, [step, 0], lr=1e-2, weight_decay=0.1)
+    for a, b in zip(fast, slow):
+        assert_bitwise(a, b, case)
+
+
+def test_kernel_api_fast_path_refusals_modify_nothing():
+    # after a successful fast call, a bad array on the same path is refused with the checked
+    # path's message, nothing modified
+    p, g, (m, v) = data(64, np.float32, seed=5, n_state=2)
+    kernels.adam_step(p, g, m, v, step=1)
+    before = snapshot([p, m, v])
+    with pytest.raises((TypeError, ValueError), match="exp_avg_sqs\\[0\\]"):
+        kernels.adam_step(p, g, m, v.astype(np.float64), step=2)
+    with pytest.raises((TypeError, ValueError), match="exp_avgs\\[0\\]"):
+        kernels.adam_step(p, g, m[:32], v, step=2)
+    with pytest.raises((TypeError, ValueError), match="same array|overlap"):
+        kernels.adam_step(p, g, m, m, step=2)
+    with pytest.raises(ValueError, match="step"):
+        kernels.adam_step(p, g, m, v, step=0)
+    for a, b in zip([p, m, v], before):
+        assert_bitwise(a, b)
