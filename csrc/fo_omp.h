@@ -7,9 +7,11 @@
 static int fo_omp_enabled(void) { return 1; }
 static int fo_omp_max_threads(void) { return omp_get_max_threads(); }
 static int fo_omp_version(void) { return _OPENMP; }
+static double fo_omp_wtime(void) { return omp_get_wtime(); }
 #else
 static int fo_omp_enabled(void) { return 0; }
 static int fo_omp_max_threads(void) { return 1; }
 static int fo_omp_version(void) { return 0; }
+static double fo_omp_wtime(void) { return 0.0; }   /* never parallel: never measured */
 #endif
 #endif

@@ -8,7 +8,7 @@ True
 """
 from . import kernels, reference, schedules
 from ._config import _select_isa_from_env, config, set_isa, show_config
-from ._threading import get_num_threads, set_num_threads
+from ._threading import get_num_threads, set_num_threads, set_straggler_fallback
 from ._version import __version__
 from .adadelta import Adadelta, Rprop
 from .adafactor import Adafactor
@@ -60,5 +60,6 @@ __all__ = [
     "schedules",
     "set_isa",
     "set_num_threads",
+    "set_straggler_fallback",
     "show_config",
 ]

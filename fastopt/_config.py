@@ -48,6 +48,8 @@ def config() -> dict:
         "isa_active": _native.isa_active(),
         "num_threads": get_num_threads(),
         "parallel_grain": _native.get_parallel_grain(),
+        "straggler_fallback": dict(zip(("congested_steps", "serial_steps", "holds_for_s"),
+                                       _native.straggler_stats())),
     }
 
 

@@ -121,6 +121,7 @@ cdef extern from "fo_omp.h" nogil:
     int fo_omp_enabled()
     int fo_omp_max_threads()
     int fo_omp_version()
+    double fo_omp_wtime()
 
 DEF S = 9               # FO_MAX_STREAMS (checked at import below)
 DEF Q8_BLOCK = 256      # FO_Q8_BLOCK (checked at import below)
@@ -897,13 +898,92 @@ cdef void _run_range(const Job *job, int64_t lo, int64_t hi) noexcept nogil:
         i += 1
 
 
-cdef void _run_job(const Job *job, int64_t total, int nt) noexcept nogil:
+# ---- the straggler fallback ------------------------------------------------------------------
+# On a machine whose cores are busy with other work (a shared box, torch's own threads, a data
+# loader), one of a step's threads may wait milliseconds for a core while the others finish:
+# measured on 2 vCPUs with one core loaded, Adam on 1e5 elements took 51 us (median) but a p90
+# of 20 ms on 2 threads, 78 us and 84 us on one. So every parallel step times its threads'
+# finishing: when the last finishes more than _STRAGGLE seconds after the first, and later than
+# the first thread's whole chunk took (the step took over twice its even share: one thread
+# would have been as fast), the machine counts as congested, and the steps of the next _HOLD
+# seconds run on the calling thread; then a parallel step measures again. Results do not
+# depend on the thread count, so this changes timing only.
+cdef double _STRAGGLE = 2e-4
+cdef double _HOLD = 1.0
+cdef double _serial_until = 0.0       # fo_omp_wtime() until which steps stay on one thread
+cdef int64_t _n_congested = 0        # parallel steps found congested
+cdef int64_t _n_serial = 0           # steps the fallback kept on the calling thread
+DEF MAX_TIMED = 256                   # threads whose finishing a step records
+
+
+def set_straggler_fallback(double straggle=2e-4, double hold=1.0):
+    """Tune the straggler fallback (see _kernels.pyx): a parallel step whose last thread
+    finishes ``straggle`` seconds after its first (and after that one's whole chunk time) keeps
+    the steps of the next ``hold`` seconds on the calling thread. ``hold=0`` turns it off.
+    Returns the previous (straggle, hold)."""
+    global _STRAGGLE, _HOLD, _serial_until
+    if not (straggle >= 0 and hold >= 0):
+        raise ValueError(f"expected straggle >= 0 and hold >= 0, got {straggle}, {hold}")
+    old = (_STRAGGLE, _HOLD)
+    _STRAGGLE, _HOLD = straggle, hold
+    _serial_until = 0.0
+    return old
+
+
+def straggler_stats():
+    """(parallel steps found congested, steps the fallback ran on the calling thread, seconds
+    the fallback still holds), since the process started."""
+    cdef double left = _serial_until - fo_omp_wtime()
+    return _n_congested, _n_serial, left if left > 0 else 0.0
+
+
+def wtime():
+    """The clock of the fallback's times (OpenMP's wall clock, seconds; 0 without OpenMP)."""
+    return fo_omp_wtime()
+
+
+def note_spread(double first, double last, double start):
+    """The fallback's judgement of one parallel step: its start and its threads' first and
+    last finishing times (wtime clock). run() calls it after each parallel step; tests call it
+    with chosen times."""
+    _note_spread(first, last, start)
+
+
+cdef int _fallback_threads(int nthreads):
+    """nthreads, or 1 while the straggler fallback holds (called with the GIL)."""
+    global _n_serial
+    if nthreads > 1 and _HOLD > 0 and fo_omp_wtime() < _serial_until:
+        _n_serial += 1
+        return 1
+    return nthreads
+
+
+cdef void _note_spread(double first, double last, double start):
+    """Judge one parallel step's finishing times (called with the GIL)."""
+    global _serial_until, _n_congested
+    if _HOLD > 0 and last - first > _STRAGGLE and last - first > first - start:
+        _n_congested += 1
+        _serial_until = last + _HOLD
+
+
+cdef void _run_job(const Job *job, int64_t total, int nt, double *times) noexcept nogil:
+    """Run the job on nt threads; times receives (start, first finish, last finish) of a
+    parallel run (zeros when it ran on the calling thread)."""
     cdef int t
+    cdef double done[MAX_TIMED]
+    times[0] = times[1] = times[2] = 0.0
     if nt <= 1:
         _run_range(job, 0, total)
         return
+    times[0] = fo_omp_wtime()
     for t in prange(nt, num_threads=nt, schedule='static', chunksize=1):
         _run_range(job, _chunk_edge(total, t, nt), _chunk_edge(total, t + 1, nt))
+        if t < MAX_TIMED:
+            done[t] = fo_omp_wtime()
+    times[1] = times[2] = done[0]
+    for t in range(1, min(nt, MAX_TIMED)):
+        times[1] = min(times[1], done[t])
+        times[2] = max(times[2], done[t])
 
 
 cdef struct Blocks:
@@ -1113,6 +1193,7 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
     cdef size_t hp_size
     cdef bint shared, prepass = False, any_bad = False
     cdef int nt, held
+    cdef double times[3]
     cdef Job job
     cdef fo_store *store = NULL
     cdef unsigned char *blocked = NULL
@@ -1123,6 +1204,7 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
     if f.busy:
         raise RuntimeError("fastopt: this frame is already running a call")
     nargs = fo_nargs(rule)
+    nthreads = _fallback_threads(nthreads)
     if (cnp.PyArray_TYPE(args) != cnp.NPY_DOUBLE or cnp.PyArray_NDIM(args) != 2
             or cnp.PyArray_DIM(args, 1) != nargs or not cnp.PyArray_IS_C_CONTIGUOUS(args)):
         raise ValueError(f"args: expected a contiguous float64 array of shape (groups, {nargs})")
@@ -1255,10 +1337,12 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
         held = _reserve(nt)
         try:
             with nogil:
-                _run_job(&job, total, held)
+                _run_job(&job, total, held, times)
             f.applied = True
         finally:
             _release(held)
+        if held > 1:
+            _note_spread(times[1], times[2], times[0])
         return OK
     finally:
         f.busy = False

@@ -100,5 +100,20 @@ def threads_in_use():
     return 0
 
 
+_straggler = (2e-4, 1.0)
+
+
+def set_straggler_fallback(straggle=2e-4, hold=1.0):
+    global _straggler
+    if not (straggle >= 0 and hold >= 0):
+        raise ValueError(f"expected straggle >= 0 and hold >= 0, got {straggle}, {hold}")
+    old, _straggler = _straggler, (float(straggle), float(hold))
+    return old
+
+
+def straggler_stats():
+    return 0, 0, 0.0
+
+
 def peak_threads(reset=False):
     return 0

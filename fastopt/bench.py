@@ -1162,6 +1162,12 @@ def header_lines(env, bw, notes, wall) -> list[str]:
                  f"{env['load_average_after']} after (this run adds up to its thread count)"
                  + (f"; CPU steal {env['steal_percent']} %" if env["steal_percent"] is not None
                     else ""))
+    sf = c.get("straggler_fallback")
+    if sf and sf["congested_steps"]:
+        lines.append(f"straggler fallback: {plural(sf['congested_steps'], 'parallel step')} "
+                     f"found congested, after which {plural(sf['serial_steps'], 'step')} ran on "
+                     "the calling thread (the 'used' column counts threads asked for; see "
+                     "fastopt.set_straggler_fallback)")
     if env.get("load"):
         ld = env["load"]
         which = ("every case ran unloaded and then loaded (--load both)"

@@ -25,6 +25,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # Every instruction set this build has and this CPU runs: each kernel test runs on all of them.
 ISAS = [name for name in _kernels.isa_compiled() if _kernels.isa_supported(name)]
 
+# The straggler fallback keeps steps on one thread for a second after a congested parallel step
+# (a loaded CI box): off for the suite, so that a test asking for threads really gets them;
+# tests/test_core.py turns it on where it tests it.
+fastopt.set_straggler_fallback(hold=0.0)
+
 
 @pytest.fixture(params=ISAS)
 def isa(request):

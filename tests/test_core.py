@@ -245,3 +245,81 @@ def test_python_stream_and_dtype_codes_are_the_c_ones():
             _spec.DT_Q8S, _spec.DT_Q8U, _spec.DT_ABSMAX) == (
         native.DT_NONE, native.DT_F32, native.DT_F64, native.DT_F16, native.DT_BF16,
         native.DT_Q8S, native.DT_Q8U, native.DT_ABSMAX)
+
+
+@pytest.fixture
+def straggler():
+    """The straggler fallback on with a short hold, and every step parallel (grain 1)."""
+    old = fastopt.set_straggler_fallback(2e-4, 0.2)
+    old_grain = native.set_parallel_grain(1)
+    yield
+    native.set_parallel_grain(old_grain)
+    fastopt.set_straggler_fallback(*old)
+
+
+def _adam_run(n_steps):
+    rng = np.random.default_rng(11)
+    p = rng.standard_normal(5000).astype(np.float32)
+    gs = [rng.standard_normal(5000).astype(np.float32) for _ in range(n_steps)]
+    opt = fastopt.Adam([p], lr=1e-2)
+    for g in gs:
+        opt.step([g])
+    return p
+
+
+@pytest.mark.skipif(not NATIVE or native.omp_max_threads() < 2,
+                    reason="needs the native backend and 2 OpenMP threads")
+def test_straggler_fallback_runs_on_one_thread_then_measures_again(straggler):
+    fastopt.set_num_threads(2)
+    try:
+        expected = _adam_run(3)             # parallel, judged by the real clock
+        now = native.wtime()
+        congested, serial, _ = native.straggler_stats()
+        # a step whose second thread finished 1 ms after the first, which took 0.1 ms
+        native.note_spread(now, now + 1e-3, now - 1e-4)
+        assert native.straggler_stats()[0] == congested + 1
+        assert native.straggler_stats()[2] > 0.1
+        native.peak_threads(reset=True)
+        got = _adam_run(3)
+        assert native.peak_threads() == 1                      # the fallback held
+        assert native.straggler_stats()[1] == serial + 3
+        assert np.array_equal(got, expected)                   # timing only: same bits
+        # an even spread is not congestion; after the hold, steps are parallel again
+        native.note_spread(now, now + 1e-5, now - 1e-4)        # 10 us late: fine
+        native.note_spread(now, now + 1e-3, now - 5e-3)        # late, but under its chunk
+        assert native.straggler_stats()[0] == congested + 1
+        import time
+        time.sleep(native.straggler_stats()[2] + 0.01)
+        native.peak_threads(reset=True)
+        assert np.array_equal(_adam_run(3), expected)
+        assert native.peak_threads() == 2 or native.straggler_stats()[0] > congested + 1
+    finally:
+        fastopt.set_num_threads(None)
+
+
+@pytest.mark.skipif(not NATIVE or native.omp_max_threads() < 2,
+                    reason="needs the native backend and 2 OpenMP threads")
+def test_straggler_fallback_off_with_hold_zero(straggler):
+    fastopt.set_straggler_fallback(2e-4, 0.0)
+    fastopt.set_num_threads(2)
+    try:
+        now = native.wtime()
+        congested = native.straggler_stats()[0]
+        native.note_spread(now, now + 1e-2, now - 1e-4)
+        assert native.straggler_stats()[0] == congested
+        native.peak_threads(reset=True)
+        _adam_run(2)
+        assert native.peak_threads() == 2
+    finally:
+        fastopt.set_num_threads(None)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), True, "1"])
+def test_straggler_fallback_refuses_bad_settings(bad):
+    before = fastopt.set_straggler_fallback(hold=0.0)
+    try:
+        with pytest.raises(ValueError, match="straggle|hold"):
+            fastopt.set_straggler_fallback(hold=bad)
+        assert fastopt.set_straggler_fallback(*before) == before
+    finally:
+        fastopt.set_straggler_fallback(*before)
