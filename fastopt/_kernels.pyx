@@ -951,9 +951,7 @@ def note_spread(double first, double last, double start):
 
 cdef int _fallback_threads(int nthreads):
     """nthreads, or 1 while the straggler fallback holds (called with the GIL)."""
-    global _n_serial
     if nthreads > 1 and _HOLD > 0 and fo_omp_wtime() < _serial_until:
-        _n_serial += 1
         return 1
     return nthreads
 
@@ -1192,18 +1190,20 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
     cdef const double *a
     cdef size_t hp_size
     cdef bint shared, prepass = False, any_bad = False
-    cdef int nt, held
+    cdef int nt, held, asked
     cdef double times[3]
     cdef Job job
     cdef fo_store *store = NULL
     cdef unsigned char *blocked = NULL
     cdef const unsigned char *rnd = NULL
     cdef const int64_t *pid = NULL
+    global _n_serial
     if not 0 <= rule < FO_NRULES:
         raise ValueError(f"unknown rule {rule}")
     if f.busy:
         raise RuntimeError("fastopt: this frame is already running a call")
     nargs = fo_nargs(rule)
+    asked = nthreads
     nthreads = _fallback_threads(nthreads)
     if (cnp.PyArray_TYPE(args) != cnp.NPY_DOUBLE or cnp.PyArray_NDIM(args) != 2
             or cnp.PyArray_DIM(args, 1) != nargs or not cnp.PyArray_IS_C_CONTIGUOUS(args)):
@@ -1334,6 +1334,8 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
             nt = <int>(total // _grain)
         if nt < 1:
             nt = 1
+        if asked > nthreads and total // _grain > 1:
+            _n_serial += 1          # the fallback kept a step that had work for 2+ threads
         held = _reserve(nt)
         try:
             with nogil:
