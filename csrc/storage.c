@@ -721,17 +721,6 @@ static const fo_q8_fns fo_q8_baseline = {fo_q8_scale, fo_q8_codes_baseline,
 #pragma GCC push_options
 #pragma GCC target("avx2")
 #endif
-static inline void fo_q8_store8(unsigned char *dst, __m256i codes32)
-{
-    /* the low byte of each lane, in order */
-    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-                                          -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
-                                          -1, -1, -1, -1);
-    const __m256i b = _mm256_shuffle_epi8(codes32, pick);
-    const __m256i both = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
-    _mm_storel_epi64((__m128i *)dst, _mm256_castsi256_si128(both));
-}
-
 /* fo_q8_scale 8 lanes at a time (the baseline build has no unsigned 32-bit max to vectorise
  * it with): the integer maximum is the same in any order. */
 static int fo_q8_scale_avx2(int64_t m, const float *v, float *absmax)
@@ -756,21 +745,28 @@ static int fo_q8_scale_avx2(int64_t m, const float *v, float *absmax)
     return mx == 0;
 }
 
-/* The magnitude index of |x| (a, float32 >= 0) by the map's columns k (see the design note),
- * the first two boundaries b0, b1 given and the index raised by 1 in the lanes of the mask
- * up (the signed sides differ there); *unsure: the lanes whose u is within FO_Q8_EPS of an
- * integer. */
+/* The codes of 8 x by the map's columns k (see the design note); signed: the positive
+ * side's first two boundaries pos0. *unsure: the lanes whose u is within FO_Q8_EPS of an
+ * integer, for the table method. */
 #define FO_Q8_EPS 0x1p-10f
 typedef struct fo_q8_cols {
     __m256 bound[8], s, o;
     __m256i base, kmax;
 } fo_q8_cols;
 
-static inline __m256i fo_q8_arith8(const fo_q8_cols *k, __m256 a, __m256 b0, __m256 b1,
-                                   __m256i up, __m256 *unsure)
+FO_INLINE __m256i fo_q8_code8(const fo_q8_cols *k, int is_signed, __m256 pos0, __m256 x,
+                              __m256 *unsure)
 {
-    /* boundaries below |x|, counted negatively: idx = count - 1 = ~(-count) */
-    const __m256 nz = _mm256_cmp_ps(a, b0, _CMP_GT_OQ);   /* not zero: beyond the first */
+    /* unsigned: x < 0 counts as 0 (code 0); signed: sg = -1 where x < 0 */
+    const __m256i sg = _mm256_srai_epi32(_mm256_castps_si256(x), 31);
+    const __m256 a = is_signed ? _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)))
+                               : _mm256_andnot_ps(_mm256_castsi256_ps(sg), x);
+    /* blendv takes the sign bit of x itself: the negative side's boundaries */
+    const __m256 b0 = is_signed ? _mm256_blendv_ps(pos0, k->bound[0], x) : k->bound[0];
+    const __m256 b1 = is_signed ? _mm256_blendv_ps(pos0, k->bound[1], x) : k->bound[1];
+    /* boundaries below |x|, counted negatively: idx = count - 1 = ~(-count); zero lanes
+     * (count 0) get idx 7, the magnitude 1's entry: u = 0.5, never unsure */
+    const __m256 nz = _mm256_cmp_ps(a, b0, _CMP_GT_OQ);
     __m256i cnt = _mm256_add_epi32(_mm256_castps_si256(nz),
                                    _mm256_castps_si256(_mm256_cmp_ps(a, b1, _CMP_GT_OQ)));
     for (int t = 2; t < 8; t++)
@@ -781,13 +777,13 @@ static inline __m256i fo_q8_arith8(const fo_q8_cols *k, __m256 a, __m256 b0, __m
                                    _mm256_permutevar8x32_ps(k->o, idx));
     const __m256 r = _mm256_round_ps(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256 dist = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(u, r));
-    /* zero lanes are exact and never unsure */
-    *unsure = _mm256_and_ps(nz, _mm256_cmp_ps(dist, _mm256_set1_ps(FO_Q8_EPS), _CMP_LT_OQ));
+    *unsure = _mm256_cmp_ps(dist, _mm256_set1_ps(FO_Q8_EPS), _CMP_LT_OQ);
     /* truncation is floor for u >= 0 and gives 0 on (-1, 0), which the clamp gives anyway */
     __m256i j = _mm256_max_epi32(_mm256_cvttps_epi32(u), _mm256_setzero_si256());
     j = _mm256_min_epi32(j, _mm256_permutevar8x32_epi32(k->kmax, idx));
-    j = _mm256_sub_epi32(_mm256_add_epi32(j, _mm256_permutevar8x32_epi32(k->base, idx)), up);
-    return _mm256_and_si256(j, _mm256_castps_si256(nz));
+    j = _mm256_add_epi32(j, _mm256_permutevar8x32_epi32(k->base, idx));
+    /* the negative side's index is one higher, negated: -(j + 1) = j ^ -1 */
+    return _mm256_and_si256(_mm256_xor_si256(j, sg), _mm256_castps_si256(nz));
 }
 
 static void fo_q8_cols_load(fo_q8_cols *k, const fo_q8_arith *ar)
@@ -822,49 +818,43 @@ static void fo_q8_unblock_avx2(int dt, int64_t m, const void *codes, float scale
     fo_q8_unblock_scalar(dt, j, m, codes, scale, out);
 }
 
-static void fo_q8_codes_avx2(int dt, int64_t m, const float *v, float amax, void *codes)
+/* 32 elements at a time: the 32-bit codes of 4 vectors packed to bytes in one store. */
+FO_INLINE void fo_q8_codes32(int is_signed, int64_t m, const float *v, float amax,
+                             unsigned char *c)
 {
     const __m256 s = _mm256_set1_ps(amax);
-    unsigned char *c = (unsigned char *)codes;
-    int64_t j = 0;
     fo_q8_cols k;
-    if (dt == FO_DT_Q8U) {
-        fo_q8_cols_load(&k, &fo_q8_ariths[0]);
-        for (; j + 8 <= m; j += 8) {
-            const __m256 x = _mm256_div_ps(_mm256_loadu_ps(v + j), s);
-            const __m256 neg = _mm256_castsi256_ps(_mm256_srai_epi32(_mm256_castps_si256(x), 31));
-            __m256 unsure;
-            const __m256i mag = fo_q8_arith8(&k, _mm256_andnot_ps(neg, x),      /* x < 0: 0 */
-                                             k.bound[0], k.bound[1],
-                                             _mm256_setzero_si256(), &unsure);
-            fo_q8_store8(c + j, mag);
-            for (int bits = _mm256_movemask_ps(unsure); bits; bits &= bits - 1) {
-                const int l = __builtin_ctz((unsigned)bits);
-                c[j + l] = fo_q8_code1(FO_DT_Q8U, fo_bits(v[j + l] / amax));
+    fo_q8_cols_load(&k, &fo_q8_ariths[is_signed]);
+    const __m256 pos0 = _mm256_set1_ps(fo_q8_ariths[1].pos0);
+    /* the packs interleave the 128-bit lanes: dwords (0 lo, 1 lo, 2 lo, 3 lo, 0 hi, ...) */
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t j = 0; j + 32 <= m; j += 32) {
+        __m256 un[4];
+        __m256i q[4];
+        for (int h = 0; h < 4; h++)
+            q[h] = fo_q8_code8(&k, is_signed, pos0,
+                               _mm256_div_ps(_mm256_loadu_ps(v + j + 8 * h), s), &un[h]);
+        /* signed codes fit int8, unsigned ones uint8: saturation never acts */
+        const __m256i w = is_signed
+            ? _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]))
+            : _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]),
+                                  _mm256_packus_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)(c + j), _mm256_permutevar8x32_epi32(w, order));
+        const __m256 any = _mm256_or_ps(_mm256_or_ps(un[0], un[1]), _mm256_or_ps(un[2], un[3]));
+        if (_mm256_testz_ps(any, any)) continue;
+        for (int h = 0; h < 4; h++)
+            for (int bits = _mm256_movemask_ps(un[h]); bits; bits &= bits - 1) {
+                const int64_t l = j + 8 * h + __builtin_ctz((unsigned)bits);
+                c[l] = fo_q8_code1(is_signed ? FO_DT_Q8S : FO_DT_Q8U, fo_bits(v[l] / amax));
             }
-        }
-    } else {
-        fo_q8_cols_load(&k, &fo_q8_ariths[1]);
-        const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-        const __m256 pos0 = _mm256_set1_ps(fo_q8_ariths[1].pos0);
-        for (; j + 8 <= m; j += 8) {
-            const __m256 x = _mm256_div_ps(_mm256_loadu_ps(v + j), s);
-            const __m256i sg = _mm256_srai_epi32(_mm256_castps_si256(x), 31);
-            __m256 unsure;
-            /* blendv takes the sign bit of x itself: the negative side's boundaries */
-            const __m256i mag = fo_q8_arith8(&k, _mm256_and_ps(x, abs),
-                                             _mm256_blendv_ps(pos0, k.bound[0], x),
-                                             _mm256_blendv_ps(pos0, k.bound[1], x), sg,
-                                             &unsure);
-            /* negative: -mag, i.e. (mag ^ -1) + 1 */
-            fo_q8_store8(c + j, _mm256_sub_epi32(_mm256_xor_si256(mag, sg), sg));
-            for (int bits = _mm256_movemask_ps(unsure); bits; bits &= bits - 1) {
-                const int l = __builtin_ctz((unsigned)bits);
-                c[j + l] = fo_q8_code1(FO_DT_Q8S, fo_bits(v[j + l] / amax));
-            }
-        }
     }
-    fo_q8_codes_scalar(dt, j, m, v, amax, codes);
+}
+
+static void fo_q8_codes_avx2(int dt, int64_t m, const float *v, float amax, void *codes)
+{
+    if (dt == FO_DT_Q8U) fo_q8_codes32(0, m, v, amax, (unsigned char *)codes);
+    else fo_q8_codes32(1, m, v, amax, (unsigned char *)codes);
+    fo_q8_codes_scalar(dt, m & ~(int64_t)31, m, v, amax, codes);
 }
 
 #if defined(__clang__)
