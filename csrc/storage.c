@@ -447,8 +447,8 @@ int fo_has_q8(const unsigned char *dt)
  * table method, and it is the oracle of the others (fo_q8_check_all).
  *
  * The AVX2 (and AVX-512) quantizer computes the code instead, since a table lookup there is a
- * gather, and gathers are slow on some CPUs (AMD Zen 2 in a VM: ~25 cycles for 8 lanes, half
- * of an 8-bit Adam step):
+ * gather, and gathers are slow on some CPUs (an AMD EPYC VM: ~25 cycles for 8 lanes; the gathering
+ * quantizer took a third of an 8-bit Adam step):
  *   1. the level, exactly: the count of level boundaries below |x|, compared with broadcast
  *      constants. The boundaries are the thr[] entries that separate two levels (and 0 from
  *      the first level, the last level from 1), so the count is exact like thr[] itself:
@@ -465,11 +465,11 @@ int fo_has_q8(const unsigned char *dt)
  *      float32 map values and thresholds off the real midpoints, move it by less than 3e-5
  *      of a spacing (2.3e-5 at the worst threshold), so a lane is certain when u is more
  *      than FO_Q8_EPS = 2^-10 from an integer: then no threshold can lie between u and the
- *      exact value, and floor(u) is exact. The
- *      other lanes (~0.2% of the nonzero ones) take the table method. That this gives
- *      exactly the table's code for every float32 x in [-1, 1] is not left to the argument:
- *      fo_q8_check_all runs all 2^31 of them (tests/test_quantized.py); x = v / absmax is
- *      never beyond 1 in magnitude (|v| <= absmax and the division rounds correctly).
+ *      exact value, and floor(u) is exact. The other lanes (~0.2% of the nonzero ones) take
+ *      the table method. That this gives exactly the table's code for every float32 x in
+ *      [-1, 1] is not left to the argument: fo_q8_check_all runs all 2^31 of them
+ *      (tests/test_quantized.py); x = v / absmax is never beyond 1 in magnitude (|v| <=
+ *      absmax and the division rounds correctly).
  */
 
 #define FO_Q8_LO 0x33800000u                    /* 2^-24: smaller |x| share bucket 0 */
@@ -500,9 +500,9 @@ static fo_q8_tab fo_q8_tabs[2];                   /* [0] unsigned, [1] signed */
  * that one register holds a column: bound[t] the t-th level boundary; entry t = (boundaries
  * below |x|) - 1 = level t (7: the magnitude 1): the level's scale s and offset o of
  * u = |x| * s - o, its first magnitude index base and its last k (count - 1). Signed: the
- * negative side's columns with base one lower, i.e. the positive side's indices (the negative
- * side adds 1); the positive side's first two boundaries are both pos0, its threshold above
- * 0 (no |x| has count 1: level 0 is the negative side's alone). */
+ * negative side's boundaries and the positive side's bases (the negative side's index is
+ * one higher); on the positive side the first two boundaries are both pos0, its threshold
+ * above 0, so no positive |x| counts 1 (level 0 is the negative side's alone). */
 typedef struct fo_q8_arith {
     float bound[8], s[8], o[8];
     int32_t base[8], kmax[8];
@@ -713,7 +713,8 @@ static const fo_q8_fns fo_q8_baseline = {fo_q8_scale, fo_q8_codes_baseline,
 /* AVX2: the arithmetic quantizer (see the design note), its codes bitwise the table's; the
  * division is IEEE's in both. The AVX-512 table uses these too. Dequantizing loads the map
  * values one by one (a gather of the map measured slower than scalar loads on an AMD EPYC)
- * but multiplies and stores 8 at a time: 1.7x the scalar loop. */
+ * but multiplies and stores 8 at a time: 2x the scalar loop on codes in L1, about the same
+ * within a step (where the codes' first loads dominate). */
 
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
@@ -759,7 +760,7 @@ FO_INLINE __m256i fo_q8_code8(const fo_q8_cols *k, int is_signed, __m256 pos0, _
 {
     /* unsigned: x < 0 counts as 0 (code 0); signed: sg = -1 where x < 0 */
     const __m256i sg = _mm256_srai_epi32(_mm256_castps_si256(x), 31);
-    const __m256 a = is_signed ? _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)))
+    const __m256 a = is_signed ? _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x)
                                : _mm256_andnot_ps(_mm256_castsi256_ps(sg), x);
     /* blendv takes the sign bit of x itself: the negative side's boundaries */
     const __m256 b0 = is_signed ? _mm256_blendv_ps(pos0, k->bound[0], x) : k->bound[0];
