@@ -327,6 +327,10 @@ const float *fo_q8_map(int is_signed);
  * 0, or -1 for another dt. */
 int fo_q8_convert(const char *isa, int dt, int to_q, int64_t n, float *values, void *codes,
                   float *absmax);
+/* Every float32 x with |x| <= 1 (both signs) quantized, and every code dequantized at a few
+ * scales, by the instruction set's loops against the exact table method: the number of
+ * mismatches (-1 for another dt). */
+int64_t fo_q8_check_all(const char *isa, int dt);
 
 /* ---- run-time instruction-set choice ------------------------------------------------------ */
 

@@ -443,7 +443,33 @@ int fo_has_q8(const unsigned char *dt)
  * beyond the midpoint, for every float32 |x|), and a table indexed by the top bits of |x|
  * (its exponent and leading 8 mantissa bits, from 2^-24 up to 1) holds the magnitude index of
  * the bucket's smallest value. No bucket holds two thresholds (fo_q8_init checks each), so
- * j = table[bucket] + (|x| > thr[table[bucket]]) is the exact answer.
+ * j = table[bucket] + (|x| > thr[table[bucket]]) is the exact answer. The baseline uses this
+ * table method, and it is the oracle of the others (fo_q8_check_all).
+ *
+ * The AVX2 (and AVX-512) quantizer computes the code instead, since a table lookup there is a
+ * gather, and gathers are slow on some CPUs (an AMD EPYC VM: ~25 cycles for 8 lanes; the gathering
+ * quantizer took a third of an 8-bit Adam step):
+ *   1. the level, exactly: the count of level boundaries below |x|, compared with broadcast
+ *      constants. The boundaries are the thr[] entries that separate two levels (and 0 from
+ *      the first level, the last level from 1), so the count is exact like thr[] itself:
+ *      0 is code 0, 1..7 levels 0..6, 8 the magnitude 1. The signed map's sides share their
+ *      levels 1..6 with the same values (so the same thresholds: fo_q8_init checks), the
+ *      negative side's magnitude indices one higher: only the first two boundaries differ by
+ *      sign (the positive side has no level 0, both are its threshold above 0).
+ *   2. within level i (decade d, c values h = 0.9 / c apart in units of d), float32
+ *      u = |x| * s_i - o_i with s_i = 1 / (d h), o_i = 0.1 / h: the value k lies at
+ *      u = k + 1/2, the threshold between values k and k + 1 at u = k + 1, so
+ *      k = clamp(floor(u), 0, c - 1); the per-level constants are picked from one register
+ *      each by the level (permutevar8x32), and the code is the level's first index + k.
+ *   3. u is not exact: the rounding of s_i, o_i, the product and the difference, and the
+ *      float32 map values and thresholds off the real midpoints, move it by less than 3e-5
+ *      of a spacing (2.3e-5 at the worst threshold), so a lane is certain when u is more
+ *      than FO_Q8_EPS = 2^-10 from an integer: then no threshold can lie between u and the
+ *      exact value, and floor(u) is exact. The other lanes (~0.2% of the nonzero ones) take
+ *      the table method. That this gives exactly the table's code for every float32 x in
+ *      [-1, 1] is not left to the argument: fo_q8_check_all runs all 2^31 of them
+ *      (tests/test_quantized.py); x = v / absmax is never beyond 1 in magnitude (|v| <=
+ *      absmax and the division rounds correctly).
  */
 
 #define FO_Q8_LO 0x33800000u                    /* 2^-24: smaller |x| share bucket 0 */
@@ -458,8 +484,6 @@ typedef struct fo_q8_side {
 static float fo_q8_maps[2][256];                /* [0] unsigned, [1] signed */
 static fo_q8_side fo_q8_sides[3];               /* unsigned, signed +, signed - */
 static int fo_q8_ready = 0;
-#if FO_X86_F16C
-#endif
 /* The lookup table of each map, both sides together so that one lookup serves either sign:
  * side 0 toward +, side 1 toward - (unsigned: side 0 only), packed[side * FO_Q8_NB + b]: the
  * quantizers read one 32-bit entry per bucket: the
@@ -472,10 +496,26 @@ typedef struct fo_q8_tab {
 } fo_q8_tab;
 static fo_q8_tab fo_q8_tabs[2];                   /* [0] unsigned, [1] signed */
 
+/* The arithmetic quantizer's constants of a map (see the design note), 8 entries each so
+ * that one register holds a column: bound[t] the t-th level boundary; entry t = (boundaries
+ * below |x|) - 1 = level t (7: the magnitude 1): the level's scale s and offset o of
+ * u = |x| * s - o, its first magnitude index base and its last k (count - 1). Signed: the
+ * negative side's boundaries and the positive side's bases (the negative side's index is
+ * one higher); on the positive side the first two boundaries are both pos0, its threshold
+ * above 0, so no positive |x| counts 1 (level 0 is the negative side's alone). */
+typedef struct fo_q8_arith {
+    float bound[8], s[8], o[8];
+    int32_t base[8], kmax[8];
+    float pos0;
+} fo_q8_arith;
+static fo_q8_arith fo_q8_ariths[2];             /* [0] unsigned, [1] signed */
+
+static const double fo_q8_decade[7] = {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0};
+
 /* Level i's values in ascending order, appended to out (double, rounded once to float32). */
 static int fo_q8_level(float *out, int at, int level, int count)
 {
-    static const double decade[7] = {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0};
+    const double *decade = fo_q8_decade;
     for (int k = 0; k < count; k++)
         out[at++] = (float)(decade[level] * (0.1 + ((double)k + 0.5) * 0.9 / (double)count));
     return at;
@@ -508,6 +548,30 @@ static int fo_q8_build_side(fo_q8_side *sd, const float *mag, int count)
     return bad;
 }
 
+/* The arithmetic constants of a side whose levels 0..6 have 2^(i + shift) values each
+ * (magnitude 0 is zero, then the levels, then 1), from its exact thresholds sd->thr; bases
+ * lowered by base0. */
+static void fo_q8_build_arith(fo_q8_arith *ar, const fo_q8_side *sd, int shift, int base0)
+{
+    int base = 1;
+    for (int i = 0; i <= 6; i++) {
+        const int count = 1 << (i + shift);
+        const double h = 0.9 / (double)count;
+        ar->bound[i] = sd->thr[base - 1];       /* between magnitude base - 1 and the level */
+        ar->s[i] = (float)(1.0 / (fo_q8_decade[i] * h));
+        ar->o[i] = (float)(0.1 / h);
+        ar->base[i] = base - base0;
+        ar->kmax[i] = count - 1;
+        base += count;
+    }
+    /* the magnitude 1: u = 0.5, never near an integer */
+    ar->bound[7] = sd->thr[base - 1];
+    ar->s[7] = 0.0f;
+    ar->o[7] = -0.5f;
+    ar->base[7] = base - base0;
+    ar->kmax[7] = 0;
+}
+
 int fo_q8_init(void)
 {
     if (fo_q8_ready) return fo_q8_ready > 0 ? 0 : -1;
@@ -532,6 +596,11 @@ int fo_q8_init(void)
     bad |= fo_q8_build_side(&fo_q8_sides[2], neg, 129);
     bad |= n != 256 || np != 128 || nn != 129;
     for (int t = 0; t < 3; t++) bad |= !(fo_q8_sides[t].thr[0] > fo_float(FO_Q8_LO));
+    fo_q8_build_arith(&fo_q8_ariths[0], &fo_q8_sides[0], 1, 0);
+    fo_q8_build_arith(&fo_q8_ariths[1], &fo_q8_sides[2], 0, 1);
+    fo_q8_ariths[1].pos0 = fo_q8_sides[1].thr[0];
+    /* the signed sides share their thresholds from level 1 on, one magnitude apart */
+    for (int j = 1; j < 128; j++) bad |= fo_q8_sides[1].thr[j] != fo_q8_sides[2].thr[j + 1];
     static const int side_of[2][2] = {{0, 0}, {1, 2}};
     for (int t = 0; t < 2; t++)
         for (int h = 0; h < 2; h++) {
@@ -580,26 +649,26 @@ static int fo_q8_scale(int64_t m, const float *v, float *absmax)
     return mx == 0;
 }
 
+/* The exact code of x (its bits b) by the tables: the sign picks the side and negates the
+ * index, branch-free; unsigned maps give x < 0 code 0. */
+FO_INLINE unsigned char fo_q8_code1(int dt, uint32_t b)
+{
+    if (dt == FO_DT_Q8U) return (unsigned char)fo_q8_index(&fo_q8_tabs[0], b & ((b >> 31) - 1u), 0);
+    const uint32_t sg = b >> 31;
+    const uint32_t k = fo_q8_index(&fo_q8_tabs[1], b & 0x7fffffffu, sg);
+    return (unsigned char)((k ^ (0u - sg)) + sg);
+}
+
 /* The codes of one block whose absmax (finite, > 0) is amax: x = v / amax, then the exact
  * nearest code (see the design note). Scalar: every instruction set's tail, and baseline. */
 static void fo_q8_codes_scalar(int dt, int64_t j0, int64_t m, const float *FO_RESTRICT v,
                                float amax, void *codes)
 {
-    /* branch-free: the sign picks the side of the tables and negates the index */
     unsigned char *c = (unsigned char *)codes;
     if (dt == FO_DT_Q8U) {
-        const fo_q8_tab *t = &fo_q8_tabs[0];
-        for (int64_t j = j0; j < m; j++) {
-            const uint32_t b = fo_bits(v[j] / amax);
-            c[j] = (unsigned char)fo_q8_index(t, b & ((b >> 31) - 1u), 0);   /* x < 0: 0 */
-        }
+        for (int64_t j = j0; j < m; j++) c[j] = fo_q8_code1(FO_DT_Q8U, fo_bits(v[j] / amax));
     } else {
-        const fo_q8_tab *t = &fo_q8_tabs[1];
-        for (int64_t j = j0; j < m; j++) {
-            const uint32_t b = fo_bits(v[j] / amax), sg = b >> 31;
-            const uint32_t k = fo_q8_index(t, b & 0x7fffffffu, sg);
-            c[j] = (unsigned char)((k ^ (0u - sg)) + sg);
-        }
+        for (int64_t j = j0; j < m; j++) c[j] = fo_q8_code1(FO_DT_Q8S, fo_bits(v[j] / amax));
     }
 }
 
@@ -618,6 +687,8 @@ static void fo_q8_unblock_scalar(int dt, int64_t j0, int64_t m, const void *code
 }
 
 typedef struct fo_q8_fns {
+    /* the block's scale (fo_q8_scale's contract) */
+    int (*scale)(int64_t m, const float *v, float *absmax);
     /* codes of elements [0, m) of a block (x = v / amax, amax finite and > 0) */
     void (*codes)(int dt, int64_t m, const float *v, float amax, void *codes);
     /* elements [0, m) of a block: map[code] * scale */
@@ -635,13 +706,15 @@ static void fo_q8_unblock_baseline(int dt, int64_t m, const void *codes, float s
     fo_q8_unblock_scalar(dt, 0, m, codes, scale, out);
 }
 
-static const fo_q8_fns fo_q8_baseline = {fo_q8_codes_baseline, fo_q8_unblock_baseline};
+static const fo_q8_fns fo_q8_baseline = {fo_q8_scale, fo_q8_codes_baseline,
+                                          fo_q8_unblock_baseline};
 
 #if FO_X86_F16C
-/* AVX2: the same integer and compare steps 8 lanes at a time (the packed bucket entries
- * gathered), so the codes are bitwise the scalar ones; the division is IEEE's in both. The
- * AVX-512 table uses these too. Dequantizing stays scalar (a gather of the map measured no
- * faster than the scalar loads on this machine's AMD EPYC). */
+/* AVX2: the arithmetic quantizer (see the design note), its codes bitwise the table's; the
+ * division is IEEE's in both. The AVX-512 table uses these too. Dequantizing loads the map
+ * values one by one (a gather of the map measured slower than scalar loads on an AMD EPYC)
+ * but multiplies and stores 8 at a time: 2x the scalar loop on codes in L1, about the same
+ * within a step (where the codes' first loads dominate). */
 
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
@@ -649,55 +722,140 @@ static const fo_q8_fns fo_q8_baseline = {fo_q8_codes_baseline, fo_q8_unblock_bas
 #pragma GCC push_options
 #pragma GCC target("avx2")
 #endif
-static inline __m256i fo_q8_index8(const fo_q8_tab *tab, __m256i a, __m256i side)
+/* fo_q8_scale 8 lanes at a time (the baseline build has no unsigned 32-bit max to vectorise
+ * it with): the integer maximum is the same in any order. */
+static int fo_q8_scale_avx2(int64_t m, const float *v, float *absmax)
 {
-    const __m256i lo = _mm256_set1_epi32((int)FO_Q8_LO);
-    const __m256i low = _mm256_set1_epi32(0xffff);
-    const __m256i d = _mm256_sub_epi32(_mm256_max_epu32(a, lo), lo);
-    const __m256i idx = _mm256_add_epi32(_mm256_srli_epi32(d, 15),
-                                         _mm256_mullo_epi32(side, _mm256_set1_epi32(FO_Q8_NB)));
-    const __m256i e = _mm256_i32gather_epi32((const int *)tab->packed, idx, 4);
-    const __m256i gt = _mm256_cmpgt_epi32(_mm256_and_si256(d, _mm256_set1_epi32(0x7fff)),
-                                          _mm256_and_si256(e, low));
-    return _mm256_sub_epi32(_mm256_srli_epi32(e, 16), gt);  /* j + (beyond the threshold) */
+    const __m256i abs = _mm256_set1_epi32(0x7fffffff);
+    __m256i mx8 = _mm256_setzero_si256();
+    int64_t j = 0;
+    for (; j + 8 <= m; j += 8)
+        mx8 = _mm256_max_epu32(mx8, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(v + j)),
+                                                     abs));
+    __m128i mx4 = _mm_max_epu32(_mm256_castsi256_si128(mx8), _mm256_extracti128_si256(mx8, 1));
+    mx4 = _mm_max_epu32(mx4, _mm_shuffle_epi32(mx4, _MM_SHUFFLE(1, 0, 3, 2)));
+    mx4 = _mm_max_epu32(mx4, _mm_shuffle_epi32(mx4, _MM_SHUFFLE(2, 3, 0, 1)));
+    uint32_t mx = (uint32_t)_mm_cvtsi128_si32(mx4);
+    const uint32_t *u = (const uint32_t *)v;
+    for (; j < m; j++) {
+        const uint32_t a = u[j] & 0x7fffffffu;
+        mx = a > mx ? a : mx;
+    }
+    if (mx >= 0x7f800000u) { *absmax = NAN; return 1; }
+    *absmax = fo_float(mx);
+    return mx == 0;
 }
 
-static inline void fo_q8_store8(unsigned char *dst, __m256i codes32)
+/* The codes of 8 x by the map's columns k (see the design note); signed: the positive
+ * side's first two boundaries pos0. *unsure: the lanes whose u is within FO_Q8_EPS of an
+ * integer, for the table method. */
+#define FO_Q8_EPS 0x1p-10f
+typedef struct fo_q8_cols {
+    __m256 bound[8], s, o;
+    __m256i base, kmax;
+} fo_q8_cols;
+
+FO_INLINE __m256i fo_q8_code8(const fo_q8_cols *k, int is_signed, __m256 pos0, __m256 x,
+                              __m256 *unsure)
 {
-    /* the low byte of each lane, in order */
-    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-                                          -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
-                                          -1, -1, -1, -1);
-    const __m256i b = _mm256_shuffle_epi8(codes32, pick);
-    const __m256i both = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
-    _mm_storel_epi64((__m128i *)dst, _mm256_castsi256_si128(both));
+    /* unsigned: x < 0 counts as 0 (code 0); signed: sg = -1 where x < 0 */
+    const __m256i sg = _mm256_srai_epi32(_mm256_castps_si256(x), 31);
+    const __m256 a = is_signed ? _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x)
+                               : _mm256_andnot_ps(_mm256_castsi256_ps(sg), x);
+    /* blendv takes the sign bit of x itself: the negative side's boundaries */
+    const __m256 b0 = is_signed ? _mm256_blendv_ps(pos0, k->bound[0], x) : k->bound[0];
+    const __m256 b1 = is_signed ? _mm256_blendv_ps(pos0, k->bound[1], x) : k->bound[1];
+    /* boundaries below |x|, counted negatively: idx = count - 1 = ~(-count); zero lanes
+     * (count 0) get idx 7, the magnitude 1's entry: u = 0.5, never unsure */
+    const __m256 nz = _mm256_cmp_ps(a, b0, _CMP_GT_OQ);
+    __m256i cnt = _mm256_add_epi32(_mm256_castps_si256(nz),
+                                   _mm256_castps_si256(_mm256_cmp_ps(a, b1, _CMP_GT_OQ)));
+    for (int t = 2; t < 8; t++)
+        cnt = _mm256_add_epi32(cnt, _mm256_castps_si256(_mm256_cmp_ps(a, k->bound[t],
+                                                                      _CMP_GT_OQ)));
+    const __m256i idx = _mm256_xor_si256(cnt, _mm256_set1_epi32(-1));
+    const __m256 u = _mm256_sub_ps(_mm256_mul_ps(a, _mm256_permutevar8x32_ps(k->s, idx)),
+                                   _mm256_permutevar8x32_ps(k->o, idx));
+    const __m256 r = _mm256_round_ps(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 dist = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(u, r));
+    *unsure = _mm256_cmp_ps(dist, _mm256_set1_ps(FO_Q8_EPS), _CMP_LT_OQ);
+    /* truncation is floor for u >= 0 and gives 0 on (-1, 0), which the clamp gives anyway */
+    __m256i j = _mm256_max_epi32(_mm256_cvttps_epi32(u), _mm256_setzero_si256());
+    j = _mm256_min_epi32(j, _mm256_permutevar8x32_epi32(k->kmax, idx));
+    j = _mm256_add_epi32(j, _mm256_permutevar8x32_epi32(k->base, idx));
+    /* the negative side's index is one higher, negated: -(j + 1) = j ^ -1 */
+    return _mm256_and_si256(_mm256_xor_si256(j, sg), _mm256_castps_si256(nz));
+}
+
+static void fo_q8_cols_load(fo_q8_cols *k, const fo_q8_arith *ar)
+{
+    for (int t = 0; t < 8; t++) k->bound[t] = _mm256_set1_ps(ar->bound[t]);
+    k->s = _mm256_loadu_ps(ar->s);
+    k->o = _mm256_loadu_ps(ar->o);
+    k->base = _mm256_loadu_si256((const __m256i *)ar->base);
+    k->kmax = _mm256_loadu_si256((const __m256i *)ar->kmax);
+}
+
+static void fo_q8_unblock_avx2(int dt, int64_t m, const void *codes, float scale,
+                               float *FO_RESTRICT out)
+{
+    const __m256 s = _mm256_set1_ps(scale);
+    int64_t j = 0;
+    if (dt == FO_DT_Q8U) {
+        const float *map = fo_q8_maps[0];
+        const unsigned char *c = (const unsigned char *)codes;
+        for (; j + 8 <= m; j += 8)
+            _mm256_storeu_ps(out + j, _mm256_mul_ps(_mm256_setr_ps(
+                map[c[j]], map[c[j + 1]], map[c[j + 2]], map[c[j + 3]], map[c[j + 4]],
+                map[c[j + 5]], map[c[j + 6]], map[c[j + 7]]), s));
+    } else {
+        const float *map = fo_q8_maps[1] + 128;
+        const signed char *c = (const signed char *)codes;
+        for (; j + 8 <= m; j += 8)
+            _mm256_storeu_ps(out + j, _mm256_mul_ps(_mm256_setr_ps(
+                map[c[j]], map[c[j + 1]], map[c[j + 2]], map[c[j + 3]], map[c[j + 4]],
+                map[c[j + 5]], map[c[j + 6]], map[c[j + 7]]), s));
+    }
+    fo_q8_unblock_scalar(dt, j, m, codes, scale, out);
+}
+
+/* 32 elements at a time: the 32-bit codes of 4 vectors packed to bytes in one store. */
+FO_INLINE void fo_q8_codes32(int is_signed, int64_t m, const float *v, float amax,
+                             unsigned char *c)
+{
+    const __m256 s = _mm256_set1_ps(amax);
+    fo_q8_cols k;
+    fo_q8_cols_load(&k, &fo_q8_ariths[is_signed]);
+    const __m256 pos0 = _mm256_set1_ps(fo_q8_ariths[1].pos0);
+    /* the packs interleave the 128-bit lanes: dwords (0 lo, 1 lo, 2 lo, 3 lo, 0 hi, ...) */
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t j = 0; j + 32 <= m; j += 32) {
+        __m256 un[4];
+        __m256i q[4];
+        for (int h = 0; h < 4; h++)
+            q[h] = fo_q8_code8(&k, is_signed, pos0,
+                               _mm256_div_ps(_mm256_loadu_ps(v + j + 8 * h), s), &un[h]);
+        /* signed codes fit int8, unsigned ones uint8: saturation never acts */
+        const __m256i w = is_signed
+            ? _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]))
+            : _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]),
+                                  _mm256_packus_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)(c + j), _mm256_permutevar8x32_epi32(w, order));
+        const __m256 any = _mm256_or_ps(_mm256_or_ps(un[0], un[1]), _mm256_or_ps(un[2], un[3]));
+        if (_mm256_testz_ps(any, any)) continue;
+        for (int h = 0; h < 4; h++)
+            for (int bits = _mm256_movemask_ps(un[h]); bits; bits &= bits - 1) {
+                const int64_t l = j + 8 * h + __builtin_ctz((unsigned)bits);
+                c[l] = fo_q8_code1(is_signed ? FO_DT_Q8S : FO_DT_Q8U, fo_bits(v[l] / amax));
+            }
+    }
 }
 
 static void fo_q8_codes_avx2(int dt, int64_t m, const float *v, float amax, void *codes)
 {
-    const __m256 s = _mm256_set1_ps(amax);
-    const __m256i abs = _mm256_set1_epi32(0x7fffffff);
-    unsigned char *c = (unsigned char *)codes;
-    int64_t j = 0;
-    const __m256i zero = _mm256_setzero_si256();
-    if (dt == FO_DT_Q8U) {
-        for (; j + 8 <= m; j += 8) {
-            const __m256i b = _mm256_castps_si256(_mm256_div_ps(_mm256_loadu_ps(v + j), s));
-            const __m256i neg = _mm256_srai_epi32(b, 31);
-            const __m256i a = _mm256_andnot_si256(neg, b);              /* negative -> 0 */
-            fo_q8_store8(c + j, fo_q8_index8(&fo_q8_tabs[0], a, zero));
-        }
-    } else {
-        for (; j + 8 <= m; j += 8) {
-            const __m256i b = _mm256_castps_si256(_mm256_div_ps(_mm256_loadu_ps(v + j), s));
-            const __m256i neg = _mm256_srai_epi32(b, 31);
-            const __m256i k = fo_q8_index8(&fo_q8_tabs[1], _mm256_and_si256(b, abs),
-                                           _mm256_srli_epi32(b, 31));
-            /* negative: -k, i.e. (k ^ -1) + 1 */
-            fo_q8_store8(c + j, _mm256_sub_epi32(_mm256_xor_si256(k, neg), neg));
-        }
-    }
-    fo_q8_codes_scalar(dt, j, m, v, amax, codes);
+    if (dt == FO_DT_Q8U) fo_q8_codes32(0, m, v, amax, (unsigned char *)codes);
+    else fo_q8_codes32(1, m, v, amax, (unsigned char *)codes);
+    fo_q8_codes_scalar(dt, m & ~(int64_t)31, m, v, amax, codes);
 }
 
 #if defined(__clang__)
@@ -706,7 +864,7 @@ static void fo_q8_codes_avx2(int dt, int64_t m, const float *v, float amax, void
 #pragma GCC pop_options
 #endif
 
-static const fo_q8_fns fo_q8_avx2 = {fo_q8_codes_avx2, fo_q8_unblock_baseline};
+static const fo_q8_fns fo_q8_avx2 = {fo_q8_scale_avx2, fo_q8_codes_avx2, fo_q8_unblock_avx2};
 #endif /* FO_X86_F16C */
 
 static const fo_q8_fns *fo_q8_for(const char *isa)
@@ -718,11 +876,42 @@ static const fo_q8_fns *fo_q8_for(const char *isa)
     return &fo_q8_baseline;
 }
 
+int64_t fo_q8_check_all(const char *isa, int dt)
+{
+    /* Every x the quantizer can see (|x| <= 1: x = v / absmax with |v| <= absmax, correctly
+     * rounded), both signs, through the named table's codes against the exact table lookup;
+     * then every code at a few scales through its dequantization against map[code] * scale. */
+    enum { B = 4096 };
+    if (!fo_isq8(dt) || fo_q8_init() != 0) return -1;
+    const fo_q8_fns *q = fo_q8_for(isa);
+    uint32_t in[B];
+    unsigned char got[B], want[B];
+    int64_t bad = 0;
+    for (uint32_t sign = 0; sign < 2; sign++)
+        for (uint32_t a0 = 0; a0 <= 0x3f800000u; a0 += B) {
+            const int m = 0x3f800000u - a0 < B ? (int)(0x3f800000u - a0) + 1 : B;
+            for (int j = 0; j < m; j++) in[j] = (sign << 31) | (a0 + (uint32_t)j);
+            q->codes(dt, m, (const float *)in, 1.0f, got);
+            fo_q8_codes_scalar(dt, 0, m, (const float *)in, 1.0f, want);
+            for (int j = 0; j < m; j++) bad += got[j] != want[j];
+        }
+    static const float scales[6] = {1.0f, 0.5f, 3.0e-5f, 1.7e38f, 1.0e-38f, 0.123456789f};
+    const float *map = fo_q8_maps[dt == FO_DT_Q8S];
+    unsigned char c[256];
+    float out[256];
+    for (int j = 0; j < 256; j++) c[j] = (unsigned char)(dt == FO_DT_Q8S ? j - 128 : j);
+    for (int t = 0; t < 6; t++) {
+        q->unblock(dt, 256, c, scales[t], out);
+        for (int j = 0; j < 256; j++) bad += fo_bits(out[j]) != fo_bits(map[j] * scales[t]);
+    }
+    return bad;
+}
+
 /* Requantize one block of m <= FO_Q8_BLOCK float32 values (see the design note). */
 static void fo_q8_block(const fo_q8_fns *q, int dt, int64_t m, const float *v, void *codes,
                         float *absmax)
 {
-    if (fo_q8_scale(m, v, absmax)) {
+    if (q->scale(m, v, absmax)) {
         memset(codes, 0, (size_t)m);
         return;
     }

@@ -91,6 +91,7 @@ cdef extern from "fastopt.h" nogil:
     int fo_convert(const char *isa, int dt, int to16, int rounding, uint64_t key,
                    int64_t index, int64_t n, const void *src, void *dst)
     int64_t fo_convert_check_all(const char *isa, int dt, int full)
+    int64_t fo_q8_check_all(const char *isa, int dt)
     size_t fo_hp_size(int rule)
     int fo_nargs(int rule)
     const char *const *fo_arg_names(int rule, int *count)
@@ -1471,6 +1472,18 @@ def q8_map(bint signed):
     for j in range(256):
         o[j] = m[j]
     return out
+
+
+def q8_check_all(str isa, int dt):
+    """Mismatches of instruction set ``isa``'s 8-bit loops (``dt``: DT_Q8S or DT_Q8U) against
+    the exact table method, over every float32 x with |x| <= 1 and every code at a few scales
+    (see fo_q8_check_all)."""
+    cdef bytes name = isa.encode()
+    cdef const char *cname = name
+    cdef int64_t bad
+    with nogil:
+        bad = fo_q8_check_all(cname, dt)
+    return bad
 
 
 def q8_quantize(cnp.ndarray values not None, cnp.ndarray codes not None,
