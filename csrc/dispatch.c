@@ -33,6 +33,8 @@
 #endif
 
 /* ---- instantiation: baseline, then (x86-64 with GCC/Clang) AVX2 and AVX-512 ------------ */
+#undef FO_MIXED
+#define FO_MIXED 1    /* the float32 bodies: also the fused mixed-storage ones */
 #define FO_T float
 #define FO_SQRT sqrtf
 #define FO_FABS fabsf
@@ -42,6 +44,8 @@
 #undef FO_SQRT
 #undef FO_FABS
 #undef FO_SFX
+#undef FO_MIXED
+#define FO_MIXED 0
 #define FO_T double
 #define FO_SQRT sqrt
 #define FO_FABS fabs
@@ -59,6 +63,8 @@
 #pragma GCC push_options
 #pragma GCC target("avx2")
 #endif
+#undef FO_MIXED
+#define FO_MIXED 1    /* the float32 bodies: also the fused mixed-storage ones */
 #define FO_T float
 #define FO_SQRT sqrtf
 #define FO_FABS fabsf
@@ -68,6 +74,8 @@
 #undef FO_SQRT
 #undef FO_FABS
 #undef FO_SFX
+#undef FO_MIXED
+#define FO_MIXED 0
 #define FO_T double
 #define FO_SQRT sqrt
 #define FO_FABS fabs
@@ -90,6 +98,8 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx2,prefer-vector-width=512")
 #endif
+#undef FO_MIXED
+#define FO_MIXED 1    /* the float32 bodies: also the fused mixed-storage ones */
 #define FO_T float
 #define FO_SQRT sqrtf
 #define FO_FABS fabsf
@@ -99,6 +109,8 @@
 #undef FO_SQRT
 #undef FO_FABS
 #undef FO_SFX
+#undef FO_MIXED
+#define FO_MIXED 0
 #define FO_T double
 #define FO_SQRT sqrt
 #define FO_FABS fabs
@@ -124,9 +136,14 @@
 #define FO_E_f64_avx2(E, c) [FO_RULE_##E] = c##_f64_avx2,
 #define FO_E_f32_avx512(E, c) [FO_RULE_##E] = c##_f32_avx512,
 #define FO_E_f64_avx512(E, c) [FO_RULE_##E] = c##_f64_avx512,
+/* the fused mixed-storage entries: Adam's, per storage class (FO_MIX_LIST) */
+#define FO_X_baseline(E, c, P, G, S) [FO_MIX_##E] = {[FO_RULE_ADAM] = adam_##c##_f32_baseline},
+#define FO_X_avx2(E, c, P, G, S) [FO_MIX_##E] = {[FO_RULE_ADAM] = adam_##c##_f32_avx2},
+#define FO_X_avx512(E, c, P, G, S) [FO_MIX_##E] = {[FO_RULE_ADAM] = adam_##c##_f32_avx512},
 #define FO_TABLE(isa)                                                                      \
     {#isa,                                                                                 \
-     {[FO_SIG_F32] = {FO_RULE_LIST(FO_E_f32_##isa)}, [FO_SIG_F64] = {FO_RULE_LIST(FO_E_f64_##isa)}}}
+     {[FO_SIG_F32] = {FO_RULE_LIST(FO_E_f32_##isa)}, [FO_SIG_F64] = {FO_RULE_LIST(FO_E_f64_##isa)}}, \
+     {FO_MIX_LIST(FO_X_##isa)}}
 
 static const fo_kernel_table fo_tables[] = {
     FO_TABLE(baseline),
@@ -556,14 +573,22 @@ static void fo_run_one(int rule, int sig, int64_t off, int64_t n, void *const *p
                        const unsigned char *dt, const void *hp, const fo_store *st)
 {
     const fo_kernel_table *t = fo_active;
+    fo_kernel_fn fn;
     if (sig == FO_SIG_MIXED) {
-        fo_mixed_segment(t->name, t->fn[FO_SIG_F32][rule], off, n, ptrs, dt, hp, st);
-        return;
+        /* a fused body for this storage class where the rule has one, else the adapter */
+        const int c = fo_mixed_class(dt, ptrs, st);
+        fn = c >= 0 ? t->mixed[c][rule] : (fo_kernel_fn)0;
+        if (!fn) {
+            fo_mixed_segment(t->name, t->fn[FO_SIG_F32][rule], off, n, ptrs, dt, hp, st);
+            return;
+        }
+    } else {
+        fn = t->fn[sig][rule];
     }
     void *s[FO_MAX_STREAMS];
     for (int k = 0; k < FO_MAX_STREAMS; k++)
         s[k] = ptrs[k] ? (char *)ptrs[k] + (size_t)off * fo_dt_size(dt[k]) : (void *)0;
-    t->fn[sig][rule](n, off, s, hp);
+    fn(n, off, s, hp);
 }
 
 /* NumPy's allocations are only 16-byte aligned, and a vector body over misaligned streams splits

@@ -97,13 +97,41 @@ enum { FO_RULE_LIST(FO_RULE_ENUM_) FO_NRULES };
 /* Storage signatures with compiled loop bodies: FO_SIG(ENUM_NAME, c_suffix, storage dtype of
  * every stream, compute type). One more signature has no table of its own: FO_SIG_MIXED, any
  * tensor whose streams mix storage types (16-bit params, float32 master weights, 16-bit
- * states, float32 gradients of 16-bit params), which runs the float32 bodies through the
- * conversion adapter of storage.c. A tensor's streams select the signature; a combination
- * neither accepts is refused by the driver before anything runs. */
+ * states, float32 gradients of 16-bit params), which runs a fused body of its storage class
+ * (FO_MIX_LIST below) where the rule has one, else the float32 bodies through the conversion
+ * adapter of storage.c. A tensor's streams select the signature; a combination neither
+ * accepts is refused by the driver before anything runs. */
 #define FO_SIG_LIST(X) X(F32, f32, FO_DT_F32, float) X(F64, f64, FO_DT_F64, double)
 #define FO_SIG_ENUM_(E, s, dt, T) FO_SIG_##E,
 enum { FO_SIG_LIST(FO_SIG_ENUM_) FO_NSIGS, FO_SIG_MIXED = FO_NSIGS, FO_NSIGS_ALL };
 #undef FO_SIG_ENUM_
+
+/* Mixed storage with fused loop bodies. A mixed-storage tensor of one of these storage
+ * classes runs a loop body instantiated for its storage (kernels_body.h's storage hooks: the
+ * 16-bit streams converted in the loop, no float32 tile in between), where the rule has such an
+ * entry in the kernel table's `mixed` part (today Adam/AdamW); every other mixed tensor, and
+ * every rule without an entry, runs through the tile adapter (storage.c). Both give the same
+ * bits. FO_MIX(ENUM_NAME, c_suffix, param storage, gradient storage, states storage):
+ *   param    FO_PS_MASTER: bfloat16 param written from a float32 master copy (stream FO_M);
+ *            FO_PS_BF16: the bfloat16 param carried, rounded to nearest (no stochastic
+ *            rounding, no Kahan compensation: those stay on the adapter)
+ *   gradient FO_ST_BF16 (the param's dtype) or FO_ST_NATIVE (float32)
+ *   states   every present state FO_ST_NATIVE (float32) or every one FO_ST_BF16, rounded to
+ *            nearest. fo_mixed_class (storage.c) picks the class of a tensor. */
+enum { FO_ST_NATIVE = 0, FO_ST_BF16 = 1 };
+enum { FO_PS_OWN = 0, FO_PS_BF16 = 1, FO_PS_MASTER = 2 };
+#define FO_MIX_LIST(X)                                                                     \
+    X(BF16M, bf16m, FO_PS_MASTER, FO_ST_BF16, FO_ST_NATIVE)                                \
+    X(BF16M_G32, bf16m_g32, FO_PS_MASTER, FO_ST_NATIVE, FO_ST_NATIVE)                      \
+    X(BF16M_S16, bf16m_s16, FO_PS_MASTER, FO_ST_BF16, FO_ST_BF16)                          \
+    X(BF16M_G32_S16, bf16m_g32_s16, FO_PS_MASTER, FO_ST_NATIVE, FO_ST_BF16)                \
+    X(BF16, bf16, FO_PS_BF16, FO_ST_BF16, FO_ST_NATIVE)                                    \
+    X(BF16_G32, bf16_g32, FO_PS_BF16, FO_ST_NATIVE, FO_ST_NATIVE)                          \
+    X(BF16_S16, bf16_s16, FO_PS_BF16, FO_ST_BF16, FO_ST_BF16)                              \
+    X(BF16_G32_S16, bf16_g32_s16, FO_PS_BF16, FO_ST_NATIVE, FO_ST_BF16)
+#define FO_MIX_ENUM_(E, c, P, G, S) FO_MIX_##E,
+enum { FO_MIX_LIST(FO_MIX_ENUM_) FO_NMIX };
+#undef FO_MIX_ENUM_
 
 /* ---- hyperparameters: one named record of doubles per rule ------------------------------
  * FO_<RULE>_ARGS lists the record's fields. The Python layer (fastopt/_spec.py) fills a record
@@ -283,6 +311,8 @@ typedef void (*fo_kernel_fn)(int64_t n, int64_t index, void *const *streams, con
 typedef struct fo_kernel_table {
     const char *name;                  /* "baseline", "avx2", "avx512" */
     fo_kernel_fn fn[FO_NSIGS][FO_NRULES];
+    /* fused mixed-storage bodies by storage class (FO_MIX_LIST), NULL: the tile adapter */
+    fo_kernel_fn mixed[FO_NMIX][FO_NRULES];
 } fo_kernel_table;
 
 /* The signature of a tensor whose streams have these storage dtypes (FO_MAX_STREAMS codes;
@@ -298,8 +328,14 @@ const char *const *fo_sig_names(int *count);
  * bfloat16; FO_M absent, or (16-bit params only) float32 (master) or the param's dtype
  * (Kahan compensation). */
 int fo_mixed_signature(const unsigned char *dtypes);
+/* The fused storage class (FO_MIX_*) of a mixed-storage tensor with these stream dtypes,
+ * pointers and rounding, or -1 (the tile adapter runs it). -1 for every tensor while fusion is
+ * switched off by fo_mixed_fusion(0) (tests compare the two paths; the default is on);
+ * fo_mixed_fusion returns the previous setting, and a negative argument only reads it. */
+int fo_mixed_class(const unsigned char *dtypes, void *const *ptrs, const fo_store *st);
+int fo_mixed_fusion(int on);
 /* Run the float32 loop body `body` over elements [off, off + n) of a mixed-storage tensor,
- * with the conversions of instruction set `isa`. */
+ * with the conversions of instruction set `isa` (the tile adapter). */
 void fo_mixed_segment(const char *isa, fo_kernel_fn body, int64_t off, int64_t n,
                       void *const *ptrs, const unsigned char *dtypes, const void *hp,
                       const fo_store *st);

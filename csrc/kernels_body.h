@@ -4,6 +4,8 @@
  * Included by dispatch.c once per (dtype, instruction set) with
  *   FO_T, FO_SQRT, FO_FABS   the element type and its sqrt/fabs (float or double)
  *   FO_SFX                   the name suffix (f32_avx2, f64_baseline, ...)
+ *   FO_MIXED                 1 for float: also instantiate the fused mixed-storage entries
+ *                            (the storage hooks below: 16-bit streams converted in the loop)
  * and, around the include, a target pragma that lets the compiler vectorise these loops for that
  * instruction set. No intrinsics: the loops are plain C that GCC and Clang vectorise at -O3 with
  * -fno-math-errno (sqrt) and -ffp-contract=off (no FMA, so every path rounds identically).
@@ -96,8 +98,9 @@ static FO_ALWAYS_INLINE FO_T FO_FN(fo_coupled)(FO_T g, FO_T p, FO_T l2c, FO_T l1
 #define FO_GRAD_LOCALS                                                                     \
     const FO_T gscale = (FO_T)hp->gscale, clipv = (FO_T)hp->clip, l1c = (FO_T)hp->l1;      \
     const int clip = hp->clip != 0.0, l1 = hp->l1 != 0.0
-#define FO_GRAD_IN(i, pv, L2C, L2)                                                         \
-    FO_FN(fo_coupled)(FO_FN(fo_grad)(g[i], gscale, clipv, clip), pv, L2C, l1c, L2, l1)
+#define FO_GRAD_F(x, pv, L2C, L2, CLIP, L1)                                                \
+    FO_FN(fo_coupled)(FO_FN(fo_grad)(x, gscale, clipv, CLIP), pv, L2C, l1c, L2, L1)
+#define FO_GRAD_IN(i, pv, L2C, L2) FO_GRAD_F(g[i], pv, L2C, L2, clip, l1)
 #define FO_SMALL(w) ((w) < (FO_T)0.5 && (w) > (FO_T)-0.5)
 /* Call BODY(n, s, hp, l2, small) with both flags as compile-time constants. */
 #define FO_CALL_L2_SMALL(BODY, L2, SMALL)                                                  \
@@ -108,55 +111,109 @@ static FO_ALWAYS_INLINE FO_T FO_FN(fo_coupled)(FO_T g, FO_T p, FO_T l2c, FO_T l1
     default: BODY(n, s, hp, 1, 1); break;                                                  \
     }
 
+/* ---- storage hooks ------------------------------------------------------------------------
+ * A body reads and writes its streams through FO_LD / FO_STO with a compile-time storage code:
+ * FO_ST_NATIVE, an FO_T array (every body of the f32/f64 signatures), or FO_ST_BF16 (float32
+ * bodies only, FO_MIXED), a bfloat16 array widened exactly on load (u16 << 16) and rounded to
+ * nearest even on store (fo_f32_to_bf16: NaN -> the quiet NaN of its sign), the conversions of
+ * storage.c's tile adapter bit for bit. Each hooked stream has an FO_T pointer x and a
+ * uint16_t pointer x16 to the same array; a body uses only the one its code names. The
+ * param's storage (FO_PS_*): its own array, bfloat16 carried (read, updated, rounded back), or
+ * a float32 master copy in stream FO_M (read and written as the param; the bfloat16 param in
+ * stream FO_P written from it, rounded to nearest even). These instantiations are the mixed
+ * table's entries (dispatch.c, fo_mixed_class in storage.c): the rule's formula stays here,
+ * once, and the 16-bit streams need no float32 round trip through L1. */
+#define FO_LD(x, i, st) ((st) == FO_ST_BF16 ? (FO_T)fo_bf16_to_f32(x##16[i]) : x[i])
+#define FO_STO(x, i, st, val)                                                              \
+    do {                                                                                   \
+        if ((st) == FO_ST_BF16) x##16[i] = fo_f32_to_bf16((float)(val));                   \
+        else x[i] = (val);                                                                 \
+    } while (0)
+
 /* ---- Adam / AdamW ------------------------------------------------------------------------- */
 
+/* pst: the param's storage (FO_PS_*); gst, sst: the gradient's and the states' (FO_ST_*);
+ * gt: 0 when the call has neither clipping by value nor L1 (their flags are then compile-time
+ * zeros: GCC unswitches the loop on those run-time flags for the native storage, but not once
+ * the conversions make the loop larger, and a loop with branches does not vectorise). */
 static FO_ALWAYS_INLINE void FO_FN(adam_body)(int64_t n, void *const *s, const fo_adam_hp *hp,
-                                               const int amsgrad, const int l2, const int small)
+                                               const int amsgrad, const int l2, const int small,
+                                               const int pst, const int gst, const int sst,
+                                               const int gt)
 {
-    FO_T *FO_RESTRICT p = FO_STREAM(FO_P);
+    FO_T *FO_RESTRICT p = FO_STREAM(pst == FO_PS_MASTER ? FO_M : FO_P);
+    uint16_t *FO_RESTRICT p16 = (uint16_t *)s[FO_P];
     const FO_T *FO_RESTRICT g = FO_STREAM(FO_G);
+    const uint16_t *FO_RESTRICT g16 = (const uint16_t *)s[FO_G];
     FO_T *FO_RESTRICT m = FO_STREAM(FO_S1);
+    uint16_t *FO_RESTRICT m16 = (uint16_t *)s[FO_S1];
     FO_T *FO_RESTRICT v = FO_STREAM(FO_S2);
+    uint16_t *FO_RESTRICT v16 = (uint16_t *)s[FO_S2];
     FO_T *FO_RESTRICT vmax = FO_STREAM(FO_S3);
+    uint16_t *FO_RESTRICT vmax16 = (uint16_t *)s[FO_S3];
     FO_GRAD_LOCALS;
     const FO_T decay = (FO_T)hp->decay, l2c = (FO_T)hp->l2;
     const FO_T w = (FO_T)hp->lerp_weight, omw = (FO_T)1 - w;
     const FO_T b2 = (FO_T)hp->beta2, omb2 = (FO_T)hp->one_minus_beta2;
     const FO_T eps = (FO_T)hp->eps, nss = (FO_T)hp->neg_step_size;
     const FO_T inv_bc2s = (FO_T)hp->inv_bc2_sqrt;
+    const int pld = pst == FO_PS_BF16 ? FO_ST_BF16 : FO_ST_NATIVE;
     for (int64_t i = 0; i < n; i++) {
-        const FO_T pi = p[i] * decay;
-        const FO_T gi = FO_GRAD_IN(i, pi, l2c, l2);
-        const FO_T mi = FO_FN(fo_lerp)(m[i], gi, w, omw, small);
-        FO_T vi = v[i] * b2 + omb2 * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
+        const FO_T pi = FO_LD(p, i, pld) * decay;
+        const FO_T gi = FO_GRAD_F(FO_LD(g, i, gst), pi, l2c, l2, gt && clip, gt && l1);
+        const FO_T mi = FO_FN(fo_lerp)(FO_LD(m, i, sst), gi, w, omw, small);
+        FO_T vi = FO_LD(v, i, sst) * b2 + omb2 * gi * gi;
+        FO_STO(m, i, sst, mi);
+        FO_STO(v, i, sst, vi);
         if (amsgrad) {
-            vi = FO_FN(fo_max_nan)(vmax[i], vi);
-            vmax[i] = vi;
+            vi = FO_FN(fo_max_nan)(FO_LD(vmax, i, sst), vi);
+            FO_STO(vmax, i, sst, vi);
         }
         const FO_T denom = FO_SQRT(vi) * inv_bc2s + eps;
-        p[i] = pi + (nss * mi) / denom;
+        const FO_T pn = pi + (nss * mi) / denom;
+        FO_STO(p, i, pld, pn);
+        if (pst == FO_PS_MASTER) p16[i] = fo_f32_to_bf16((float)pn);
     }
+}
+
+static FO_ALWAYS_INLINE void FO_FN(adam_st)(int64_t n, void *const *s, const void *hpv,
+                                             const int pst, const int gst, const int sst)
+{
+    const fo_adam_hp *hp = (const fo_adam_hp *)hpv;
+    const FO_T w = (FO_T)hp->lerp_weight;
+    /* (the native storage keeps one loop per flag set: gt is 1 there) */
+    const int gt = pst == FO_PS_OWN || hp->clip != 0.0 || hp->l1 != 0.0;
+    const int sel = (gt << 3) | ((s[FO_S3] != 0) << 2) | ((hp->l2 != 0.0) << 1) | FO_SMALL(w);
+#define FO_ADAM_CASE_(k)                                                                   \
+    case k:                                                                                \
+        FO_FN(adam_body)(n, s, hp, (k >> 2) & 1, (k >> 1) & 1, k & 1, pst, gst, sst, k >> 3); \
+        break;
+    switch (sel) {
+        FO_ADAM_CASE_(0) FO_ADAM_CASE_(1) FO_ADAM_CASE_(2) FO_ADAM_CASE_(3)
+        FO_ADAM_CASE_(4) FO_ADAM_CASE_(5) FO_ADAM_CASE_(6) FO_ADAM_CASE_(7)
+        FO_ADAM_CASE_(8) FO_ADAM_CASE_(9) FO_ADAM_CASE_(10) FO_ADAM_CASE_(11)
+        FO_ADAM_CASE_(12) FO_ADAM_CASE_(13) FO_ADAM_CASE_(14) default: FO_ADAM_CASE_(15)
+    }
+#undef FO_ADAM_CASE_
 }
 
 static void FO_FN(adam)(int64_t n, int64_t index, void *const *s, const void *hpv)
 {
     (void)index;
-    const fo_adam_hp *hp = (const fo_adam_hp *)hpv;
-    const FO_T w = (FO_T)hp->lerp_weight;
-    const int sel = ((s[FO_S3] != 0) << 2) | ((hp->l2 != 0.0) << 1) | FO_SMALL(w);
-    switch (sel) {
-    case 0: FO_FN(adam_body)(n, s, hp, 0, 0, 0); break;
-    case 1: FO_FN(adam_body)(n, s, hp, 0, 0, 1); break;
-    case 2: FO_FN(adam_body)(n, s, hp, 0, 1, 0); break;
-    case 3: FO_FN(adam_body)(n, s, hp, 0, 1, 1); break;
-    case 4: FO_FN(adam_body)(n, s, hp, 1, 0, 0); break;
-    case 5: FO_FN(adam_body)(n, s, hp, 1, 0, 1); break;
-    case 6: FO_FN(adam_body)(n, s, hp, 1, 1, 0); break;
-    default: FO_FN(adam_body)(n, s, hp, 1, 1, 1); break;
-    }
+    FO_FN(adam_st)(n, s, hpv, FO_PS_OWN, FO_ST_NATIVE, FO_ST_NATIVE);
 }
+
+#if FO_MIXED
+/* The mixed table's Adam entries, one per storage class of FO_MIX_LIST (fastopt.h). */
+#define FO_ADAM_MIX_(E, c, PST, GST, SST)                                                  \
+    static void FO_FN(adam_##c)(int64_t n, int64_t index, void *const *s, const void *hpv) \
+    {                                                                                      \
+        (void)index;                                                                       \
+        FO_FN(adam_st)(n, s, hpv, PST, GST, SST);                                          \
+    }
+FO_MIX_LIST(FO_ADAM_MIX_)
+#undef FO_ADAM_MIX_
+#endif
 
 /* ---- SGD ---------------------------------------------------------------------------------- */
 
@@ -742,6 +799,9 @@ static void FO_FN(lamb_reduce)(int64_t n, void *const *s, const fo_lamb_hp *hp, 
 #undef FO_CALL_FLAGS3
 #undef FO_GRAD_LOCALS
 #undef FO_GRAD_IN
+#undef FO_GRAD_F
+#undef FO_LD
+#undef FO_STO
 #undef FO_SMALL
 #undef FO_CALL_L2_SMALL
 #undef FO_FN

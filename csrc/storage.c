@@ -3,13 +3,24 @@
  *
  * A rule's loop body is written once, for its compute type (kernels_body.h). Tensors whose
  * streams are not all float32 or all float64 (16-bit params, a float32 master copy, 16-bit
- * states, float32 gradients of 16-bit params) run through one adapter: it walks the segment
- * in tiles of FO_TILE elements; per tile it widens each 16-bit stream into a float32 buffer
- * on the stack (float32 streams are used in place), runs the rule's float32 body on the tile,
- * and narrows the written streams back, rounded as the call asks. The tile stays in L1, so
- * memory sees one read and one write of every stream, as for a float32 step; every
- * conversion is per element, so results do not depend on where tiles, segments or thread
- * chunks begin.
+ * states, float32 gradients of 16-bit params) run in one of two ways:
+ *   - fused: the storage classes of FO_MIX_LIST (fastopt.h; today bfloat16 params with a
+ *     float32 master or carried and rounded to nearest, bfloat16 or float32 gradients and
+ *     states), for the rules with an entry in the kernel table's `mixed` part (today
+ *     Adam/AdamW), run the rule's body instantiated with storage hooks that convert the
+ *     16-bit streams in the loop itself (kernels_body.h); fo_mixed_class picks the class.
+ *   - the tile adapter (fo_mixed_segment), everything else: it walks the segment in tiles of
+ *     FO_TILE elements; per tile it widens each 16-bit stream into a float32 buffer on the
+ *     stack (float32 streams are used in place), runs the rule's float32 body on the tile,
+ *     and narrows the written streams back, rounded as the call asks. The tile stays in L1,
+ *     so memory sees one read and one write of every stream, as for a float32 step, but each
+ *     16-bit stream also makes a float32 round trip through L1 (a profile of bfloat16
+ *     Adam with a float32 master put a quarter of the step in the widen/narrow loops).
+ * Both convert with the same per-element functions (the scalar ones of fo_half.h or vector
+ * loops equal to them bit for bit), so they give the same bits (where two different NaNs
+ * meet in one operation, which propagates is the compiler's operand order, as between
+ * instruction sets), and results do not depend on where tiles, segments or thread chunks
+ * begin.
  *
  * Param storage, by the dtype of stream FO_M:
  *   none          the 16-bit param itself is carried: read, updated in float32, rounded back
@@ -947,6 +958,56 @@ int fo_mixed_signature(const unsigned char *dt)
     }
     if (m != FO_DT_NONE && !(fo_is16(p) && (m == FO_DT_F32 || m == p))) return 0;
     return 1;
+}
+
+/* ---- fused storage classes ---------------------------------------------------------------
+ * The mixed tensors whose rule has a fused body (FO_MIX_LIST in fastopt.h, the kernel table's
+ * `mixed` entries): bfloat16 params with a float32 master or carried and rounded to nearest,
+ * gradients bfloat16 or float32, states all float32 or all bfloat16 rounded to nearest. They
+ * read and write the same bits as the adapter below: the same widening and round-to-nearest
+ * (fo_bf16_to_f32, fo_f32_to_bf16, which the adapter's vector loops equal bit for bit:
+ * fo_convert_check_all), the same float32 body per element. */
+
+static int fo_fusion_on = 1;
+
+int fo_mixed_fusion(int on)
+{
+    const int was = fo_fusion_on;
+    if (on >= 0) fo_fusion_on = on != 0;
+    return was;
+}
+
+int fo_mixed_class(const unsigned char *dt, void *const *ptrs, const fo_store *st)
+{
+#define FO_MIX_ROW_(E, c, P, G, S) {P, G, S},
+    static const int rows[FO_NMIX][3] = {FO_MIX_LIST(FO_MIX_ROW_)};
+#undef FO_MIX_ROW_
+    if (!fo_fusion_on || dt[FO_P] != FO_DT_BF16 || !ptrs[FO_P] || !ptrs[FO_G]) return -1;
+    const int sr = st && st->rounding == FO_ROUND_STOCHASTIC;
+    int ps;
+    if (dt[FO_M] == FO_DT_F32 && ptrs[FO_M]) ps = FO_PS_MASTER;
+    else if (dt[FO_M] == FO_DT_NONE && !sr) ps = FO_PS_BF16;
+    else return -1;                                      /* Kahan, stochastic rounding */
+    int gs;
+    if (dt[FO_G] == FO_DT_BF16) gs = FO_ST_BF16;
+    else if (dt[FO_G] == FO_DT_F32) gs = FO_ST_NATIVE;
+    else return -1;
+    int ss = -1;
+    for (int k = FO_S1; k <= FO_S3; k++) {
+        if (dt[FO_A1 + k - FO_S1] != FO_DT_NONE) return -1;      /* 8-bit states */
+        if (dt[k] == FO_DT_NONE || !ptrs[k]) {
+            if (dt[k] != FO_DT_NONE || ptrs[k]) return -1;
+            continue;
+        }
+        const int k_st = dt[k] == FO_DT_F32 ? FO_ST_NATIVE
+                       : dt[k] == FO_DT_BF16 && !sr ? FO_ST_BF16 : -1;
+        if (k_st < 0 || (ss >= 0 && k_st != ss)) return -1;
+        ss = k_st;
+    }
+    if (ss < 0) ss = FO_ST_NATIVE;                         /* no state at all */
+    for (int c = 0; c < FO_NMIX; c++)
+        if (rows[c][0] == ps && rows[c][1] == gs && rows[c][2] == ss) return c;
+    return -1;
 }
 
 #define FO_TILE 256      /* = FO_Q8_BLOCK: a tile of an 8-bit state is one of its blocks */

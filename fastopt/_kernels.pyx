@@ -92,6 +92,8 @@ cdef extern from "fastopt.h" nogil:
                    int64_t index, int64_t n, const void *src, void *dst)
     int64_t fo_convert_check_all(const char *isa, int dt, int full)
     int64_t fo_q8_check_all(const char *isa, int dt)
+    int fo_mixed_fusion(int on)
+    int fo_mixed_class(const unsigned char *dtypes, void *const *ptrs, const fo_store *st)
     size_t fo_hp_size(int rule)
     int fo_nargs(int rule)
     const char *const *fo_arg_names(int rule, int *count)
@@ -1446,6 +1448,32 @@ def convert(cnp.ndarray src not None, cnp.ndarray dst not None, int rounding=FO_
     if rc != 0:
         raise ValueError("convert: unsupported dtype")
     return dst
+
+
+def mixed_fusion(on=None):
+    """Whether mixed-storage tensors of a storage class with a fused loop body run it (the
+    default) rather than the tile adapter (csrc/storage.c); both give the same bits. With
+    ``on``, sets it (process-wide) and returns the previous setting. For tests and benchmarks;
+    not thread-safe against running steps."""
+    return bool(fo_mixed_fusion(-1 if on is None else (1 if on else 0)))
+
+
+def mixed_class(dtypes, bint stochastic=False):
+    """The fused storage class (an index into csrc/fastopt.h's FO_MIX_LIST) of a tensor whose
+    FO_MAX_STREAMS streams have these DT_* codes (DT_NONE: absent), or -1 where the tile
+    adapter runs it (also while mixed_fusion is off). For tests."""
+    cdef unsigned char dt[FO_MAX_STREAMS]
+    cdef void *ptrs[FO_MAX_STREAMS]
+    cdef fo_store st
+    codes = list(dtypes)
+    if len(codes) != FO_MAX_STREAMS:
+        raise ValueError(f"mixed_class: expected {FO_MAX_STREAMS} dtype codes")
+    for k in range(FO_MAX_STREAMS):
+        dt[k] = codes[k]
+        ptrs[k] = <void *>dt if codes[k] != FO_DT_NONE else NULL   # (never dereferenced)
+    st.key = 0
+    st.rounding = FO_ROUND_STOCHASTIC if stochastic else FO_ROUND_NEAREST
+    return fo_mixed_class(dt, ptrs, &st)
 
 
 def convert_check_all(str isa, int dt, bint full=False):
