@@ -51,10 +51,11 @@ def set_straggler_fallback(straggle: float = 2e-4, hold: float = 1.0) -> tuple[f
 
 
 def _validation_real(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+    v = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else -1.0
+    if not v >= 0:          # also NaN
         raise ValueError(f"set_straggler_fallback: {name} must be a real number >= 0, got "
                          f"{value!r}")
-    return float(value)
+    return v
 
 
 def get_num_threads() -> int:
