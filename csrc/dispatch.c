@@ -514,6 +514,20 @@ int fo_nargs(int rule)
     return n;
 }
 
+unsigned fo_required_streams(int rule)
+{
+    const unsigned s1 = 1u << FO_S1, s2 = 1u << FO_S2;
+    switch (rule) {
+    case FO_RULE_ADAM: case FO_RULE_ADAMAX: case FO_RULE_RADAM: case FO_RULE_NADAM:
+    case FO_RULE_ADADELTA: case FO_RULE_RPROP: case FO_RULE_LAMB:
+        return s1 | s2;
+    case FO_RULE_RMSPROP: case FO_RULE_ADAGRAD: case FO_RULE_LION: case FO_RULE_ASGD:
+        return s1;
+    default:            /* SGD (its buffer is optional), EMA, the probe (its record's count) */
+        return 0;
+    }
+}
+
 const char *fo_rule_name(int rule)
 {
 #define FO_RNAME_(E, c) case FO_RULE_##E: return #c;

@@ -301,6 +301,10 @@ void fo_reduced(int rule, void *hp, const double *sums);
 /* Size in bytes of the per-step scalar struct of a rule; number of fields of its record. */
 size_t fo_hp_size(int rule);
 int fo_nargs(int rule);
+/* The state streams a rule's body reads whenever it runs (bit k: stream k): the driver refuses
+ * a stepping tensor without one of them. The optional ones (AMSGrad's maximum, SGD's momentum
+ * buffer, RMSprop's momentum buffer and centered average) are read only where present. */
+unsigned fo_required_streams(int rule);
 
 /* ---- kernels ------------------------------------------------------------------------------ */
 

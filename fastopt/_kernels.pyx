@@ -96,6 +96,7 @@ cdef extern from "fastopt.h" nogil:
     int fo_mixed_class(const unsigned char *dtypes, void *const *ptrs, const fo_store *st)
     size_t fo_hp_size(int rule)
     int fo_nargs(int rule)
+    unsigned fo_required_streams(int rule)
     const char *const *fo_arg_names(int rule, int *count)
     const char *fo_rule_name(int rule)
     int fo_signature(const unsigned char *dtypes)
@@ -775,7 +776,7 @@ cdef int64_t _find_overlap(const Interval *w, int64_t nw, uintptr_t lo, uintptr_
     return -1
 
 
-cdef int _check_contract(Frame f, Memo memo, int *sigs) except -1:
+cdef int _check_contract(Frame f, Memo memo, int *sigs, int rule) except -1:
     """Signatures, alignment and overlaps of the stepping tensors; raises ContractError."""
     cdef int64_t T = f.ntensors, i, nw = 0, j
     cdef int k, sig
@@ -785,6 +786,7 @@ cdef int _check_contract(Frame f, Memo memo, int *sigs) except -1:
     cdef const Interval *use
     cdef int64_t nuse
     cdef bint remembered
+    cdef unsigned need = fo_required_streams(rule)
     for i in range(T):
         sigs[i] = -1
         if f.addr[i * S + FO_G] == 0:
@@ -793,6 +795,9 @@ cdef int _check_contract(Frame f, Memo memo, int *sigs) except -1:
         if sig < 0:
             raise ContractError(R_SIGNATURE, i, 0)
         sigs[i] = sig
+        for k in range(S):
+            if (need >> k) & 1 and f.dt[i * S + k] == FO_DT_NONE:
+                raise ContractError(R_NULL, i, k)     # a state the rule reads is absent
         for k in range(S):
             a = f.addr[i * S + k]
             if f.dt[i * S + k] == FO_DT_NONE:
@@ -938,6 +943,12 @@ def straggler_stats():
     the fallback still holds), since the process started."""
     cdef double left = _serial_until - fo_omp_wtime()
     return _n_congested, _n_serial, left if left > 0 else 0.0
+
+
+def required_streams(int rule):
+    """The streams rule ``rule`` always reads, as a tuple (csrc's fo_required_streams)."""
+    cdef unsigned need = fo_required_streams(rule)
+    return tuple(k for k in range(S) if (need >> k) & 1)
 
 
 def wtime():
@@ -1271,7 +1282,7 @@ def run(Frame f not None, int rule, cnp.ndarray group not None, cnp.ndarray args
                 or not sumsq or not nonfinite or not store):
             raise MemoryError()
         # 1. the contract
-        _check_contract(f, memo, sigs)
+        _check_contract(f, memo, sigs, rule)
         # 2. the pre-pass; nothing is modified before it has passed
         memcpy(gs, cnp.PyArray_DATA(gscale), ngroups * sizeof(double))
         if prepass:

@@ -129,6 +129,9 @@ def _always(group: Mapping) -> bool:
     return True
 
 
+ALWAYS = _always      # a Buffer's `needed` when every group needs it
+
+
 @dataclass(frozen=True)
 class Buffer:
     key: str                                     # torch's state key
@@ -206,7 +209,9 @@ class Rule:
                 f"fastopt: the spec of {self.name!r} and its C record disagree: the spec has "
                 f"{sorted(set(fields) - set(names))} too many, {sorted(set(names) - set(fields))} "
                 "missing")
-        return [fields[n] for n in names]
+        # + 0.0: -0.0 becomes 0.0, so that a memoised record (keyed by ==, where -0.0 == 0.0)
+        # never depends on which of the two came first
+        return [fields[n] + 0.0 for n in names]
 
     def kwargs(self, record: list[float]) -> dict[str, Any]:
         """The record as the NumPy twin's keyword arguments."""

@@ -42,8 +42,8 @@ def set_straggler_fallback(straggle: float = 2e-4, hold: float = 1.0) -> tuple[f
     and later than that first thread's whole chunk took (so one thread would have been as
     fast), marks the machine congested: the steps of the next ``hold`` seconds run on the
     calling thread, then a parallel step measures again. ``hold=0`` turns it off. Measured on
-    2 vCPUs with one core busy: Adam on 1e5 elements, 2 threads, 2,000 steps took 4.5-11 s
-    without it (p90 12-24 ms a step) and 0.45 s with it (1 thread alone: 0.37-0.38 s).
+    2 vCPUs with one core busy (bench/straggler.py --load): Adam on 1e5 elements, 2 threads,
+    2,000 steps took 3.7 s without it and 0.47 s with it (1 thread alone: 0.40 s).
     Returns the previous (straggle, hold).
     """
     s, h = _validation_real(straggle, "straggle"), _validation_real(hold, "hold")

@@ -69,12 +69,18 @@ def _steps(steps, grads, n):
 
 # ---- the two entry points ------------------------------------------------------------------
 
-def _check_lists(streams: list, name) -> None:
+def _check_lists(streams: list, name, required=()) -> None:
     """Every check of a step over NumPy lists in Python, raising the message for the first
-    failure: layouts, dtypes and shapes, then overlaps. ``name(stream, i)`` names an entry.
-    The NumPy backend runs it before a step; the native one does these checks in C and comes
-    here only for the message."""
+    failure: the state streams the rule always reads (``required``) present, layouts, dtypes
+    and shapes, then overlaps. ``name(stream, i)`` names an entry. The NumPy backend runs it
+    before a step; the native one does these checks in C and comes here only for the
+    message."""
     params = streams[0]
+    for i, g in enumerate(streams[1]):
+        for k in required:
+            if g is not None and (streams[k] is None or streams[k][i] is None):
+                raise TypeError(f"{name(k, i)}: expected an array (a state the rule reads), "
+                                "got None")
     written = []
     for i, p in enumerate(params):
         _validation.check_param(name(0, i), p)
@@ -211,15 +217,16 @@ def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, 
     def name(k, i):
         return f"{names[k]}[{i}]"
 
+    need = _required(rule)
     if not NATIVE:
-        _check_lists(streams, name)
+        _check_lists(streams, name, need)
         return _run_reference(rule, streams, group, records, gscale, steps, increment, aux,
                               max_norms, check_finite, norms, rounding, seed, ids)
     frame, memo = _call_frame(memo)
     rc = frame.fill_numpy_lists(streams, n)
     if rc >= 0:
         frame.release()
-        _check_lists(streams, name)     # raises with the message
+        _check_lists(streams, name, need)     # raises with the message
         raise RuntimeError(f"fastopt: internal error, stream refused with reason {rc}")
     try:
         return _native.run(frame, _native.RULES[rule.name], group, records, gscale, steps,
@@ -228,10 +235,15 @@ def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, 
                            None if ids is None else np.ascontiguousarray(ids, np.int64))
     except _native.ContractError:
         frame.release()
-        _check_lists(streams, name)
+        _check_lists(streams, name, need)
         raise
     finally:
         frame.release()
+
+
+def _required(rule: _spec.Rule) -> tuple[int, ...]:
+    """The state streams ``rule`` reads whatever its settings (csrc's fo_required_streams)."""
+    return tuple(b.stream for b in rule.buffers if b.needed is _spec.ALWAYS)
 
 
 _local = threading.local()

@@ -272,3 +272,68 @@ def test_kernel_api_fast_path_refusals_modify_nothing():
         kernels.adam_step(p, g, m, v, step=0)
     for a, b in zip([p, m, v], before):
         assert_bitwise(a, b)
+
+
+_NEEDS_STATE = {
+    # rule function: (args after params, grads; positional), index of the required lists
+    "adam": (lambda p, s: ([s[0]], [s[1]], None, [1]), (0, 1)),
+    "rmsprop": (lambda p, s: ([s[0]],), (0,)),
+    "adagrad": (lambda p, s: ([s[0]], [1]), (0,)),
+    "lion": (lambda p, s: ([s[0]],), (0,)),
+    "adamax": (lambda p, s: ([s[0]], [s[1]], [1]), (0, 1)),
+    "radam": (lambda p, s: ([s[0]], [s[1]], [1]), (0, 1)),
+    "adadelta": (lambda p, s: ([s[0]], [s[1]]), (0, 1)),
+    "rprop": (lambda p, s: ([s[0]], [s[1]]), (0, 1)),
+    "lamb": (lambda p, s: ([s[0]], [s[1]], [1]), (0, 1)),
+}
+
+
+@pytest.mark.parametrize("how", ["entry", "list"])
+@pytest.mark.parametrize("rule", list(_NEEDS_STATE))
+def test_a_missing_state_is_refused_not_read(rule, how):
+    # a None where the rule reads a state (an entry of its list, or the whole list) is refused
+    # with the entry's name before anything runs: it once made the native body read address 0
+    make, required = _NEEDS_STATE[rule]
+    p, g, state = data(64, np.float32, seed=6, n_state=2)
+    before = snapshot([p, *state])
+    for j in required:
+        args = list(make(p, state))
+        args[j] = [None] if how == "entry" else None
+        with pytest.raises((TypeError, ValueError), match=r"\[0\]|required|expected"):
+            getattr(kernels, rule)([p], [g], *args)
+        assert_bitwise(p, before[0])
+        for a, b in zip(state, before[1:]):
+            assert_bitwise(a, b)
+
+
+@pytest.mark.skipif(fastopt.config()["backend"] != "native", reason="the native driver's check")
+def test_required_streams_match_the_spec():
+    from fastopt import _spec, functional
+    from fastopt._backend import native
+    for name in native.RULES:
+        rules = [r for r in vars(_spec).values() if isinstance(r, _spec.Rule) and r.name == name]
+        for r in rules:
+            assert functional._required(r) == native.required_streams(native.RULES[name]), name
+
+
+@pytest.mark.skipif(fastopt.config()["backend"] != "native", reason="the native driver's check")
+def test_the_driver_itself_refuses_a_missing_state():
+    # below every frontend: a frame without Adam's exp_avg raises ContractError, nothing runs
+    from fastopt import _spec, functional
+    from fastopt._backend import native
+    p, g, (m, v) = data(64, np.float32, seed=7, n_state=2)
+    before = p.copy()
+    frame = native.Frame()
+    streams = [[p], [g], None, [v]] + [None] * (native.MAX_STREAMS - 4)
+    assert frame.fill_numpy_lists(streams, 1) < 0
+    with pytest.raises(native.ContractError) as e:
+        native.run(frame, native.RULES["adam"], np.zeros(1, np.int32),
+                   functional._row(_spec.ADAM, lambda: dict(_ADAM_GROUP)),
+                   np.ones(1), np.ones(1, np.int64), False, 1)
+    assert (e.value.tensor, e.value.stream) == (0, 2)
+    assert_bitwise(p, before)
+
+
+_ADAM_GROUP = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                   decoupled_weight_decay=False, amsgrad=False, maximize=False, l1=0.0,
+                   clip_value=None)
