@@ -796,11 +796,10 @@ cdef int _check_contract(Frame f, Memo memo, int *sigs, int rule) except -1:
             raise ContractError(R_SIGNATURE, i, 0)
         sigs[i] = sig
         for k in range(S):
-            if (need >> k) & 1 and f.dt[i * S + k] == FO_DT_NONE:
-                raise ContractError(R_NULL, i, k)     # a state the rule reads is absent
-        for k in range(S):
             a = f.addr[i * S + k]
             if f.dt[i * S + k] == FO_DT_NONE:
+                if (need >> k) & 1:
+                    raise ContractError(R_NULL, i, k)     # a state the rule reads is absent
                 continue
             es = fo_dt_size(f.dt[i * S + k])
             if es == 0:

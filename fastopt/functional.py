@@ -217,16 +217,15 @@ def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, 
     def name(k, i):
         return f"{names[k]}[{i}]"
 
-    need = _required(rule)
     if not NATIVE:
-        _check_lists(streams, name, need)
+        _check_lists(streams, name, _required(rule))
         return _run_reference(rule, streams, group, records, gscale, steps, increment, aux,
                               max_norms, check_finite, norms, rounding, seed, ids)
     frame, memo = _call_frame(memo)
     rc = frame.fill_numpy_lists(streams, n)
     if rc >= 0:
         frame.release()
-        _check_lists(streams, name, need)     # raises with the message
+        _check_lists(streams, name, _required(rule))     # raises with the message
         raise RuntimeError(f"fastopt: internal error, stream refused with reason {rc}")
     try:
         return _native.run(frame, _native.RULES[rule.name], group, records, gscale, steps,
@@ -235,7 +234,7 @@ def run_lists(rule: _spec.Rule, streams: list, names: list[str], *, group=None, 
                            None if ids is None else np.ascontiguousarray(ids, np.int64))
     except _native.ContractError:
         frame.release()
-        _check_lists(streams, name, need)
+        _check_lists(streams, name, _required(rule))
         raise
     finally:
         frame.release()
