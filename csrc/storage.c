@@ -457,7 +457,7 @@ int fo_has_q8(const unsigned char *dt)
  * j = table[bucket] + (|x| > thr[table[bucket]]) is the exact answer. The baseline uses this
  * table method, and it is the oracle of the others (fo_q8_check_all).
  *
- * The AVX2 (and AVX-512) quantizer computes the code instead, since a table lookup there is a
+ * The AVX2 and AVX-512 quantizers compute the code instead, since a table lookup there is a
  * gather, and gathers are slow on some CPUs (an AMD EPYC VM: ~25 cycles for 8 lanes; the gathering
  * quantizer took a third of an 8-bit Adam step):
  *   1. the level, exactly: the count of level boundaries below |x|, compared with broadcast
@@ -722,7 +722,7 @@ static const fo_q8_fns fo_q8_baseline = {fo_q8_scale, fo_q8_codes_baseline,
 
 #if FO_X86_F16C
 /* AVX2: the arithmetic quantizer (see the design note), its codes bitwise the table's; the
- * division is IEEE's in both. The AVX-512 table uses these too. Dequantizing loads the map
+ * division is IEEE's in both. Dequantizing loads the map
  * values one by one (a gather of the map measured slower than scalar loads on an AMD EPYC)
  * but multiplies and stores 8 at a time: 2x the scalar loop on codes in L1, about the same
  * within a step (where the codes' first loads dominate). */
@@ -876,12 +876,161 @@ static void fo_q8_codes_avx2(int dt, int64_t m, const float *v, float amax, void
 #endif
 
 static const fo_q8_fns fo_q8_avx2 = {fo_q8_scale_avx2, fo_q8_codes_avx2, fo_q8_unblock_avx2};
+
+/* AVX-512: the same arithmetic quantizer on 16 lanes (compare masks instead of counted
+ * compare vectors, the level's constants picked by vpermps from 16 entries: each 8-entry
+ * column twice, so the zero lanes' index -1 reads entry 7 as on AVX2), its codes narrowed by
+ * vpmovdb (the 32-bit codes are in [-128, 255], so truncation is the byte). Dequantizing
+ * looks the map up in registers: its 256 values are 16 vectors, vpermt2ps picks within 32
+ * of them by the code's low 5 bits, and three masked blends by bits 5, 6 and 7 choose among
+ * the eight pairs (no gather: their speed varies by CPU and microcode). The products are
+ * map[code] * scale, as everywhere. */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx2"))), \
+                             apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,prefer-vector-width=512")
+#endif
+static int fo_q8_scale_avx512(int64_t m, const float *v, float *absmax)
+{
+    const __m512i abs = _mm512_set1_epi32(0x7fffffff);
+    __m512i mx16 = _mm512_setzero_si512();
+    int64_t j = 0;
+    for (; j + 16 <= m; j += 16)
+        mx16 = _mm512_max_epu32(mx16, _mm512_and_si512(_mm512_loadu_si512(v + j), abs));
+    uint32_t mx = (uint32_t)_mm512_reduce_max_epu32(mx16);
+    const uint32_t *u = (const uint32_t *)v;
+    for (; j < m; j++) {
+        const uint32_t a = u[j] & 0x7fffffffu;
+        mx = a > mx ? a : mx;
+    }
+    if (mx >= 0x7f800000u) { *absmax = NAN; return 1; }
+    *absmax = fo_float(mx);
+    return mx == 0;
+}
+
+typedef struct fo_q8_cols16 {
+    __m512 bound[8], s, o;
+    __m512i base, kmax;
+} fo_q8_cols16;
+
+static void fo_q8_cols16_load(fo_q8_cols16 *k, const fo_q8_arith *ar)
+{
+    FO_ALIGN64 float s[16], o[16];
+    FO_ALIGN64 int32_t base[16], kmax[16];
+    for (int t = 0; t < 16; t++) {
+        s[t] = ar->s[t & 7];
+        o[t] = ar->o[t & 7];
+        base[t] = ar->base[t & 7];
+        kmax[t] = ar->kmax[t & 7];
+    }
+    for (int t = 0; t < 8; t++) k->bound[t] = _mm512_set1_ps(ar->bound[t]);
+    k->s = _mm512_load_ps(s);
+    k->o = _mm512_load_ps(o);
+    k->base = _mm512_load_si512(base);
+    k->kmax = _mm512_load_si512(kmax);
+}
+
+/* fo_q8_code8 on 16 lanes, step for step (the same roundings, so the same codes) */
+FO_INLINE __m512i fo_q8_code16(const fo_q8_cols16 *k, int is_signed, __m512 pos0, __m512 x,
+                               __mmask16 *unsure)
+{
+    const __m512i xi = _mm512_castps_si512(x);
+    const __m512i sg = _mm512_srai_epi32(xi, 31);
+    const __mmask16 neg = _mm512_cmplt_epi32_mask(xi, _mm512_setzero_si512());
+    const __m512 a = is_signed
+        ? _mm512_castsi512_ps(_mm512_and_si512(xi, _mm512_set1_epi32(0x7fffffff)))
+        : _mm512_castsi512_ps(_mm512_andnot_si512(sg, xi));
+    const __m512 b0 = is_signed ? _mm512_mask_blend_ps(neg, pos0, k->bound[0]) : k->bound[0];
+    const __m512 b1 = is_signed ? _mm512_mask_blend_ps(neg, pos0, k->bound[1]) : k->bound[1];
+    const __m512i one = _mm512_set1_epi32(1);
+    const __mmask16 nz = _mm512_cmp_ps_mask(a, b0, _CMP_GT_OQ);
+    __m512i idx = _mm512_mask_add_epi32(_mm512_set1_epi32(-1), nz, _mm512_set1_epi32(-1), one);
+    idx = _mm512_mask_add_epi32(idx, _mm512_cmp_ps_mask(a, b1, _CMP_GT_OQ), idx, one);
+    for (int t = 2; t < 8; t++)
+        idx = _mm512_mask_add_epi32(idx, _mm512_cmp_ps_mask(a, k->bound[t], _CMP_GT_OQ), idx,
+                                    one);
+    const __m512 u = _mm512_sub_ps(_mm512_mul_ps(a, _mm512_permutexvar_ps(idx, k->s)),
+                                   _mm512_permutexvar_ps(idx, k->o));
+    const __m512 r = _mm512_roundscale_ps(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 dist = _mm512_castsi512_ps(_mm512_and_si512(
+        _mm512_castps_si512(_mm512_sub_ps(u, r)), _mm512_set1_epi32(0x7fffffff)));
+    *unsure = _mm512_cmp_ps_mask(dist, _mm512_set1_ps(FO_Q8_EPS), _CMP_LT_OQ);
+    __m512i j = _mm512_max_epi32(_mm512_cvttps_epi32(u), _mm512_setzero_si512());
+    j = _mm512_min_epi32(j, _mm512_permutexvar_epi32(idx, k->kmax));
+    j = _mm512_add_epi32(j, _mm512_permutexvar_epi32(idx, k->base));
+    return _mm512_maskz_mov_epi32(nz, _mm512_xor_si512(j, sg));
+}
+
+FO_INLINE void fo_q8_codes16(int is_signed, int64_t m, const float *v, float amax,
+                             unsigned char *c)
+{
+    const __m512 s = _mm512_set1_ps(amax);
+    fo_q8_cols16 k;
+    fo_q8_cols16_load(&k, &fo_q8_ariths[is_signed]);
+    const __m512 pos0 = _mm512_set1_ps(fo_q8_ariths[1].pos0);
+    for (int64_t j = 0; j + 16 <= m; j += 16) {
+        __mmask16 un;
+        const __m512i q = fo_q8_code16(&k, is_signed, pos0,
+                                       _mm512_div_ps(_mm512_loadu_ps(v + j), s), &un);
+        _mm_storeu_si128((__m128i *)(c + j), _mm512_cvtepi32_epi8(q));
+        for (unsigned bits = un; bits; bits &= bits - 1) {
+            const int64_t l = j + __builtin_ctz(bits);
+            c[l] = fo_q8_code1(is_signed ? FO_DT_Q8S : FO_DT_Q8U, fo_bits(v[l] / amax));
+        }
+    }
+}
+
+static void fo_q8_codes_avx512(int dt, int64_t m, const float *v, float amax, void *codes)
+{
+    if (dt == FO_DT_Q8U) fo_q8_codes16(0, m, v, amax, (unsigned char *)codes);
+    else fo_q8_codes16(1, m, v, amax, (unsigned char *)codes);
+    fo_q8_codes_scalar(dt, m & ~(int64_t)15, m, v, amax, codes);
+}
+
+static void fo_q8_unblock_avx512(int dt, int64_t m, const void *codes, float scale,
+                                 float *FO_RESTRICT out)
+{
+    /* the sorted map: unsigned index = code, signed index = code + 128 = the byte ^ 0x80 */
+    const float *map = fo_q8_maps[dt == FO_DT_Q8S];
+    __m512 t[16];
+    for (int q = 0; q < 16; q++) t[q] = _mm512_loadu_ps(map + 16 * q);
+    const __m512 s = _mm512_set1_ps(scale);
+    const __m512i flip = _mm512_set1_epi32(dt == FO_DT_Q8S ? 0x80 : 0);
+    const __m512i bit5 = _mm512_set1_epi32(32), bit6 = _mm512_set1_epi32(64);
+    const __m512i bit7 = _mm512_set1_epi32(128);
+    const unsigned char *c = (const unsigned char *)codes;
+    int64_t j = 0;
+    for (; j + 16 <= m; j += 16) {
+        const __m512i idx = _mm512_xor_si512(
+            _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(c + j))), flip);
+        __m512 r[8];
+        for (int q = 0; q < 8; q++) r[q] = _mm512_permutex2var_ps(t[2 * q], idx, t[2 * q + 1]);
+        const __mmask16 k5 = _mm512_test_epi32_mask(idx, bit5);
+        const __mmask16 k6 = _mm512_test_epi32_mask(idx, bit6);
+        const __mmask16 k7 = _mm512_test_epi32_mask(idx, bit7);
+        for (int q = 0; q < 4; q++) r[q] = _mm512_mask_blend_ps(k5, r[2 * q], r[2 * q + 1]);
+        for (int q = 0; q < 2; q++) r[q] = _mm512_mask_blend_ps(k6, r[2 * q], r[2 * q + 1]);
+        _mm512_storeu_ps(out + j, _mm512_mul_ps(_mm512_mask_blend_ps(k7, r[0], r[1]), s));
+    }
+    fo_q8_unblock_scalar(dt, j, m, codes, scale, out);
+}
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+static const fo_q8_fns fo_q8_avx512 = {fo_q8_scale_avx512, fo_q8_codes_avx512,
+                                        fo_q8_unblock_avx512};
 #endif /* FO_X86_F16C */
 
 static const fo_q8_fns *fo_q8_for(const char *isa)
 {
 #if FO_X86_F16C
-    if (isa && (strcmp(isa, "avx2") == 0 || strcmp(isa, "avx512") == 0)) return &fo_q8_avx2;
+    if (isa && strcmp(isa, "avx512") == 0) return &fo_q8_avx512;
+    if (isa && strcmp(isa, "avx2") == 0) return &fo_q8_avx2;
 #endif
     (void)isa;
     return &fo_q8_baseline;
