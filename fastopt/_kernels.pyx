@@ -806,7 +806,7 @@ cdef int _check_contract(Frame f, Memo memo, int *sigs, int rule) except -1:
                 raise ContractError(R_DTYPE, i, k)
             if a == 0 and f.count[i] > 0:
                 raise ContractError(R_NULL, i, k)
-            if a % es != 0:
+            if a & (es - 1):             # (every element size is a power of two)
                 raise ContractError(R_ALIGN, i, k)
     remembered = memo is not None and _same_layout(memo, f)
     if remembered:
