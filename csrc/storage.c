@@ -647,17 +647,23 @@ FO_INLINE uint32_t fo_q8_index(const fo_q8_tab *t, uint32_t a, uint32_t side)
  * unsigned integer order is magnitude order and NaN/Inf are the patterns >= 0x7f800000, so
  * one integer maximum (which vectorises, exact in any order) gives the absmax and tells a
  * non-finite block. Returns 1 where the codes are all 0 (absmax 0, or NaN: stored as NaN). */
-static int fo_q8_scale(int64_t m, const float *v, float *absmax)
+FO_INLINE int fo_q8_scale_from(int64_t j, int64_t m, const float *v, uint32_t mx,
+                                float *absmax)
 {
+    /* elements [j, m) joined to the maximum mx of those before (the SIMD scales' tail) */
     const uint32_t *u = (const uint32_t *)v;
-    uint32_t mx = 0;
-    for (int64_t j = 0; j < m; j++) {
+    for (; j < m; j++) {
         const uint32_t a = u[j] & 0x7fffffffu;
         mx = a > mx ? a : mx;
     }
     if (mx >= 0x7f800000u) { *absmax = NAN; return 1; }
     *absmax = fo_float(mx);
     return mx == 0;
+}
+
+static int fo_q8_scale(int64_t m, const float *v, float *absmax)
+{
+    return fo_q8_scale_from(0, m, v, 0, absmax);
 }
 
 /* The exact code of x (its bits b) by the tables: the sign picks the side and negates the
@@ -668,6 +674,17 @@ FO_INLINE unsigned char fo_q8_code1(int dt, uint32_t b)
     const uint32_t sg = b >> 31;
     const uint32_t k = fo_q8_index(&fo_q8_tabs[1], b & 0x7fffffffu, sg);
     return (unsigned char)((k ^ (0u - sg)) + sg);
+}
+
+/* The SIMD quantizers' unsure lanes (set bits of `bits`, from element at on) recoded by the
+ * tables, from the exact x = v / amax. */
+FO_INLINE void fo_q8_recode(int is_signed, unsigned bits, int64_t at, const float *v,
+                            float amax, unsigned char *c)
+{
+    for (; bits; bits &= bits - 1) {
+        const int64_t l = at + __builtin_ctz(bits);
+        c[l] = fo_q8_code1(is_signed ? FO_DT_Q8S : FO_DT_Q8U, fo_bits(v[l] / amax));
+    }
 }
 
 /* The codes of one block whose absmax (finite, > 0) is amax: x = v / amax, then the exact
@@ -746,15 +763,7 @@ static int fo_q8_scale_avx2(int64_t m, const float *v, float *absmax)
     __m128i mx4 = _mm_max_epu32(_mm256_castsi256_si128(mx8), _mm256_extracti128_si256(mx8, 1));
     mx4 = _mm_max_epu32(mx4, _mm_shuffle_epi32(mx4, _MM_SHUFFLE(1, 0, 3, 2)));
     mx4 = _mm_max_epu32(mx4, _mm_shuffle_epi32(mx4, _MM_SHUFFLE(2, 3, 0, 1)));
-    uint32_t mx = (uint32_t)_mm_cvtsi128_si32(mx4);
-    const uint32_t *u = (const uint32_t *)v;
-    for (; j < m; j++) {
-        const uint32_t a = u[j] & 0x7fffffffu;
-        mx = a > mx ? a : mx;
-    }
-    if (mx >= 0x7f800000u) { *absmax = NAN; return 1; }
-    *absmax = fo_float(mx);
-    return mx == 0;
+    return fo_q8_scale_from(j, m, v, (uint32_t)_mm_cvtsi128_si32(mx4), absmax);
 }
 
 /* The codes of 8 x by the map's columns k (see the design note); signed: the positive
@@ -855,10 +864,7 @@ FO_INLINE void fo_q8_codes32(int is_signed, int64_t m, const float *v, float ama
         const __m256 any = _mm256_or_ps(_mm256_or_ps(un[0], un[1]), _mm256_or_ps(un[2], un[3]));
         if (_mm256_testz_ps(any, any)) continue;
         for (int h = 0; h < 4; h++)
-            for (int bits = _mm256_movemask_ps(un[h]); bits; bits &= bits - 1) {
-                const int64_t l = j + 8 * h + __builtin_ctz((unsigned)bits);
-                c[l] = fo_q8_code1(is_signed ? FO_DT_Q8S : FO_DT_Q8U, fo_bits(v[l] / amax));
-            }
+            fo_q8_recode(is_signed, (unsigned)_mm256_movemask_ps(un[h]), j + 8 * h, v, amax, c);
     }
 }
 
@@ -899,15 +905,7 @@ static int fo_q8_scale_avx512(int64_t m, const float *v, float *absmax)
     int64_t j = 0;
     for (; j + 16 <= m; j += 16)
         mx16 = _mm512_max_epu32(mx16, _mm512_and_si512(_mm512_loadu_si512(v + j), abs));
-    uint32_t mx = (uint32_t)_mm512_reduce_max_epu32(mx16);
-    const uint32_t *u = (const uint32_t *)v;
-    for (; j < m; j++) {
-        const uint32_t a = u[j] & 0x7fffffffu;
-        mx = a > mx ? a : mx;
-    }
-    if (mx >= 0x7f800000u) { *absmax = NAN; return 1; }
-    *absmax = fo_float(mx);
-    return mx == 0;
+    return fo_q8_scale_from(j, m, v, (uint32_t)_mm512_reduce_max_epu32(mx16), absmax);
 }
 
 typedef struct fo_q8_cols16 {
@@ -975,10 +973,7 @@ FO_INLINE void fo_q8_codes16(int is_signed, int64_t m, const float *v, float ama
         const __m512i q = fo_q8_code16(&k, is_signed, pos0,
                                        _mm512_div_ps(_mm512_loadu_ps(v + j), s), &un);
         _mm_storeu_si128((__m128i *)(c + j), _mm512_cvtepi32_epi8(q));
-        for (unsigned bits = un; bits; bits &= bits - 1) {
-            const int64_t l = j + __builtin_ctz(bits);
-            c[l] = fo_q8_code1(is_signed ? FO_DT_Q8S : FO_DT_Q8U, fo_bits(v[l] / amax));
-        }
+        fo_q8_recode(is_signed, un, j, v, amax, c);
     }
 }
 
