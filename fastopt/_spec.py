@@ -25,6 +25,7 @@ entry here (plus, for the public API, a class that names its parameters).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -187,17 +188,41 @@ class Rule:
     def record(self, group: Mapping) -> list[float]:
         """The validated argument record, in the C record's field order (memoised by the
         exact values and their types, so a call with the same hyperparameters is not
-        revalidated: the kernel API's small-call cost)."""
-        typed = _typed(tuple(group.items()))
-        key = (self.name, id(self.pack), typed) if _memoisable(typed) else None
+        revalidated: the kernel API's small-call cost). Where the record's ``lr`` field is
+        the group's lr as ``v.lr`` checks it (every rule whose C record has an lr), the memo
+        leaves lr out of its key and checks and places it on every call, so that a schedule
+        changing lr every step still hits."""
+        if self.lr_index is None:
+            typed = settings_key(group)
+        else:       # (a group without lr is the pack's to refuse, unmemoised)
+            typed = settings_key(group, ("lr",)) if "lr" in group else None
+        key = None if typed is None else (self.name, id(self.pack), typed)
         hit = None if key is None else _RECORDS.get(key)
         if hit is not None:
-            return list(hit)
+            return self.place_lr(hit, None if self.lr_index is None else group["lr"])
         out = self._record(group)
         if key is not None:
             if len(_RECORDS) >= 256:
                 _RECORDS.clear()
             _RECORDS[key] = tuple(out)
+        return out
+
+    @functools.cached_property
+    def lr_index(self) -> int | None:
+        """The position of ``lr`` in the record where the pack puts ``v.lr(group["lr"])``
+        there and nothing else of the record depends on lr; None for a rule without an lr
+        field (its lr, if any, stays in the memo's key). Checked for every rule in
+        tests/test_spec.py against the unmemoised record."""
+        from ._backend import native
+        names = native.ARG_NAMES.get(self.name, ())
+        return names.index("lr") if "lr" in names else None
+
+    def place_lr(self, record, lr) -> list[float]:
+        """A copy of a memoised ``record`` with ``lr`` checked and in its place (the record
+        unchanged for a rule without an lr field, whose memo key holds lr)."""
+        out = list(record)
+        if self.lr_index is not None:
+            out[self.lr_index] = v.lr(lr) + 0.0
         return out
 
     def _record(self, group: Mapping) -> list[float]:
@@ -245,12 +270,24 @@ def _typed(items: tuple):
     return (items, types, tuple([tuple(map(type, v)) for _, v in items if type(v) is tuple]))
 
 
-def _memoisable(typed: tuple) -> bool:
+def _memoisable(typed: tuple, immutable: frozenset = IMMUTABLE,
+                or_tuple: frozenset = _IMMUTABLE_OR_TUPLE) -> bool:
     """Whether every value of a _typed key is immutable (not a tensor or a 0-d array lr that
-    may change in place), so that its validation may be memoised."""
-    if not _IMMUTABLE_OR_TUPLE.issuperset(typed[1]):
+    may change in place), so that its validation may be memoised (``immutable``: those types,
+    ``or_tuple``: the same and tuple)."""
+    if not or_tuple.issuperset(typed[1]):
         return False
-    return len(typed) == 2 or all(IMMUTABLE.issuperset(t) for t in typed[2])
+    return len(typed) == 2 or all(immutable.issuperset(t) for t in typed[2])
+
+
+def settings_key(group: Mapping, skip: tuple = (), immutable: frozenset = IMMUTABLE,
+                 or_tuple: frozenset = _IMMUTABLE_OR_TUPLE):
+    """The memo key of a group's settings: its items but ``skip``'s keys, by value and type
+    (see _typed), or None where a value may change in place (see _memoisable)."""
+    items = tuple([kv for kv in group.items() if kv[0] not in skip]) if skip else \
+        tuple(group.items())
+    typed = _typed(items)
+    return typed if _memoisable(typed, immutable, or_tuple) else None
 
 
 # ---- validation pieces shared by several rules ---------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from helpers import DTYPES, SMALL_SIZES, assert_bitwise, snapshot
 
 import fastopt
-from fastopt import kernels, reference
+from fastopt import _spec, kernels, reference
 
 # name -> (kernel step, reference step, state buffers (count, which are non-negative), takes
 #          `step`, option sets)
@@ -377,3 +377,28 @@ def test_bad_momentum_decay_and_grad_scale_are_refused_with_nothing_modified():
         fastopt.NAdam([np.zeros(2)], momentum_decay=-0.1)
     for a, b in zip([p, m, v, mu], before):
         assert_bitwise(a, b, "after a refused call")
+
+
+@pytest.mark.parametrize("name", sorted(_spec.RULES))
+def test_record_memo_places_lr_as_the_pack_does(name):
+    # Rule.record memoises a group's record without its lr (a schedule changes lr every step)
+    # and checks and places lr on each call: the result must be the pack's own record, and a
+    # bad lr must raise the pack's error, after the memo holds that group (a hit)
+    import re
+
+    spec = _spec.RULES[name]
+    group = {**spec.defaults(), **dict(_spec.COMMON)}
+    if "lr" not in group:
+        assert spec.lr_index is None
+        return
+    spec.record(group)                      # the memo now holds this group
+    for lr in (1e-3, 0.5, 0.0, 3, np.float32(0.1), np.float64(2.0), 7e-4):
+        assert spec.record({**group, "lr": lr}) == spec._record({**group, "lr": lr}), lr
+    for bad in (-1.0, float("nan"), "x", True, None, [0.1]):
+        with pytest.raises((TypeError, ValueError)) as want:
+            spec._record({**group, "lr": bad})
+        with pytest.raises(want.type, match=re.escape(str(want.value))):
+            spec.record({**group, "lr": bad})
+    if spec.lr_index is not None:
+        rec = spec.record({**group, "lr": 0.25})
+        assert rec[spec.lr_index] == 0.25 and rec.count(0.25) >= 1

@@ -279,3 +279,81 @@ def test_subclass_and_low_precision_params_take_the_checked_path():
         opt.step()
     assert opt._fo_driver.refused is not None
     assert opt.state[a]["step"].item() == 2.0 and opt.state[b]["step"].item() == 2.0
+
+
+# ---- the memo of group settings (Optimizer._fo_settings) -----------------------------------
+
+def _memo_pair(cls, **kw):
+    torch.manual_seed(5)
+    a = [torch.randn(300, requires_grad=True), torch.randn(7, 3, requires_grad=True)]
+    b = [t.detach().clone().requires_grad_() for t in a]
+    return a, b, getattr(ft, cls)(a, **kw), getattr(torch.optim, cls)(b, foreach=False, **kw)
+
+
+def _memo_grads(a, b, k):
+    for x, y in zip(a, b):
+        torch.manual_seed(100 + k)
+        x.grad = torch.randn_like(x)
+        y.grad = x.grad.clone()
+
+
+@pytest.mark.parametrize("cls,changes", [
+    ("Adam", [("weight_decay", 0.1), ("betas", (0.8, 0.99)),
+              ("lr", 3e-2), ("maximize", True), ("eps", 1e-3)]),
+    ("SGD", [("momentum", 0.9), ("nesterov", True), ("dampening", 0.0), ("lr", 0.2),
+             ("weight_decay", 0.01)]),
+    ("RMSprop", [("alpha", 0.9), ("momentum", 0.7), ("weight_decay", 0.01)]),
+])
+def test_changed_group_settings_take_effect_as_in_torch(cls, changes):
+    # the settings are memoised by value and type: every change of a group value between
+    # steps must still take effect, giving torch's trajectory
+    # (torch cannot switch amsgrad, centered or RMSprop's momentum on mid-training: its state
+    # lacks their buffers)
+    a, b, fo, to = _memo_pair(cls, lr=1e-2, **({"momentum": 0.5} if cls == "RMSprop" else {}))
+    for k in range(2 * len(changes) + 2):
+        if k >= 2 and k % 2 == 0:
+            key, value = changes[k // 2 - 1]
+            for opt in (fo, to):
+                opt.param_groups[0][key] = value
+        _memo_grads(a, b, k)
+        fo.step()
+        to.step()
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=2e-6, atol=2e-7)
+
+
+def test_a_bad_value_after_memoised_steps_raises_and_modifies_nothing():
+    a, b, fo, _ = _memo_pair("Adam", lr=1e-2)
+    for k in range(3):
+        _memo_grads(a, b, k)
+        fo.step()
+    before = [t.detach().clone() for t in a]
+    states = {k: v.clone() for k, v in fo.state[a[0]].items()}
+    group = fo.param_groups[0]
+    for key, bad, err in [("lr", -1.0, ValueError), ("betas", (1.5, 0.9), ValueError),
+                          ("eps", -1e-8, ValueError), ("weight_decay", -0.1, ValueError),
+                          ("amsgrad", 1, TypeError), ("l1", -1.0, ValueError)]:
+        good = group[key]
+        group[key] = bad
+        with pytest.raises(err):
+            fo.step()
+        group[key] = good
+        for x, y in zip(a, before):
+            assert torch.equal(x, y), key
+        for k, v in fo.state[a[0]].items():
+            assert torch.equal(v, states[k]), (key, k)
+    fo.step()       # and the restored settings step again
+    assert not torch.equal(a[0], before[0])
+
+
+def test_a_tensor_lr_changed_in_place_takes_effect():
+    a, b, fo, to = _memo_pair("Adam", lr=torch.tensor(1e-2))
+    for k in range(6):
+        if k == 3:
+            for opt in (fo, to):
+                opt.param_groups[0]["lr"].fill_(0.1)
+        _memo_grads(a, b, k)
+        fo.step()
+        to.step()
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=2e-6, atol=2e-7)

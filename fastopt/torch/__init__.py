@@ -91,6 +91,16 @@ _STORAGE = {"master_weights": False, "rounding": "nearest", "state_dtype": None}
 _EXTRAS = {"l1": 0.0, "max_grad_norm": None, "clip_value": None, **_STORAGE}
 _STATE_DTYPES = (torch.float32, torch.bfloat16)
 _EXACT = (torch.float64, torch.complex64, torch.complex128)     # states keep the param's dtype
+# group values that cannot change in place (a group of only these may have its settings
+# memoised, see Optimizer._fo_settings): fastopt's, and torch's dtypes (state_dtype)
+_IMMUTABLE = _spec.IMMUTABLE | {torch.dtype}
+_IMMUTABLE_OR_TUPLE = _IMMUTABLE | {tuple}
+_NO_PARAMS = ("params",)
+# torch.compile's frame callback (None in plain eager code); where torch lacks it, every step
+# takes the dynamo-disabled call
+_EVAL_FRAME_CALLBACK = getattr(getattr(getattr(torch._C, "_dynamo", None), "eval_frame", None),
+                               "get_eval_frame_callback", None)
+_NO_PARAMS_LR = ("params", "lr")
 
 
 def _f(x) -> float:
@@ -448,15 +458,20 @@ class _Native:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._fo_step()
+        if torch.compiler.is_compiling() or _EVAL_FRAME_CALLBACK is None \
+                or _EVAL_FRAME_CALLBACK() is not None:
+            self._fo_step()         # dynamo must not trace the step: it graph-breaks here
+        else:
+            self._fo_step_impl()    # plain eager (no frame of torch.compile's around it)
         return loss
 
     @torch._disable_dynamo
     def _fo_step(self) -> None:
-        with torch.no_grad():
-            self._fo_step_impl()
+        self._fo_step_impl()
 
     def _fo_step_impl(self) -> None:
+        """The step; the fast path only reads tensors and writes them natively (no autograd
+        op), the others run under no_grad."""
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and _f(found_inf) != 0.0:
@@ -465,20 +480,15 @@ class _Native:
         if grad_scale is not None:
             inv = float(np.float32(1.0 / _f(grad_scale)))
         # the groups' settings, checked before anything is modified
+        plan = self._fo_driver_state()
         native, torch_groups = [], []
         for gi, group in enumerate(self.param_groups):
             if not self._fo_native_group(group):
                 torch_groups.append(group)
                 continue
-            _check_extras(group)
-            plain = self._fo_group(group)
-            st = storage(plain)
-            native.append(_Group(gi, group, self._fo_slots(group, plain, st),
-                                 self._fo_spec.record(plain), self._fo_step_key(plain),
-                                 st.code, st.q8))
+            native.append(self._fo_settings(gi, group, plan))
         if len(self.last_grad_norms) != len(self.param_groups):
             self.last_grad_norms = [None] * len(self.param_groups)
-        plan = self._fo_driver_state()
         if native and _adapter.FAST:
             # the steady state: one C pass reads every tensor, one native call steps them
             params = [n.group["params"] if type(n.group["params"]) is list
@@ -497,9 +507,39 @@ class _Native:
                     if nrm is not _adapter.UNSET:
                         self.last_grad_norms[n.index] = nrm
                 if torch_groups:    # a mixed optimizer: GradScaler unscaled these itself
-                    self._fo_torch_fallback(torch_groups)
+                    with torch.no_grad():
+                        self._fo_torch_fallback(torch_groups)
                 return
-        self._fo_step_checked(native, torch_groups, inv, plan)
+        with torch.no_grad():
+            self._fo_step_checked(native, torch_groups, inv, plan)
+
+    def _fo_settings(self, gi: int, group: dict, plan: _adapter.Plan) -> _Group:
+        """Param group ``gi``'s settings for this step, checked (raises before anything is
+        modified). Memoised in the plan by the exact values and types of the group's keys
+        (params and, where the rule's record takes it plainly, lr excepted: a schedule changes
+        lr every step, and it is checked and placed into the record on each step), when they
+        are all immutable values and the group has every extra key (else each step checks
+        everything afresh, as it did before)."""
+        spec = self._fo_spec
+        key = None
+        if _EXTRAS.keys() <= group.keys() and (spec.lr_index is None or "lr" in group):
+            key = _spec.settings_key(group, _NO_PARAMS if spec.lr_index is None
+                                     else _NO_PARAMS_LR, _IMMUTABLE, _IMMUTABLE_OR_TUPLE)
+        hit = None if key is None else plan.settings.get(key)
+        if hit is None:
+            _check_extras(group)
+            plain = self._fo_group(group)
+            st = storage(plain)
+            record = spec.record(plain)
+            hit = (self._fo_slots(group, plain, st), tuple(record), self._fo_step_key(plain),
+                   st.code, st.q8)
+            if key is not None:
+                if len(plan.settings) >= 64:    # (a schedule of betas or momentum)
+                    plan.settings.clear()
+                plan.settings[key] = hit
+            return _Group(gi, group, hit[0], record, *hit[2:])
+        return _Group(gi, group, hit[0], spec.place_lr(hit[1], _plain(group["lr"])) if
+                      spec.lr_index is not None else list(hit[1]), *hit[2:])
 
     def _fo_ids(self, native: list) -> np.ndarray:
         """Each native param's id in stochastic rounding's key: its index in the params of

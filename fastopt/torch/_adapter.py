@@ -254,7 +254,7 @@ class Plan:
     """What one optimizer reuses from step to step (never part of its pickled state): the
     frame, the contract check's memo, the fast fill's hold and its per-tensor arrays."""
 
-    __slots__ = ("frame", "memo", "hold", "group_of", "steps", "aux", "refused")
+    __slots__ = ("frame", "memo", "hold", "group_of", "steps", "aux", "refused", "settings")
 
     def __init__(self) -> None:
         self.frame = new_frame()
@@ -262,6 +262,7 @@ class Plan:
         self.hold = _native.TorchHold() if FAST else None
         self.group_of = self.steps = self.aux = None
         self.refused: tuple[int, int] | None = None    # the fast fill's last (reason, tensor)
+        self.settings: dict = {}    # the groups' checked settings (Optimizer._fo_settings)
 
     def arrays(self, n: int):
         if self.steps is None or len(self.steps) != n:
