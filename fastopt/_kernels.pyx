@@ -29,6 +29,7 @@ is simply read afresh.
 
 Every kernel is element-wise, so results are bitwise identical for any thread count.
 """
+cimport cython
 cimport numpy as cnp
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
@@ -350,17 +351,25 @@ cdef int _cmp_interval(const void *a, const void *b) noexcept nogil:
 # ml_dtypes registers it); -1 until then. Whoever made a bfloat16 array imported ml_dtypes.
 cdef int _bf16_num = -1
 
+# 0, 1, 2, ...: the state dict's keys, made once (an int over 256 is a new object each time)
+cdef list _int_keys = []
 
-cdef int _find_bf16(int t):
+
+cdef int _find_bf16(int t) noexcept:
+    """Whether user type number t is ml_dtypes.bfloat16 (never raises: a broken ml_dtypes
+    module is no bfloat16)."""
     global _bf16_num
-    import sys
-    mod = sys.modules.get("ml_dtypes")
-    if mod is not None:
-        _bf16_num = np.dtype(mod.bfloat16).num
+    try:
+        import sys
+        mod = sys.modules.get("ml_dtypes")
+        if mod is not None:
+            _bf16_num = np.dtype(mod.bfloat16).num
+    except Exception:
+        return 0
     return t == _bf16_num
 
 
-cdef inline unsigned char _np_code(cnp.ndarray a):
+cdef inline unsigned char _np_code(cnp.ndarray a) noexcept:
     cdef int t = cnp.PyArray_TYPE(a)
     if not cnp.PyArray_ISNOTSWAPPED(a):
         return FO_DT_NONE
@@ -395,6 +404,7 @@ cdef inline unsigned char _q8_code(cnp.ndarray a) noexcept:
     return FO_DT_NONE
 
 
+@cython.final
 cdef class Frame:
     """The descriptors of one multi-tensor call (see the module's design note).
 
@@ -468,18 +478,19 @@ cdef class Frame:
         self.bad_stream = -1
         return 0
 
-    cdef inline void _ref(self, object o):
+    cdef inline void _ref(self, object o) noexcept:
         Py_INCREF(o)
         self.refs[self.nrefs] = <PyObject *>o
         self.nrefs += 1
 
-    cdef inline int _fail(self, int reason, int64_t i, int k):
+    cdef inline int _fail(self, int reason, int64_t i, int k) noexcept:
         self.reason = reason
         self.bad_tensor = i
         self.bad_stream = k
         return reason
 
-    cdef int _put_numpy(self, int64_t i, int k, object o, cnp.ndarray like, bint written):
+    cdef int _put_numpy(self, int64_t i, int k, object o, cnp.ndarray like,
+                        bint written) noexcept:
         """Stream k of tensor i from a NumPy array that must match ``like`` (the param; None
         for the param itself). Returns -1, or the reason it is refused."""
         cdef cnp.ndarray a
@@ -581,18 +592,27 @@ cdef class Frame:
         reason code. Every param and gradient is checked before NEEDS_STATE is reported."""
         cdef Py_ssize_t ngroups = len(groups), gi, j, T = 0, i, nslots, s
         cdef list params
-        cdef object o, g, st, key, view
+        cdef object o, g, st, view
         cdef PyObject *item
         cdef int rc, k
         cdef tuple slots
         cdef bint needs = False
         cdef cnp.ndarray p
+        cdef tuple slot
+        # a group's slots as C values (stream, min_count or -1, codes dtype or -1) and keys
+        cdef int sk[S]
+        cdef int64_t smin[S]
+        cdef bint shasmin[S]
+        cdef int scodes[S]
+        cdef PyObject *skey[S]
         if len(sizes) != ngroups or len(slots_by_group) != ngroups:
             raise ValueError("sizes and slots_by_group need one entry per group")
         for gi in range(ngroups):
             T += <Py_ssize_t>sizes[gi]
         if len(grads) != T or len(step_views) != T:
             raise ValueError(f"expected {T} gradients and step views")
+        if PyList_GET_SIZE(_int_keys) < T:
+            _int_keys.extend(range(PyList_GET_SIZE(_int_keys), T))
         self._reset(T)
         i = 0
         for gi in range(ngroups):
@@ -604,6 +624,15 @@ cdef class Frame:
                 return self._fail(R_GROUP_SIZE, gi, 0)
             slots = <tuple>slots_by_group[gi]
             nslots = PyTuple_GET_SIZE(slots)
+            if nslots > S:
+                raise ValueError(f"group {gi}: more than {S} slots")
+            for s in range(nslots):
+                slot = <tuple>PyTuple_GET_ITEM(slots, s)
+                sk[s] = <int>slot[0]
+                skey[s] = <PyObject *>PyTuple_GET_ITEM(slot, 1)   # (held by slots_by_group)
+                shasmin[s] = PyTuple_GET_SIZE(slot) > 2
+                smin[s] = <int64_t>slot[2] if shasmin[s] else 0
+                scodes[s] = <int>slot[3] if PyTuple_GET_SIZE(slot) > 3 else -1
             for j in range(PyList_GET_SIZE(params)):
                 o = <object>PyList_GET_ITEM(params, j)
                 rc = self._put_numpy(i, 0, o, None, True)
@@ -615,7 +644,7 @@ cdef class Frame:
                     rc = self._put_numpy(i, FO_G, g, p, False)
                     if rc >= 0:
                         return rc
-                item = PyDict_GetItem(state, i)
+                item = PyDict_GetItem(state, <object>PyList_GET_ITEM(_int_keys, i))
                 if item == NULL:
                     if g is not None and (nslots > 0 or step_views[i] is not None):
                         needs = True
@@ -630,15 +659,12 @@ cdef class Frame:
                     if item == NULL or <object>item is not view:
                         needs = True
                 for s in range(nslots):
-                    k = <int>(<tuple>PyTuple_GET_ITEM(slots, s))[0]
+                    k = sk[s]
                     if k == FO_M and self.dt[i * S] != FO_DT_F16 and self.dt[i * S] != FO_DT_BF16:
                         continue        # a master copy or compensation: 16-bit params only
-                    if PyTuple_GET_SIZE(<tuple>PyTuple_GET_ITEM(slots, s)) > 2 and (
-                            self.count[i] < <int64_t>(<tuple>PyTuple_GET_ITEM(slots, s))[2]
-                            or self.dt[i * S] == FO_DT_F64):
+                    if shasmin[s] and (self.count[i] < smin[s] or self.dt[i * S] == FO_DT_F64):
                         continue        # 8-bit scales: float32/16-bit params of this size up
-                    key = (<tuple>PyTuple_GET_ITEM(slots, s))[1]
-                    item = PyDict_GetItem(st, key)
+                    item = PyDict_GetItem(st, <object>skey[s])
                     if item == NULL:
                         if g is not None:
                             needs = True
@@ -646,10 +672,9 @@ cdef class Frame:
                     rc = self._put_numpy(i, k, <object>item, p, True)
                     if rc >= 0:
                         return rc
-                    if (k >= FO_A1 and PyTuple_GET_SIZE(<tuple>PyTuple_GET_ITEM(slots, s)) > 3
+                    if (k >= FO_A1 and scodes[s] >= 0
                             and self.dt[i * S + k - FO_A1 + 2] != FO_DT_NONE
-                            and self.dt[i * S + k - FO_A1 + 2]
-                            != <int>(<tuple>PyTuple_GET_ITEM(slots, s))[3]):
+                            and self.dt[i * S + k - FO_A1 + 2] != scodes[s]):
                         # the codes' map (int8 signed, uint8 unsigned) is the buffer's own
                         return self._fail(R_DTYPE, i, k - FO_A1 + 2)
                 i += 1
@@ -701,26 +726,32 @@ cdef class Memo:
     cdef int64_t *count
     cdef Interval *writes
     cdef int64_t nwrites
+    cdef int *sigs               # the signatures that layout was found to have
+    cdef int rule                # the rule it was checked for (its required streams)
     cdef bint valid
+    # whether the gradient columns of addr and dt hold gradients that passed the overlap check
+    # against these writes (set only once that check has passed)
+    cdef bint grads_ok
 
     def __cinit__(self):
         self.addr = NULL; self.dt = NULL; self.count = NULL; self.writes = NULL
-        self.T = 0; self.nwrites = 0; self.valid = False
+        self.sigs = NULL
+        self.T = 0; self.nwrites = 0; self.valid = False; self.grads_ok = False; self.rule = -1
 
     def __dealloc__(self):
-        free(self.addr); free(self.dt); free(self.count); free(self.writes)
+        free(self.addr); free(self.dt); free(self.count); free(self.writes); free(self.sigs)
 
     def invalidate(self):
         self.valid = False
 
 
-cdef bint _same_layout(Memo m, Frame f):
-    """True if the written streams of f are exactly those m was computed from."""
+cdef bint _same_layout(Memo m, Frame f, int rule):
+    """True if the written streams of f are exactly those m was computed from, for rule."""
     cdef int64_t i
     cdef int k
     cdef int64_t T = f.ntensors
     cdef bint active
-    if not m.valid or m.T != T:
+    if not m.valid or m.T != T or m.rule != rule:
         return False
     for i in range(T):
         active = f.addr[i * S + FO_G] != 0
@@ -736,19 +767,24 @@ cdef bint _same_layout(Memo m, Frame f):
     return True
 
 
-cdef int _remember(Memo m, Frame f, Interval *writes, int64_t nwrites) except -1:
+cdef int _remember(Memo m, Frame f, Interval *writes, int64_t nwrites, const int *sigs,
+                   int rule) except -1:
     cdef int64_t T = f.ntensors, i
-    free(m.addr); free(m.dt); free(m.count); free(m.writes)
+    m.valid = False
+    m.grads_ok = False
+    free(m.addr); free(m.dt); free(m.count); free(m.writes); free(m.sigs)
     m.addr = <uintptr_t *>malloc(max(T, 1) * S * sizeof(uintptr_t))
     m.dt = <unsigned char *>malloc(max(T, 1) * S)
     m.count = <int64_t *>malloc(max(T, 1) * sizeof(int64_t))
     m.writes = <Interval *>malloc(max(nwrites, 1) * sizeof(Interval))
-    if not m.addr or not m.dt or not m.count or not m.writes:
-        m.valid = False
+    m.sigs = <int *>malloc(max(T, 1) * sizeof(int))
+    if not m.addr or not m.dt or not m.count or not m.writes or not m.sigs:
         raise MemoryError()
     if T > 0:
         memcpy(m.addr, f.addr, T * S * sizeof(uintptr_t))
         memcpy(m.dt, f.dt, T * S)
+        memcpy(m.sigs, sigs, T * sizeof(int))
+    m.rule = rule
     for i in range(T):
         m.count[i] = f.count[i] if f.addr[i * S + FO_G] != 0 else -1
     if nwrites > 0:
@@ -777,7 +813,13 @@ cdef int64_t _find_overlap(const Interval *w, int64_t nw, uintptr_t lo, uintptr_
 
 
 cdef int _check_contract(Frame f, Memo memo, int *sigs, int rule) except -1:
-    """Signatures, alignment and overlaps of the stepping tensors; raises ContractError."""
+    """Signatures, alignment and overlaps of the stepping tensors; raises ContractError.
+
+    With a memo whose layout (written streams, counts, rule) is this frame's, a tensor whose
+    gradient has the dtype it had there keeps the signature found then (the dtypes are the
+    same), so only its gradient's alignment is checked; the overlap of the written streams is
+    known, and the gradients are searched against them unless they are the very gradients
+    (addresses, dtypes) that passed that search before."""
     cdef int64_t T = f.ntensors, i, nw = 0, j
     cdef int k, sig
     cdef size_t es
@@ -785,17 +827,29 @@ cdef int _check_contract(Frame f, Memo memo, int *sigs, int rule) except -1:
     cdef Interval *w = NULL
     cdef const Interval *use
     cdef int64_t nuse
-    cdef bint remembered
     cdef unsigned need = fo_required_streams(rule)
+    cdef bint remembered = memo is not None and _same_layout(memo, f, rule)
+    cdef bint same_grads = remembered and memo.grads_ok
     for i in range(T):
         sigs[i] = -1
         if f.addr[i * S + FO_G] == 0:
             continue
+        if remembered and f.dt[i * S + FO_G] == memo.dt[i * S + FO_G]:
+            sigs[i] = memo.sigs[i]
+            a = f.addr[i * S + FO_G]
+            if a != memo.addr[i * S + FO_G]:
+                same_grads = False
+                if a & (fo_dt_size(f.dt[i * S + FO_G]) - 1):
+                    raise ContractError(R_ALIGN, i, FO_G)
+            continue
+        same_grads = False
         sig = fo_signature(&f.dt[i * S])
         if sig < 0:
             raise ContractError(R_SIGNATURE, i, 0)
         sigs[i] = sig
         for k in range(S):
+            if remembered and k != FO_G:
+                continue            # the written streams passed these checks before
             a = f.addr[i * S + k]
             if f.dt[i * S + k] == FO_DT_NONE:
                 if (need >> k) & 1:
@@ -808,7 +862,8 @@ cdef int _check_contract(Frame f, Memo memo, int *sigs, int rule) except -1:
                 raise ContractError(R_NULL, i, k)
             if a & (es - 1):             # (every element size is a power of two)
                 raise ContractError(R_ALIGN, i, k)
-    remembered = memo is not None and _same_layout(memo, f)
+    if same_grads:
+        return 0
     if remembered:
         use = memo.writes
         nuse = memo.nwrites
@@ -836,7 +891,7 @@ cdef int _check_contract(Frame f, Memo memo, int *sigs, int rule) except -1:
                     raise ContractError(R_OVERLAP, w[j].tensor, w[j].stream,
                                         (w[j - 1].tensor, w[j - 1].stream))
             if memo is not None:
-                _remember(memo, f, w, nw)
+                _remember(memo, f, w, nw, sigs, rule)
         except BaseException:
             free(w)
             raise
@@ -853,6 +908,14 @@ cdef int _check_contract(Frame f, Memo memo, int *sigs, int rule) except -1:
                 raise ContractError(R_OVERLAP, i, FO_G, (use[j].tensor, use[j].stream))
     finally:
         free(w)
+    if memo is not None and memo.valid:
+        # these gradients passed: remember them (the memo's layout is this frame's)
+        for i in range(T):
+            if f.addr[i * S + FO_G] != 0:
+                memo.addr[i * S + FO_G] = f.addr[i * S + FO_G]
+                memo.dt[i * S + FO_G] = f.dt[i * S + FO_G]
+                memo.sigs[i] = sigs[i]
+        memo.grads_ok = True
     return 0
 
 
